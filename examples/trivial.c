@@ -1,0 +1,22 @@
+/* TrivialExtProcService: copies the request's x-request-id into x-extra-request-id, on the
+ * request sent upstream and on the response sent to the client.
+ *
+ * The response phase takes the id from the request facts the SDK keeps for the whole
+ * exchange: the response headers Envoy sends to a processor do not carry x-request-id. */
+#include "examples.h"
+
+static extproc_result copy_request_id(extproc_request *req, void *ctx) {
+  (void)ctx;
+  const char *id = extproc_request_get_info(req)->request_id;
+  if (id && extproc_header_set(req, "x-extra-request-id", id) != 0) return EXTPROC_FAIL;
+  return EXTPROC_CONTINUE;
+}
+
+extproc_processor *trivial_processor_create(void) {
+  static const extproc_processor_def def = {
+      .name = "TrivialExtProcService",
+      .request_headers = copy_request_id,
+      .response_headers = copy_request_id,
+  };
+  return extproc_processor_create(&def);
+}

@@ -1,0 +1,337 @@
+/*
+ * libextproc: write Envoy External Processors in C.
+ *
+ * This header is the processor author's API. A processor is a set of callbacks, one per phase
+ * of an HTTP exchange as Envoy's ext_proc filter sends them (request_headers, request_body,
+ * request_trailers, response_headers, response_body, response_trailers). Each callback reads
+ * the phase's data from an extproc_request and records what Envoy should do (header mutations,
+ * a body replacement, an immediate response); when the callback returns, the SDK builds the one
+ * ProcessingResponse Envoy expects for that phase and sends it.
+ *
+ * Two ways to define a processor, as in the Python SDK the idea comes from:
+ *   - a static table (extproc_processor_def) filled in once, like a subclass;
+ *   - a builder (extproc_processor_new + extproc_processor_on), one function per phase, like
+ *     decorators.
+ *
+ * Threading: a request and everything read from it belong to the event-loop thread that
+ * delivered the callback, and are valid only during that callback, except after the callback
+ * returns EXTPROC_DEFER (see extproc_request_resume). A processor is immutable once served and
+ * may be shared by all loops.
+ *
+ * Errors: functions returning int return 0 on success or a negative extproc_error.
+ */
+#ifndef EXTPROC_EXTPROC_H
+#define EXTPROC_EXTPROC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Error codes returned (negated) by the API. */
+typedef enum extproc_error {
+  EXTPROC_OK = 0,
+  EXTPROC_EINVAL = -1, /* an argument is NULL, empty or malformed (e.g. a bad header name) */
+  EXTPROC_ESTATE = -2, /* not allowed in this phase or state (e.g. a body write in a headers phase) */
+  EXTPROC_ENOMEM = -3, /* out of memory */
+  EXTPROC_EIO = -4,    /* a system call failed (bind, listen, thread creation...) */
+} extproc_error;
+
+/* Returns a static, human-readable description of an extproc_error. Never NULL. */
+const char *extproc_strerror(int error);
+
+/* The phases of one HTTP exchange, named after ProcessingRequest's `request` oneof. */
+typedef enum extproc_phase {
+  EXTPROC_REQUEST_HEADERS = 0,
+  EXTPROC_REQUEST_BODY = 1,
+  EXTPROC_REQUEST_TRAILERS = 2,
+  EXTPROC_RESPONSE_HEADERS = 3,
+  EXTPROC_RESPONSE_BODY = 4,
+  EXTPROC_RESPONSE_TRAILERS = 5,
+  EXTPROC_PHASE_COUNT = 6
+} extproc_phase;
+
+/* Returns Envoy's name of a phase ("request_headers", ...), or "unknown". Static storage. */
+const char *extproc_phase_name(extproc_phase phase);
+
+/* gRPC status codes, as used in the stream's final `grpc-status` and in
+ * ImmediateResponse.grpc_status. */
+typedef enum extproc_grpc_code {
+  EXTPROC_GRPC_OK = 0,
+  EXTPROC_GRPC_CANCELLED = 1,
+  EXTPROC_GRPC_UNKNOWN = 2,
+  EXTPROC_GRPC_INVALID_ARGUMENT = 3,
+  EXTPROC_GRPC_DEADLINE_EXCEEDED = 4,
+  EXTPROC_GRPC_NOT_FOUND = 5,
+  EXTPROC_GRPC_ALREADY_EXISTS = 6,
+  EXTPROC_GRPC_PERMISSION_DENIED = 7,
+  EXTPROC_GRPC_RESOURCE_EXHAUSTED = 8,
+  EXTPROC_GRPC_FAILED_PRECONDITION = 9,
+  EXTPROC_GRPC_ABORTED = 10,
+  EXTPROC_GRPC_OUT_OF_RANGE = 11,
+  EXTPROC_GRPC_UNIMPLEMENTED = 12,
+  EXTPROC_GRPC_INTERNAL = 13,
+  EXTPROC_GRPC_UNAVAILABLE = 14,
+  EXTPROC_GRPC_DATA_LOSS = 15,
+  EXTPROC_GRPC_UNAUTHENTICATED = 16
+} extproc_grpc_code;
+
+/* What a phase callback returns. */
+typedef enum extproc_result {
+  /* Reply now with what the callback recorded (possibly nothing: plain CONTINUE). */
+  EXTPROC_CONTINUE = 0,
+  /* The callback failed: the processor's error policy applies (see extproc_error_policy). */
+  EXTPROC_FAIL = 1,
+  /* The answer comes later: the callback (or a thread it handed the request to) will call
+   * extproc_request_resume() exactly once. No reply is sent and no later message of this stream
+   * is dispatched until then. */
+  EXTPROC_DEFER = 2
+} extproc_result;
+
+/* What happens when a callback returns EXTPROC_FAIL (or its context_init fails).
+ * Either way one log line names the processor, the phase and the request id. */
+typedef enum extproc_error_policy {
+  /* End the gRPC stream with a non-OK grpc-status (INTERNAL unless extproc_request_fail gave
+   * another) and a grpc-message. Envoy then applies the filter's `failure_mode_allow`: the HTTP
+   * request continues unprocessed if true, or fails with a 500 if false. */
+  EXTPROC_ON_ERROR_FAIL_STREAM = 0,
+  /* Answer the phase with an ImmediateResponse carrying the processor's error HTTP status
+   * (default 500) and no body. */
+  EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE = 1
+} extproc_error_policy;
+
+/* One HTTP exchange as seen by one processor (one ext_proc gRPC stream). Opaque. */
+typedef struct extproc_request extproc_request;
+
+/* The facts the SDK extracts while the exchange goes on. Strings are NUL-terminated, owned by
+ * the request, and stay valid until the request ends; NULL when not (yet) known. */
+typedef struct extproc_request_info {
+  const char *method;     /* request `:method` */
+  const char *path;       /* request `:path`, with the query string */
+  const char *scheme;     /* request `:scheme` */
+  const char *authority;  /* request `:authority` */
+  const char *request_id; /* request `x-request-id` */
+  const char *content_type;
+  int64_t content_length;  /* request `content-length` in bytes; -1 when absent or invalid */
+  uint32_t response_status; /* response `:status`; 0 until response_headers is seen */
+} extproc_request_info;
+
+/* A phase callback. `ctx` is the processor's per-request context (context_size bytes, zeroed,
+ * then given to context_init) or NULL when context_size is 0. Runs on the event-loop thread: it
+ * must not block. */
+typedef extproc_result (*extproc_phase_fn)(extproc_request *req, void *ctx);
+
+/* Called once per request before its first callback, with the zeroed context. Return 0, or
+ * non-zero to fail the request (the error policy applies). May read the request. */
+typedef int (*extproc_context_init_fn)(extproc_request *req, void *ctx);
+
+/* Called once per request when it ends (normally, by reset, or at server shutdown), if
+ * context_init succeeded or was not set. Frees what the context owns (not the context). */
+typedef void (*extproc_context_cleanup_fn)(void *ctx);
+
+/* The static-table way to define a processor. Unset callbacks answer their phase with a plain
+ * CONTINUE. */
+typedef struct extproc_processor_def {
+  const char *name; /* shown in logs; copied */
+  size_t context_size;
+  extproc_context_init_fn context_init;
+  extproc_context_cleanup_fn context_cleanup;
+  extproc_phase_fn request_headers;
+  extproc_phase_fn request_body;
+  extproc_phase_fn request_trailers;
+  extproc_phase_fn response_headers;
+  extproc_phase_fn response_body;
+  extproc_phase_fn response_trailers;
+  extproc_error_policy on_error;
+  uint32_t error_http_status; /* for EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE; 0 means 500 */
+  void *user_data;            /* returned by extproc_request_user_data(); not owned */
+} extproc_processor_def;
+
+typedef struct extproc_processor extproc_processor;
+
+/* Creates a processor from a static table, which is copied (the name too).
+ * Returns NULL if def or def->name is NULL, or on out-of-memory. Free with
+ * extproc_processor_free(). */
+extproc_processor *extproc_processor_create(const extproc_processor_def *def);
+
+/* Creates an empty processor named `name` (copied) for the builder style: register callbacks
+ * with extproc_processor_on() and friends before serving it. Returns NULL on a NULL name or
+ * out-of-memory. */
+extproc_processor *extproc_processor_new(const char *name);
+
+/* Registers `fn` for `phase`, replacing any earlier one; NULL unregisters.
+ * Returns 0, or EXTPROC_EINVAL for a NULL processor or an unknown phase. Not thread-safe:
+ * call before the processor is served. */
+int extproc_processor_on(extproc_processor *proc, extproc_phase phase, extproc_phase_fn fn);
+
+/* Sets the per-request context: `size` bytes allocated and zeroed per request, then given to
+ * `init` (may be NULL); `cleanup` (may be NULL) runs when the request ends. Returns 0 or
+ * EXTPROC_EINVAL. Call before serving. */
+int extproc_processor_set_context(extproc_processor *proc, size_t size,
+                                  extproc_context_init_fn init,
+                                  extproc_context_cleanup_fn cleanup);
+
+/* Sets the error policy; `http_status` is used by EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE
+ * (0 means 500; otherwise 200..599). Returns 0 or EXTPROC_EINVAL. Call before serving. */
+int extproc_processor_set_error_policy(extproc_processor *proc, extproc_error_policy policy,
+                                       uint32_t http_status);
+
+/* Sets the pointer returned by extproc_request_user_data(). Not owned. Call before serving. */
+void extproc_processor_set_user_data(extproc_processor *proc, void *user_data);
+
+/* Returns the processor's name (owned by the processor). */
+const char *extproc_processor_name(const extproc_processor *proc);
+
+/* Frees a processor. It must no longer be served. NULL is ignored. */
+void extproc_processor_free(extproc_processor *proc);
+
+/* ---- Reading the request -------------------------------------------------------------- */
+
+/* The phase being processed. */
+extproc_phase extproc_request_phase(const extproc_request *req);
+
+/* The facts extracted so far; owned by the request, valid until it ends. */
+const extproc_request_info *extproc_request_get_info(const extproc_request *req);
+
+/* The processor's user_data (see extproc_processor_def.user_data). */
+void *extproc_request_user_data(const extproc_request *req);
+
+/* The name of the processor serving this request. */
+const char *extproc_request_processor_name(const extproc_request *req);
+
+/* True when Envoy said nothing follows this message in its direction: for a headers phase,
+ * HttpHeaders.end_of_stream (the request or response has no body and no trailers); for a body
+ * phase, HttpBody.end_of_stream; always true for trailers. */
+bool extproc_request_end_of_stream(const extproc_request *req);
+
+/* One header of the current phase's header map (request headers, response headers or
+ * trailers). Names are lower case as Envoy sends them; values are read from `raw_value`,
+ * falling back to `value`. Both strings are NUL-terminated and owned by the request; they are
+ * valid until the callback returns. */
+typedef struct extproc_header {
+  const char *name;
+  size_t name_len;
+  const char *value;
+  size_t value_len; /* bytes, without the terminating NUL */
+} extproc_header;
+
+/* The current phase's headers in the order Envoy sent them, pseudo-headers included; `*count`
+ * receives their number. Returns NULL with *count = 0 in a body phase. Valid until the callback
+ * returns. */
+const extproc_header *extproc_headers(const extproc_request *req, size_t *count);
+
+/* The first value of header `name` (compared case-insensitively) in the current phase, or NULL
+ * if absent (or in a body phase). Valid until the callback returns. */
+const char *extproc_header_get(const extproc_request *req, const char *name);
+
+/* Every value of a repeated header: stores up to `max` value pointers into `values` (may be
+ * NULL when max is 0) in the order sent and returns how many there are in all. */
+size_t extproc_header_get_all(const extproc_request *req, const char *name,
+                              const char **values, size_t max);
+
+/* The current body chunk (HttpBody.body) and its length in bytes in `*len`. Returns NULL with
+ * *len = 0 outside body phases; a non-NULL pointer with *len = 0 for an empty chunk. Valid
+ * until the callback returns. */
+const uint8_t *extproc_body(const extproc_request *req, size_t *len);
+
+/* The per-request context (see extproc_processor_set_context), or NULL if it has none. */
+void *extproc_request_context(const extproc_request *req);
+
+/* Allocates `size` bytes (aligned for any type, uninitialized) that live until the request
+ * ends; never freed individually. Handy for keeping values across phases in the context.
+ * Returns NULL on out-of-memory. Same thread rules as the rest of the request. */
+void *extproc_request_alloc(extproc_request *req, size_t size);
+
+/* Copies the NUL-terminated string `s` into memory that lives until the request ends.
+ * Returns NULL if `s` is NULL or on out-of-memory. */
+char *extproc_request_strdup(extproc_request *req, const char *s);
+
+/* ---- Header mutations (HeaderMutation of the phase's reply) ------------------------------
+ *
+ * They apply to the headers of the current phase's direction: in request phases to the headers
+ * sent upstream, in response phases to the headers sent to the client, in trailer phases to
+ * the trailers. Written to `raw_value` only (Envoy answers 500 when `value` is set too), with
+ * the legacy `append` flag and `append_action` set consistently. Names must be valid HTTP
+ * header names (copied, lower-cased); values must not contain CR, LF or NUL (copied). Each
+ * returns 0, EXTPROC_EINVAL for a bad name or value, EXTPROC_ESTATE after an immediate response
+ * was started, or EXTPROC_ENOMEM. */
+
+/* Replaces every existing value (or adds the header): append=false, OVERWRITE_IF_EXISTS_OR_ADD. */
+int extproc_header_set(extproc_request *req, const char *name, const char *value);
+/* Adds one more value: append=true, APPEND_IF_EXISTS_OR_ADD. */
+int extproc_header_append(extproc_request *req, const char *name, const char *value);
+/* Adds the header only if the phase's headers lack it (checked here against what Envoy sent,
+ * and sent as ADD_IF_ABSENT), so an existing value is never touched. */
+int extproc_header_add_if_absent(extproc_request *req, const char *name, const char *value);
+/* Removes the header (HeaderMutation.remove_headers). */
+int extproc_header_remove(extproc_request *req, const char *name);
+
+/* ---- Body mutations (BodyMutation of a body phase's reply) ------------------------------ */
+
+/* Replaces the body chunk of the current body phase with `len` bytes copied from `data`.
+ * Returns 0, EXTPROC_ESTATE outside a body phase, EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
+int extproc_body_replace(extproc_request *req, const void *data, size_t len);
+/* Clears the body chunk of the current body phase (BodyMutation.clear_body). */
+int extproc_body_clear(extproc_request *req);
+
+/* ---- Immediate response (ProcessingResponse.immediate_response) ------------------------ */
+
+/* Starts an immediate response: instead of the phase's reply, Envoy answers the client at once
+ * with `http_status` (100..599) and ends processing. Header and body mutations recorded for the
+ * phase are discarded. Returns 0, EXTPROC_EINVAL for a bad status, EXTPROC_ESTATE in
+ * observability mode, or EXTPROC_ENOMEM. Calling it again changes the status. */
+int extproc_immediate_response(extproc_request *req, uint32_t http_status);
+/* Sets a header of the immediate response (ImmediateResponse.headers, overwrite semantics).
+ * Returns 0, EXTPROC_ESTATE if no immediate response was started, EXTPROC_EINVAL, or
+ * EXTPROC_ENOMEM. */
+int extproc_immediate_header_set(extproc_request *req, const char *name, const char *value);
+/* Sets the immediate response's body (`len` bytes copied). Same returns. */
+int extproc_immediate_body(extproc_request *req, const void *data, size_t len);
+/* Sets ImmediateResponse.grpc_status, for gRPC clients behind Envoy. Same returns. */
+int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code);
+/* Sets ImmediateResponse.details (Envoy's response code details; copied). Same returns. */
+int extproc_immediate_details(extproc_request *req, const char *details);
+
+/* ---- Failure and deferred answers ------------------------------------------------------ */
+
+/* Records why the callback is about to return EXTPROC_FAIL: the gRPC status (not OK) and a
+ * message (copied; may be NULL) used by EXTPROC_ON_ERROR_FAIL_STREAM and in the log line.
+ * Returns 0 or EXTPROC_EINVAL. */
+int extproc_request_fail(extproc_request *req, extproc_grpc_code code, const char *message);
+
+/* Finishes a phase whose callback returned EXTPROC_DEFER, as if the callback had returned
+ * `result` (EXTPROC_CONTINUE or EXTPROC_FAIL). Thread-safe: may be called from any thread,
+ * exactly once per deferral. Between the deferral and this call, only the caller's thread may
+ * use `req` (to record mutations); after it, nobody may. If the HTTP exchange was cancelled
+ * meanwhile the answer is dropped and the request freed. Every deferred request must be resumed
+ * before its server is freed. Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or
+ * EXTPROC_ESTATE (the request is not deferred). */
+int extproc_request_resume(extproc_request *req, extproc_result result);
+
+/* ---- Logging --------------------------------------------------------------------------- */
+
+typedef enum extproc_log_level {
+  EXTPROC_LOG_DEBUG = 0,
+  EXTPROC_LOG_INFO = 1,
+  EXTPROC_LOG_WARN = 2,
+  EXTPROC_LOG_ERROR = 3,
+  EXTPROC_LOG_OFF = 4
+} extproc_log_level;
+
+/* Sets the process-wide log threshold (default EXTPROC_LOG_INFO). Lines go to stderr. Thread-safe. */
+void extproc_log_set_level(extproc_log_level level);
+/* Parses "debug", "info", "warn"/"warning", "error", "off" (any case). Returns 0 and stores the
+ * level, or EXTPROC_EINVAL. */
+int extproc_log_level_parse(const char *text, extproc_log_level *level);
+/* Logs a line from processor code at `level`, prefixed with the processor name, phase and
+ * request id of `req` (may be NULL). printf-style. Thread-safe. */
+void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EXTPROC_EXTPROC_H */

@@ -1,0 +1,89 @@
+/*
+ * libextproc server: serves processors to Envoy over gRPC (HTTP/2 cleartext, TCP or unix
+ * socket) as `envoy.service.ext_proc.v3.ExternalProcessor/Process`, plus
+ * `grpc.health.v1.Health/Check`.
+ *
+ * Lifecycle: extproc_server_create -> extproc_server_listen (one or more) -> extproc_server_start
+ * (or extproc_server_run, which blocks) -> extproc_server_stop -> extproc_server_wait ->
+ * extproc_server_free.
+ *
+ * Threading: the server runs `workers` event loops, one thread each. A connection and all its
+ * streams live on one loop; on TCP each loop accepts on its own SO_REUSEPORT socket, so the
+ * kernel spreads Envoy's connections over the loops. A unix-socket listener is served by the
+ * first loop.
+ */
+#ifndef EXTPROC_SERVER_H
+#define EXTPROC_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "extproc/extproc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct extproc_server_options {
+  /* Largest gRPC message accepted, in bytes; larger ones end their stream with
+   * RESOURCE_EXHAUSTED and the server goes on. Default 16 MiB (Envoy buffers 1 MiB by default). */
+  size_t max_message_bytes;
+  /* Number of event-loop threads; 0 means one per online CPU. */
+  unsigned workers;
+  /* HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection. Default 10000. */
+  uint32_t max_concurrent_streams;
+  /* HTTP/2 initial per-stream receive window in bytes. Default 1 MiB. */
+  uint32_t initial_window_bytes;
+} extproc_server_options;
+
+/* Fills `opts` with the defaults above. */
+void extproc_server_options_init(extproc_server_options *opts);
+
+typedef struct extproc_server extproc_server;
+
+/* Creates a server. `opts` may be NULL for the defaults; it is copied. Returns NULL on
+ * out-of-memory or invalid options (max_message_bytes 0 or above 2^31). */
+extproc_server *extproc_server_create(const extproc_server_options *opts);
+
+/* Serves `proc` (not owned; must outlive the server) on `address`:
+ *   "HOST:PORT"     an IPv4 address or host name, e.g. "0.0.0.0:50051", "127.0.0.1:0"
+ *   "[IPV6]:PORT"   e.g. "[::1]:50051", "[::]:0"
+ *   "unix:PATH"     a unix socket; an existing socket file at PATH is replaced
+ * Port 0 picks a free port (see extproc_server_port). Binds and listens at once, so the port is
+ * known on return. Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed
+ * address, EXTPROC_EIO if binding fails (errno-style detail in the log), EXTPROC_ESTATE after
+ * start. Call from the thread that created the server. */
+int extproc_server_listen(extproc_server *srv, const char *address, const extproc_processor *proc);
+
+/* The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index. */
+int extproc_server_port(const extproc_server *srv, int index);
+
+/* Starts the worker threads and returns. Returns 0, EXTPROC_ESTATE if already started or no
+ * listener was added, or EXTPROC_EIO if a thread could not be created. */
+int extproc_server_start(extproc_server *srv);
+
+/* Asks the server to stop: listeners close, connections are closed and their streams ended
+ * (deferred requests are freed once resumed). Thread-safe and async-signal-safe; returns at
+ * once. */
+void extproc_server_stop(extproc_server *srv);
+
+/* Waits until every worker thread has finished after extproc_server_stop(). */
+void extproc_server_wait(extproc_server *srv);
+
+/* Starts the server and blocks until SIGINT or SIGTERM (handled while it runs) or
+ * extproc_server_stop(); then waits for the workers. Returns 0 or the error of start. */
+int extproc_server_run(extproc_server *srv);
+
+/* Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */
+uint64_t extproc_server_open_streams(const extproc_server *srv);
+
+/* Number of gRPC streams served since start (Process and health), over all loops. */
+uint64_t extproc_server_total_streams(const extproc_server *srv);
+
+/* Frees a stopped (or never started) server. NULL is ignored. */
+void extproc_server_free(extproc_server *srv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EXTPROC_SERVER_H */

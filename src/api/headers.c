@@ -1,0 +1,102 @@
+#include "api/headers.h"
+
+#include <string.h>
+
+#include "engine/stream.h"
+
+bool headers_load(arena *a, const Envoy__Config__Core__V3__HeaderMap *map, extproc_header **out,
+                  size_t *count) {
+  *out = NULL;
+  *count = 0;
+  if (!map || map->n_headers == 0) return true;
+  extproc_header *h = arena_alloc(a, map->n_headers * sizeof(*h));
+  if (!h) return false;
+  for (size_t i = 0; i < map->n_headers; i++) {
+    const Envoy__Config__Core__V3__HeaderValue *hv = map->headers[i];
+    h[i].name = hv->key ? hv->key : "";
+    h[i].name_len = strlen(h[i].name);
+    if (hv->raw_value.len > 0) {
+      char *v = arena_strndup(a, (const char *)hv->raw_value.data, hv->raw_value.len);
+      if (!v) return false;
+      h[i].value = v;
+      h[i].value_len = hv->raw_value.len;
+    } else {
+      h[i].value = hv->value ? hv->value : "";
+      h[i].value_len = strlen(h[i].value);
+    }
+  }
+  *out = h;
+  *count = map->n_headers;
+  return true;
+}
+
+static unsigned char ascii_lower(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + ('a' - 'A')) : c;
+}
+
+bool header_name_equal(const char *a, const char *b) {
+  for (; *a && *b; a++, b++)
+    if (ascii_lower((unsigned char)*a) != ascii_lower((unsigned char)*b)) return false;
+  return *a == *b;
+}
+
+static bool is_tchar(unsigned char c) {
+  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
+  return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+bool header_name_valid(const char *name) {
+  if (!name) return false;
+  if (*name == ':') name++;
+  if (!*name) return false;
+  for (; *name; name++)
+    if (!is_tchar((unsigned char)*name)) return false;
+  return true;
+}
+
+bool header_value_valid(const char *value, size_t len) {
+  if (!value) return false;
+  for (size_t i = 0; i < len; i++)
+    if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0') return false;
+  return true;
+}
+
+int64_t header_parse_length(const char *s, size_t len) {
+  size_t i = 0;
+  while (i < len && s[i] == ' ') i++;
+  while (len > i && s[len - 1] == ' ') len--;
+  if (i == len) return -1;
+  int64_t n = 0;
+  for (; i < len; i++) {
+    if (s[i] < '0' || s[i] > '9') return -1;
+    if (n > ((int64_t)1 << 62) / 10) return -1;
+    n = n * 10 + (s[i] - '0');
+  }
+  return n;
+}
+
+/* ---- Public read API ------------------------------------------------------------------- */
+
+const extproc_header *extproc_headers(const extproc_request *req, size_t *count) {
+  if (count) *count = req ? req->header_count : 0;
+  return req ? req->headers : NULL;
+}
+
+const char *extproc_header_get(const extproc_request *req, const char *name) {
+  if (!req || !name) return NULL;
+  for (size_t i = 0; i < req->header_count; i++)
+    if (header_name_equal(req->headers[i].name, name)) return req->headers[i].value;
+  return NULL;
+}
+
+size_t extproc_header_get_all(const extproc_request *req, const char *name, const char **values,
+                              size_t max) {
+  if (!req || !name) return 0;
+  size_t n = 0;
+  for (size_t i = 0; i < req->header_count; i++) {
+    if (!header_name_equal(req->headers[i].name, name)) continue;
+    if (n < max && values) values[n] = req->headers[i].value;
+    n++;
+  }
+  return n;
+}

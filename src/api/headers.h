@@ -1,0 +1,34 @@
+/* Header maps: decoding Envoy's HeaderMap into the author's view, and the checks every header
+ * write goes through. */
+#ifndef EXTPROC_HEADERS_H
+#define EXTPROC_HEADERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/arena.h"
+#include "envoy/config/core/v3/base.pb-c.h"
+#include "extproc/extproc.h"
+
+/* Copies `map` into an array of NUL-terminated name/value pairs in `a`, reading each value
+ * from raw_value and falling back to value (Envoy fills raw_value; older senders fill value).
+ * Returns false on out-of-memory. */
+bool headers_load(arena *a, const Envoy__Config__Core__V3__HeaderMap *map, extproc_header **out,
+                  size_t *count);
+
+/* ASCII case-insensitive equality of a NUL-terminated string and a header name. */
+bool header_name_equal(const char *a, const char *b);
+
+/* True for a valid HTTP header name: RFC 9110 token characters, optionally after one leading
+ * ':' (pseudo-headers such as :path may be rewritten). */
+bool header_name_valid(const char *name);
+
+/* True for a header value Envoy accepts: no CR, LF or NUL in `len` bytes. */
+bool header_value_valid(const char *value, size_t len);
+
+/* Parses a non-negative decimal integer of `len` bytes (surrounding spaces allowed). Returns -1
+ * if it is empty, malformed or above 2^62. */
+int64_t header_parse_length(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,100 @@
+#include "api/processor.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static extproc_processor *processor_alloc(const char *name) {
+  if (!name) return NULL;
+  extproc_processor *p = calloc(1, sizeof(*p));
+  if (!p) return NULL;
+  p->name = strdup(name);
+  if (!p->name) {
+    free(p);
+    return NULL;
+  }
+  p->error_http_status = 500;
+  return p;
+}
+
+extproc_processor *extproc_processor_create(const extproc_processor_def *def) {
+  if (!def) return NULL;
+  extproc_processor *p = processor_alloc(def->name);
+  if (!p) return NULL;
+  p->context_size = def->context_size;
+  p->context_init = def->context_init;
+  p->context_cleanup = def->context_cleanup;
+  p->on[EXTPROC_REQUEST_HEADERS] = def->request_headers;
+  p->on[EXTPROC_REQUEST_BODY] = def->request_body;
+  p->on[EXTPROC_REQUEST_TRAILERS] = def->request_trailers;
+  p->on[EXTPROC_RESPONSE_HEADERS] = def->response_headers;
+  p->on[EXTPROC_RESPONSE_BODY] = def->response_body;
+  p->on[EXTPROC_RESPONSE_TRAILERS] = def->response_trailers;
+  p->user_data = def->user_data;
+  if (extproc_processor_set_error_policy(p, def->on_error, def->error_http_status) != 0) {
+    extproc_processor_free(p);
+    return NULL;
+  }
+  return p;
+}
+
+extproc_processor *extproc_processor_new(const char *name) { return processor_alloc(name); }
+
+int extproc_processor_on(extproc_processor *proc, extproc_phase phase, extproc_phase_fn fn) {
+  if (!proc || (unsigned)phase >= EXTPROC_PHASE_COUNT) return EXTPROC_EINVAL;
+  proc->on[phase] = fn;
+  return 0;
+}
+
+int extproc_processor_set_context(extproc_processor *proc, size_t size,
+                                  extproc_context_init_fn init,
+                                  extproc_context_cleanup_fn cleanup) {
+  if (!proc) return EXTPROC_EINVAL;
+  proc->context_size = size;
+  proc->context_init = init;
+  proc->context_cleanup = cleanup;
+  return 0;
+}
+
+int extproc_processor_set_error_policy(extproc_processor *proc, extproc_error_policy policy,
+                                       uint32_t http_status) {
+  if (!proc) return EXTPROC_EINVAL;
+  if (policy != EXTPROC_ON_ERROR_FAIL_STREAM && policy != EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE)
+    return EXTPROC_EINVAL;
+  if (http_status == 0) http_status = 500;
+  if (http_status < 200 || http_status > 599) return EXTPROC_EINVAL;
+  proc->on_error = policy;
+  proc->error_http_status = http_status;
+  return 0;
+}
+
+void extproc_processor_set_user_data(extproc_processor *proc, void *user_data) {
+  if (proc) proc->user_data = user_data;
+}
+
+const char *extproc_processor_name(const extproc_processor *proc) {
+  return proc ? proc->name : "";
+}
+
+void extproc_processor_free(extproc_processor *proc) {
+  if (!proc) return;
+  free(proc->name);
+  free(proc);
+}
+
+const char *extproc_phase_name(extproc_phase phase) {
+  static const char *const names[EXTPROC_PHASE_COUNT] = {
+      "request_headers",  "request_body",  "request_trailers",
+      "response_headers", "response_body", "response_trailers"};
+  return (unsigned)phase < EXTPROC_PHASE_COUNT ? names[phase] : "unknown";
+}
+
+const char *extproc_strerror(int error) {
+  switch (error) {
+  case EXTPROC_OK: return "success";
+  case EXTPROC_EINVAL: return "invalid argument";
+  case EXTPROC_ESTATE: return "not allowed in this phase or state";
+  case EXTPROC_ENOMEM: return "out of memory";
+  case EXTPROC_EIO: return "system call failed";
+  default: return "unknown error";
+  }
+}

@@ -1,0 +1,117 @@
+#include "engine/arena.h"
+
+#include <stdalign.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct arena_block {
+  arena_block *next;
+  size_t used;
+  size_t size;
+  alignas(max_align_t) unsigned char data[];
+};
+
+enum { ARENA_FIRST_BLOCK = 4096, ARENA_MAX_BLOCK = 1 << 20 };
+
+void arena_init(arena *a) {
+  a->head = NULL;
+  a->block_bytes = ARENA_FIRST_BLOCK;
+}
+
+static size_t align_up(size_t n) {
+  const size_t al = alignof(max_align_t);
+  return (n + al - 1) & ~(al - 1);
+}
+
+static arena_block *arena_grow(arena *a, size_t need) {
+  size_t size = a->block_bytes;
+  if (size < need) size = need;
+  arena_block *b = malloc(sizeof(*b) + size);
+  if (!b) return NULL;
+  b->used = 0;
+  b->size = size;
+  /* A large one-off allocation goes behind the current block so the current block's free
+   * space stays usable for the small allocations that follow. */
+  if (need > a->block_bytes && a->head) {
+    b->next = a->head->next;
+    a->head->next = b;
+  } else {
+    b->next = a->head;
+    a->head = b;
+    if (a->block_bytes < ARENA_MAX_BLOCK) a->block_bytes *= 2;
+  }
+  return b;
+}
+
+void *arena_alloc(arena *a, size_t size) {
+  if (size == 0) size = 1;
+  size = align_up(size);
+  arena_block *b = a->head;
+  if (!b || b->size - b->used < size) {
+    b = arena_grow(a, size);
+    if (!b) return NULL;
+  }
+  void *p = b->data + b->used;
+  b->used += size;
+  return p;
+}
+
+void *arena_calloc(arena *a, size_t size) {
+  void *p = arena_alloc(a, size);
+  if (p) memset(p, 0, size);
+  return p;
+}
+
+char *arena_strndup(arena *a, const char *s, size_t len) {
+  char *p = arena_alloc(a, len + 1);
+  if (!p) return NULL;
+  if (len) memcpy(p, s, len);
+  p[len] = '\0';
+  return p;
+}
+
+static void free_chain(arena_block *b) {
+  while (b) {
+    arena_block *next = b->next;
+    free(b);
+    b = next;
+  }
+}
+
+void arena_reset(arena *a) {
+  if (!a->head) return;
+  /* Keep the oldest block: it is the smallest and is what most messages need. */
+  arena_block *keep = a->head, *prev = NULL;
+  while (keep->next) {
+    prev = keep;
+    keep = keep->next;
+  }
+  if (prev) {
+    prev->next = NULL;
+    free_chain(a->head);
+  }
+  if (keep->size > ARENA_MAX_BLOCK) { /* a one-off giant: do not hold on to it */
+    free(keep);
+    arena_init(a);
+    return;
+  }
+  keep->used = 0;
+  a->head = keep;
+  a->block_bytes = keep->size < ARENA_MAX_BLOCK ? keep->size * 2 : keep->size;
+}
+
+void arena_free(arena *a) {
+  free_chain(a->head);
+  arena_init(a);
+}
+
+static void *pb_alloc(void *data, size_t size) { return arena_alloc(data, size); }
+static void pb_free(void *data, void *ptr) {
+  (void)data;
+  (void)ptr;
+}
+
+ProtobufCAllocator arena_protobuf_allocator(arena *a) {
+  ProtobufCAllocator al = {.alloc = pb_alloc, .free = pb_free, .allocator_data = a};
+  return al;
+}

@@ -1,0 +1,338 @@
+#include "engine/stream.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/headers.h"
+#include "api/processor.h"
+#include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
+#include "server/log.h"
+
+typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
+
+extproc_request *stream_open(const extproc_processor *proc, const stream_sink *sink, void *io,
+                             const stream_poster *poster) {
+  extproc_request *req = calloc(1, sizeof(*req));
+  if (!req) return NULL;
+  req->proc = proc;
+  req->sink = sink;
+  req->io = io;
+  if (poster) req->poster = *poster;
+  arena_init(&req->arena);
+  arena_init(&req->msg_arena);
+  req->info.content_length = -1;
+  return req;
+}
+
+static void stream_free(extproc_request *req) {
+  if (req->ctx_started && req->proc->context_cleanup) req->proc->context_cleanup(req->ctx);
+  queued_message *q = req->queue_head;
+  while (q) {
+    queued_message *next = q->next;
+    free(q);
+    q = next;
+  }
+  arena_free(&req->msg_arena);
+  arena_free(&req->arena);
+  free(req);
+}
+
+bool stream_busy(const extproc_request *req) { return req->deferred; }
+
+/* Ends the stream with a non-OK status; the transport sends the trailers. */
+static void stream_fail(extproc_request *req, uint32_t code, const char *message) {
+  if (req->ended) return;
+  req->ended = true;
+  if (req->io) req->sink->finish(req->io, code, message);
+}
+
+static void stream_finish_if_done(extproc_request *req) {
+  if (req->ended || !req->half_closed || req->deferred || req->queue_head) return;
+  req->ended = true;
+  if (req->io) req->sink->finish(req->io, EXTPROC_GRPC_OK, NULL);
+}
+
+/* Phase order within each direction is headers, body chunks, trailers; each may be skipped.
+ * Returns NULL if `phase` may come now, or why not. */
+static const char *phase_order_error(const extproc_request *req, extproc_phase phase,
+                                     bool end_of_stream) {
+  const bool response = phase >= EXTPROC_RESPONSE_HEADERS;
+  const extproc_phase headers = response ? EXTPROC_RESPONSE_HEADERS : EXTPROC_REQUEST_HEADERS;
+  const uint8_t body_bit = 1u << (headers + 1), trailers_bit = 1u << (headers + 2);
+  (void)end_of_stream;
+  switch (phase - headers) {
+  case 0: /* headers: first of their direction */
+    if (req->phases_seen & ((1u << headers) | body_bit | trailers_bit))
+      return "headers arrived after this direction had already started";
+    return NULL;
+  case 1: /* body: before trailers, and not after a chunk that ended the body */
+    if (req->phases_seen & trailers_bit) return "a body chunk arrived after the trailers";
+    if (req->body_done[response]) return "a body chunk arrived after the body had ended";
+    return NULL;
+  default: /* trailers: once */
+    if (req->phases_seen & trailers_bit) return "trailers arrived twice";
+    return NULL;
+  }
+}
+
+static void record_request_info(extproc_request *req) {
+  extproc_request_info *info = &req->info;
+  for (size_t i = 0; i < req->header_count; i++) {
+    const extproc_header *h = &req->headers[i];
+    const char **slot = NULL;
+    if (strcmp(h->name, ":method") == 0) slot = &info->method;
+    else if (strcmp(h->name, ":path") == 0) slot = &info->path;
+    else if (strcmp(h->name, ":scheme") == 0) slot = &info->scheme;
+    else if (strcmp(h->name, ":authority") == 0) slot = &info->authority;
+    else if (strcmp(h->name, "x-request-id") == 0) slot = &info->request_id;
+    else if (strcmp(h->name, "content-type") == 0) slot = &info->content_type;
+    else if (strcmp(h->name, "content-length") == 0)
+      info->content_length = header_parse_length(h->value, h->value_len);
+    if (slot && !*slot) *slot = arena_strndup(&req->arena, h->value, h->value_len);
+  }
+}
+
+static void record_response_info(extproc_request *req) {
+  const char *status = extproc_header_get(req, ":status");
+  if (!status) return;
+  int64_t n = header_parse_length(status, strlen(status));
+  if (n >= 100 && n <= 999) req->info.response_status = (uint32_t)n;
+}
+
+/* Points the request at the decoded message's phase data. Returns false on out-of-memory. */
+static bool load_message(extproc_request *req, const ProcessingRequest *msg) {
+  const Envoy__Config__Core__V3__HeaderMap *map = NULL;
+  req->headers = NULL;
+  req->header_count = 0;
+  req->body = NULL;
+  req->body_len = 0;
+  req->end_of_stream = true;
+  switch (msg->request_case) {
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS:
+    map = msg->request_headers->headers;
+    req->end_of_stream = msg->request_headers->end_of_stream;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS:
+    map = msg->response_headers->headers;
+    req->end_of_stream = msg->response_headers->end_of_stream;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY:
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY: {
+    const Envoy__Service__ExtProc__V3__HttpBody *b =
+        msg->request_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY
+            ? msg->request_body
+            : msg->response_body;
+    /* protobuf-c leaves data NULL for an empty field; callers get "" for an empty chunk. */
+    req->body = b->body.data ? b->body.data : (const uint8_t *)"";
+    req->body_len = b->body.len;
+    req->end_of_stream = b->end_of_stream;
+    break;
+  }
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_TRAILERS:
+    map = msg->request_trailers->trailers;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS:
+    map = msg->response_trailers->trailers;
+    break;
+  default:
+    break;
+  }
+  if (map && !headers_load(&req->msg_arena, map, &req->headers, &req->header_count)) return false;
+  if (req->phase == EXTPROC_REQUEST_HEADERS) record_request_info(req);
+  if (req->phase == EXTPROC_RESPONSE_HEADERS) record_response_info(req);
+  return true;
+}
+
+static void reset_reply(extproc_request *req) {
+  memset(&req->edits, 0, sizeof(req->edits));
+  memset(&req->immediate_headers, 0, sizeof(req->immediate_headers));
+  req->body_op = BODY_KEEP;
+  req->body_data = NULL;
+  req->body_data_len = 0;
+  req->immediate = false;
+  req->immediate_status = 0;
+  req->immediate_body = NULL;
+  req->immediate_body_len = 0;
+  req->immediate_has_grpc_status = false;
+  req->immediate_details = NULL;
+  req->fail_code = EXTPROC_GRPC_INTERNAL;
+  req->fail_message = NULL;
+}
+
+static void send_reply(extproc_request *req, ProtobufCMessage *reply) {
+  if (!reply) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory building the reply");
+    return;
+  }
+  if (req->io && req->sink->send(req->io, reply) != 0) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "could not queue the reply");
+    return;
+  }
+  if (req->immediate) req->ended = true; /* Envoy stops processing after an immediate response */
+}
+
+/* A callback (or context_init) failed: log it, then apply the processor's policy. */
+static void apply_error_policy(extproc_request *req) {
+  const char *why = req->fail_message ? req->fail_message : "callback failed";
+  extproc_log(req, EXTPROC_LOG_ERROR, "%s", why);
+  if (req->observability_mode) return; /* nothing may be sent; Envoy does not wait */
+  if (req->proc->on_error == EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE) {
+    send_reply(req, reply_build_error(req, req->proc->error_http_status));
+    return;
+  }
+  stream_fail(req, req->fail_code, why);
+}
+
+/* The callback's outcome is known: reply (or not) and move on. */
+static void complete_phase(extproc_request *req, extproc_result result) {
+  if (result == EXTPROC_FAIL) {
+    apply_error_policy(req);
+  } else if (!req->observability_mode && !req->ended) {
+    send_reply(req, reply_build(req));
+  }
+  arena_reset(&req->msg_arena);
+}
+
+static bool start_context(extproc_request *req) {
+  const extproc_processor *proc = req->proc;
+  if (proc->context_size) {
+    req->ctx = arena_calloc(&req->arena, proc->context_size);
+    if (!req->ctx) {
+      req->fail_code = EXTPROC_GRPC_RESOURCE_EXHAUSTED;
+      req->fail_message = "out of memory allocating the request context";
+      return false;
+    }
+  }
+  if (proc->context_init && proc->context_init(req, req->ctx) != 0) {
+    if (!req->fail_message) req->fail_message = "context_init failed";
+    return false;
+  }
+  req->ctx_started = true;
+  return true;
+}
+
+/* The oneof's field numbers alternate directions (request_headers 2, response_headers 3,
+ * request_body 4, ...); phases are numbered by direction. */
+static extproc_phase phase_of(Envoy__Service__ExtProc__V3__ProcessingRequest__RequestCase c) {
+  const unsigned n = (unsigned)c - 2;
+  return (extproc_phase)((n & 1) * EXTPROC_RESPONSE_HEADERS + n / 2);
+}
+
+static void process_message(extproc_request *req, const uint8_t *data, size_t len) {
+  ProtobufCAllocator alloc = arena_protobuf_allocator(&req->msg_arena);
+  ProcessingRequest *msg =
+      envoy__service__ext_proc__v3__processing_request__unpack(&alloc, len, data);
+  if (!msg) {
+    log_line(EXTPROC_LOG_WARN, "processor=%s: malformed ProcessingRequest (%zu bytes)",
+             req->proc->name, len);
+    stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "malformed ProcessingRequest");
+    arena_reset(&req->msg_arena);
+    return;
+  }
+  if (msg->request_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST__NOT_SET) {
+    stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "ProcessingRequest carries no phase");
+    arena_reset(&req->msg_arena);
+    return;
+  }
+  const extproc_phase phase = phase_of(msg->request_case);
+  const bool first_message = req->phases_seen == 0;
+  req->phase = phase;
+  req->observability_mode = msg->observability_mode;
+  reset_reply(req);
+  if (!load_message(req, msg)) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory decoding the request");
+    arena_reset(&req->msg_arena);
+    return;
+  }
+  const char *order_error = phase_order_error(req, phase, req->end_of_stream);
+  if (order_error) {
+    extproc_log(req, EXTPROC_LOG_WARN, "unexpected phase: %s", order_error);
+    stream_fail(req, EXTPROC_GRPC_FAILED_PRECONDITION, order_error);
+    arena_reset(&req->msg_arena);
+    return;
+  }
+  req->phases_seen |= (uint8_t)(1u << phase);
+  if ((phase == EXTPROC_REQUEST_BODY || phase == EXTPROC_RESPONSE_BODY) && req->end_of_stream)
+    req->body_done[phase == EXTPROC_RESPONSE_BODY] = true;
+
+  if (first_message && !start_context(req)) {
+    complete_phase(req, EXTPROC_FAIL);
+    return;
+  }
+  const extproc_phase_fn fn = req->proc->on[phase];
+  const extproc_result result = fn ? fn(req, req->ctx) : EXTPROC_CONTINUE;
+  if (result == EXTPROC_DEFER) {
+    req->deferred = true;
+    if (req->poster.deferred) (*req->poster.deferred)++;
+    return;
+  }
+  complete_phase(req, result == EXTPROC_FAIL ? EXTPROC_FAIL : EXTPROC_CONTINUE);
+}
+
+/* Processes queued messages until one defers or the queue is empty. */
+static void drain_queue(extproc_request *req) {
+  while (!req->deferred && req->queue_head) {
+    queued_message *q = req->queue_head;
+    req->queue_head = q->next;
+    if (!req->queue_head) req->queue_tail = NULL;
+    if (!req->ended) process_message(req, q->data, q->len);
+    free(q);
+  }
+  stream_finish_if_done(req);
+}
+
+void stream_on_message(extproc_request *req, const uint8_t *data, size_t len) {
+  if (req->ended) {
+    log_line(EXTPROC_LOG_DEBUG, "processor=%s: message after the stream ended, ignored",
+             req->proc->name);
+    return;
+  }
+  if (!req->deferred && !req->queue_head) {
+    process_message(req, data, len);
+    return;
+  }
+  /* An earlier message is still being answered: keep order by queueing a copy. The transport
+   * holds back flow-control credit meanwhile, so Envoy cannot make this grow without bound. */
+  queued_message *q = malloc(sizeof(*q) + len);
+  if (!q) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory queueing a message");
+    return;
+  }
+  q->next = NULL;
+  q->len = len;
+  memcpy(q->data, data, len);
+  if (req->queue_tail) req->queue_tail->next = q;
+  else req->queue_head = q;
+  req->queue_tail = q;
+}
+
+void stream_on_half_close(extproc_request *req) {
+  req->half_closed = true;
+  stream_finish_if_done(req);
+}
+
+void stream_close(extproc_request *req) {
+  req->io = NULL;
+  if (req->deferred) return; /* freed by stream_resume_on_loop */
+  stream_free(req);
+}
+
+void stream_resume_on_loop(extproc_request *req) {
+  req->deferred = false;
+  if (req->poster.deferred) (*req->poster.deferred)--;
+  if (!req->io) { /* the exchange went away while we waited */
+    stream_free(req);
+    return;
+  }
+  complete_phase(req, req->resume_result);
+  drain_queue(req);
+  if (req->io) req->sink->resumed(req->io);
+}
+
+int extproc_request_resume(extproc_request *req, extproc_result result) {
+  if (!req || (result != EXTPROC_CONTINUE && result != EXTPROC_FAIL)) return EXTPROC_EINVAL;
+  if (!req->deferred || !req->poster.post) return EXTPROC_ESTATE;
+  req->resume_result = result;
+  req->poster.post(req->poster.data, req);
+  return 0;
+}

@@ -1,0 +1,145 @@
+/* The stream engine: one ext_proc gRPC stream, i.e. one HTTP exchange seen by one processor.
+ *
+ * It decodes each ProcessingRequest, checks that the phase may come now, runs the processor's
+ * callback, and sends exactly the one reply Envoy expects for that message (none in
+ * observability mode). The transport feeds it whole gRPC messages and is told, through a
+ * stream_sink, what to send; the engine knows nothing of HTTP/2, so the same engine serves the
+ * network and an in-process harness.
+ *
+ * All functions run on the stream's loop thread, except extproc_request_resume() (public). */
+#ifndef EXTPROC_STREAM_H
+#define EXTPROC_STREAM_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/arena.h"
+#include "extproc/extproc.h"
+
+/* Where the engine's output goes. `io` is the transport's per-stream object. */
+typedef struct stream_sink {
+  /* Sends one ProcessingResponse (the message is valid only during the call). Returns 0, or
+   * a negative extproc_error if it could not be queued (the engine then fails the stream). */
+  int (*send)(void *io, const ProtobufCMessage *reply);
+  /* Ends the gRPC stream with `grpc_status` and `message` (may be NULL) once queued replies
+   * are out. Called at most once. */
+  void (*finish)(void *io, uint32_t grpc_status, const char *message);
+  /* A deferred phase has completed outside any transport event: the transport should take in
+   * the input it held back and flush its output. */
+  void (*resumed)(void *io);
+} stream_sink;
+
+/* How a deferred request gets back to its loop thread: `post` is thread-safe and makes the
+ * loop call stream_resume_on_loop(req) soon. */
+typedef struct stream_poster {
+  void (*post)(void *data, extproc_request *req);
+  void *data;
+  size_t *deferred; /* counts deferred, unresumed requests; touched on the loop thread only */
+} stream_poster;
+
+/* A header write recorded by a callback, in call order. */
+typedef enum header_op { HEADER_SET, HEADER_APPEND, HEADER_ADD_IF_ABSENT, HEADER_REMOVE } header_op;
+
+typedef struct header_edit {
+  struct header_edit *next;
+  header_op op;
+  char *name;  /* lower case, NUL-terminated */
+  char *value; /* NUL-terminated; NULL for HEADER_REMOVE */
+  size_t value_len;
+} header_edit;
+
+typedef struct header_edits {
+  header_edit *head, *tail;
+  size_t sets, removes;
+} header_edits;
+
+typedef enum body_op { BODY_KEEP, BODY_REPLACE, BODY_CLEAR } body_op;
+
+/* A message that arrived while an earlier one was still being answered. */
+typedef struct queued_message {
+  struct queued_message *next;
+  size_t len;
+  uint8_t data[];
+} queued_message;
+
+struct extproc_request {
+  const extproc_processor *proc;
+  const stream_sink *sink;
+  void *io; /* NULL once the transport has let go of the stream */
+  stream_poster poster;
+
+  arena arena;     /* lives as long as the stream: info strings, the context */
+  arena msg_arena; /* the message being processed and its reply; reset per message */
+
+  extproc_request_info info;
+  void *ctx;
+  bool ctx_started; /* context_init ran (and succeeded): cleanup is owed */
+
+  /* What Envoy has sent so far, for the phase-order check. */
+  uint8_t phases_seen;     /* bit per extproc_phase */
+  bool body_done[2];       /* [0] request, [1] response: a body chunk had end_of_stream */
+
+  /* The message being processed. */
+  extproc_phase phase;
+  bool end_of_stream;
+  bool observability_mode;
+  extproc_header *headers;
+  size_t header_count;
+  const uint8_t *body;
+  size_t body_len;
+
+  /* The reply being built. */
+  header_edits edits;
+  body_op body_op;
+  uint8_t *body_data;
+  size_t body_data_len;
+  bool immediate;
+  uint32_t immediate_status;
+  header_edits immediate_headers;
+  uint8_t *immediate_body;
+  size_t immediate_body_len;
+  bool immediate_has_grpc_status;
+  uint32_t immediate_grpc_status;
+  char *immediate_details;
+  uint32_t fail_code;
+  char *fail_message;
+
+  /* Flow. */
+  bool deferred;    /* a callback returned EXTPROC_DEFER and has not been resumed */
+  extproc_result resume_result; /* set by extproc_request_resume() before it posts */
+  bool ended;       /* the stream's outcome is decided: later messages are ignored */
+  bool half_closed; /* Envoy has sent its last message */
+  queued_message *queue_head, *queue_tail;
+};
+
+/* Opens a stream for `proc`. `sink` is static; `io` and `poster` are the transport's.
+ * Returns NULL on out-of-memory. */
+extproc_request *stream_open(const extproc_processor *proc, const stream_sink *sink, void *io,
+                             const stream_poster *poster);
+
+/* Hands the engine one whole gRPC message (copied if it must wait). */
+void stream_on_message(extproc_request *req, const uint8_t *data, size_t len);
+
+/* Envoy half-closed the stream: once every message is answered, it ends with OK. */
+void stream_on_half_close(extproc_request *req);
+
+/* True while a deferred phase awaits extproc_request_resume(): input should be held back. */
+bool stream_busy(const extproc_request *req);
+
+/* The transport is done with the stream (closed, reset or cancelled). Frees it now, or when
+ * its deferred phase is resumed. */
+void stream_close(extproc_request *req);
+
+/* Called on the loop thread after extproc_request_resume() posted the request. */
+void stream_resume_on_loop(extproc_request *req);
+
+/* Builds the ProcessingResponse for the current message from what the callback recorded, in
+ * the message arena. Returns NULL on out-of-memory. (reply.c) */
+ProtobufCMessage *reply_build(extproc_request *req);
+
+/* Builds an ImmediateResponse reply with just a status, for the error policy. (reply.c) */
+ProtobufCMessage *reply_build_error(extproc_request *req, uint32_t http_status);
+
+#endif

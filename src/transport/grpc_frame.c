@@ -1,0 +1,76 @@
+#include "transport/grpc_frame.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void grpc_reader_init(grpc_reader *r, size_t max_message_bytes) {
+  memset(r, 0, sizeof(*r));
+  r->max_message_bytes = max_message_bytes;
+}
+
+void grpc_reader_free(grpc_reader *r) {
+  free(r->buf);
+  r->buf = NULL;
+  r->buf_len = r->buf_cap = 0;
+}
+
+bool grpc_reader_idle(const grpc_reader *r) { return r->prefix_len == 0; }
+
+void grpc_write_prefix(uint8_t out[GRPC_PREFIX_BYTES], uint32_t len) {
+  out[0] = 0;
+  out[1] = (uint8_t)(len >> 24);
+  out[2] = (uint8_t)(len >> 16);
+  out[3] = (uint8_t)(len >> 8);
+  out[4] = (uint8_t)len;
+}
+
+static void reader_restart(grpc_reader *r) {
+  r->prefix_len = 0;
+  r->buf_len = 0;
+}
+
+grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *len,
+                                  const uint8_t **msg, size_t *msg_len) {
+  /* Prefix: may itself be split across frames. */
+  while (r->prefix_len < GRPC_PREFIX_BYTES) {
+    if (*len == 0) return GRPC_READ_NEED_MORE;
+    r->prefix[r->prefix_len++] = **data;
+    (*data)++;
+    (*len)--;
+    if (r->prefix_len == GRPC_PREFIX_BYTES) {
+      r->message_len = (uint32_t)r->prefix[1] << 24 | (uint32_t)r->prefix[2] << 16 |
+                       (uint32_t)r->prefix[3] << 8 | r->prefix[4];
+      if (r->prefix[0] != 0) return GRPC_READ_COMPRESSED;
+      if (r->message_len > r->max_message_bytes) {
+        *msg_len = r->message_len;
+        return GRPC_READ_TOO_LARGE;
+      }
+    }
+  }
+  const size_t need = r->message_len - r->buf_len;
+  /* Fast path: the whole message is in this input; hand it out without copying. */
+  if (r->buf_len == 0 && *len >= need) {
+    *msg = *data;
+    *msg_len = need;
+    *data += need;
+    *len -= need;
+    reader_restart(r);
+    return GRPC_READ_MESSAGE;
+  }
+  if (r->buf_cap < r->message_len) {
+    uint8_t *nb = realloc(r->buf, r->message_len);
+    if (!nb) return GRPC_READ_NO_MEMORY;
+    r->buf = nb;
+    r->buf_cap = r->message_len;
+  }
+  const size_t take = *len < need ? *len : need;
+  memcpy(r->buf + r->buf_len, *data, take);
+  r->buf_len += take;
+  *data += take;
+  *len -= take;
+  if (r->buf_len < r->message_len) return GRPC_READ_NEED_MORE;
+  *msg = r->buf;
+  *msg_len = r->message_len;
+  reader_restart(r);
+  return GRPC_READ_MESSAGE;
+}

@@ -1,0 +1,47 @@
+/* gRPC message framing: each message is a 1-byte compressed flag, a 4-byte big-endian length
+ * and the message bytes, split across HTTP/2 DATA frames however the sender likes. */
+#ifndef EXTPROC_GRPC_FRAME_H
+#define EXTPROC_GRPC_FRAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum { GRPC_PREFIX_BYTES = 5 };
+
+typedef enum grpc_read_status {
+  GRPC_READ_NEED_MORE,  /* all input consumed, no whole message yet */
+  GRPC_READ_MESSAGE,    /* a whole message is ready (see grpc_reader_feed) */
+  GRPC_READ_TOO_LARGE,  /* the announced length exceeds the limit; stop feeding this stream */
+  GRPC_READ_COMPRESSED, /* the compressed flag is set, which we never negotiate */
+  GRPC_READ_NO_MEMORY
+} grpc_read_status;
+
+typedef struct grpc_reader {
+  size_t max_message_bytes;
+  uint8_t prefix[GRPC_PREFIX_BYTES];
+  size_t prefix_len;
+  uint32_t message_len; /* valid once prefix_len == GRPC_PREFIX_BYTES */
+  uint8_t *buf;         /* the message being reassembled across frames */
+  size_t buf_len;
+  size_t buf_cap;
+} grpc_reader;
+
+void grpc_reader_init(grpc_reader *r, size_t max_message_bytes);
+void grpc_reader_free(grpc_reader *r);
+
+/* Consumes input from `*data`/`*len` (both advanced) until a whole message is ready, the input
+ * runs out, or an error. On GRPC_READ_MESSAGE, `*msg`/`*msg_len` point at the message: into the
+ * input itself when it arrived in one piece (no copy), or into the reader's buffer; valid until
+ * the next call. Call again with the remaining input to continue. On GRPC_READ_TOO_LARGE,
+ * `*msg_len` holds the announced length. */
+grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *len,
+                                  const uint8_t **msg, size_t *msg_len);
+
+/* True when no partial message is buffered (a clean place for the stream to end). */
+bool grpc_reader_idle(const grpc_reader *r);
+
+/* Writes the 5-byte prefix of an uncompressed message of `len` bytes. */
+void grpc_write_prefix(uint8_t out[GRPC_PREFIX_BYTES], uint32_t len);
+
+#endif

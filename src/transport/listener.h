@@ -1,0 +1,18 @@
+/* Listening sockets: address parsing, binding, and handing accepted connections on. */
+#ifndef EXTPROC_LISTENER_H
+#define EXTPROC_LISTENER_H
+
+#include "transport/transport.h"
+
+/* Parses `address` ("HOST:PORT", "[V6]:PORT" or "unix:PATH") and binds its sockets, one per
+ * worker for TCP. Returns 0 or a negative extproc_error (spec is left empty on error). */
+int listener_open(const char *address, listener_spec *spec, unsigned workers);
+
+/* Closes sockets no worker took over and frees the per-worker table. */
+void listener_spec_free(listener_spec *spec, unsigned workers);
+
+/* Starts listening on worker `w`'s socket of `spec`, using handle `l`. Returns 0 or a libuv
+ * error. */
+int listener_start(worker *w, listener_spec *spec, listener *l);
+
+#endif

@@ -1,0 +1,247 @@
+"""Fixtures for Envoy-in-the-loop tests: a real Envoy, the echo upstream and a processor.
+
+The `stack` fixture starts all three on free loopback ports, once per module and per transport
+("tcp": the processor on 127.0.0.1:PORT; "unix": on a unix socket), so every test in a module
+runs against both. Envoy's config is deploy/envoy.yaml with its addresses rewritten, so the tests
+exercise the very file the demo uses.
+
+Environment:
+  EXTPROC_EXAMPLES  processor runner binary (default: build/examples/extproc-examples)
+  ENVOY             Envoy binary (default: .venv/bin/envoy, else `envoy` on PATH)
+A missing binary is a test error, not a skip: these tests must never pass by running nothing.
+"""
+
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ENVOY_TEMPLATE = REPO / "deploy" / "envoy.yaml"
+ECHO_SCRIPT = REPO / "tools" / "echo_upstream.py"
+STARTUP_TIMEOUT = 20.0  # seconds; Envoy alone usually needs about one
+LOG_TAIL_LINES = 40
+
+_base_ids = itertools.count()
+
+
+# ---------------------------------------------------------------- binaries and config
+
+
+def runner_binary():
+    path = Path(os.environ.get("EXTPROC_EXAMPLES", "build/examples/extproc-examples"))
+    if not path.is_absolute():
+        path = REPO / path
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"processor runner not found or not executable: {path} "
+                    "(build it, or point EXTPROC_EXAMPLES at it)", pytrace=False)
+    return str(path)
+
+
+def envoy_binary():
+    path = os.environ.get("ENVOY") or REPO / ".venv" / "bin" / "envoy"
+    if os.access(path, os.X_OK):
+        return str(path)
+    found = shutil.which("envoy")
+    if not found:
+        pytest.fail("envoy not found: run scripts/setup.sh or set ENVOY", pytrace=False)
+    return found
+
+
+def envoy_config(listen_port, admin_port, echo_port, processor_address):
+    """deploy/envoy.yaml with its demo addresses replaced.
+
+    processor_address is ("tcp", port) or ("unix", path). Each demo value must occur exactly
+    once, so an edit to envoy.yaml that would make the rewrite silently miss fails here instead.
+    """
+    text = ENVOY_TEMPLATE.read_text()
+    kind, where = processor_address
+    processor = (f"pipe: {{ path: {where} }}" if kind == "unix"
+                 else f"socket_address: {{ address: 127.0.0.1, port_value: {where} }}")
+    replacements = [
+        # The listener binds loopback only in tests: nothing outside should reach it.
+        ("socket_address: { address: 0.0.0.0, port_value: 8080 }",
+         f"socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}"),
+        ("port_value: 9901 }", f"port_value: {admin_port} }}"),
+        ("port_value: 8000 }", f"port_value: {echo_port} }}"),
+        ("socket_address: { address: 127.0.0.1, port_value: 50051 }", processor),
+    ]
+    for old, new in replacements:
+        count = text.count(old)
+        assert count == 1, f"{ENVOY_TEMPLATE}: expected {old!r} once, found it {count} times"
+        text = text.replace(old, new)
+    return text
+
+
+def free_ports(n):
+    """n distinct free loopback ports. All are held until all are chosen, so none repeats;
+    once released, the kernel does not hand them out again right away."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines=LOG_TAIL_LINES):
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as e:
+            text = [f"(no log: {e})"]
+        return f"--- {self.name} (pid {self.popen.pid}, rc {self.popen.poll()}) {self.log}\n" + \
+            "\n".join(text)
+
+    def stop(self, sig=signal.SIGTERM, timeout=5.0):
+        """Signals the process and waits; kills it if it lingers. Returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+def start(name, argv, log_dir):
+    log = Path(log_dir) / f"{name}.log"
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+    return Proc(name, popen, log)
+
+
+def wait_until(what, ready, procs, timeout=STARTUP_TIMEOUT):
+    """Polls ready() until true; fails early, with every log's tail, if a process dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dead = [p for p in procs if p.popen.poll() is not None]
+        if dead:
+            pytest.fail(f"{dead[0].name} exited while waiting for {what}\n" +
+                        "\n".join(p.tail() for p in procs), pytrace=False)
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\n" +
+                        "\n".join(p.tail() for p in procs), pytrace=False)
+        time.sleep(0.05)
+
+
+def can_connect(address):
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(address)
+            return True
+        except OSError:
+            return False
+
+
+def envoy_ready(admin_port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
+            return r.status == 200
+    except OSError:  # refused while starting, or 503 while initializing
+        return False
+
+
+def start_echo(log_dir, port):
+    proc = start("echo", [sys.executable, str(ECHO_SCRIPT), "--port", str(port)], log_dir)
+    wait_until("echo upstream", lambda: can_connect(("127.0.0.1", port)), [proc])
+    return proc
+
+
+def start_processor(log_dir, transport, sock_dir, port=None, service="trivial"):
+    """Starts the runner on TCP port (a free one if None), or on a unix socket in sock_dir.
+
+    Returns (proc, address) with address as envoy_config() takes it.
+    """
+    if transport == "unix":
+        address = ("unix", os.path.join(sock_dir, "processor.sock"))
+        listen, probe = f"unix:{address[1]}", address[1]
+    else:
+        address = ("tcp", port or free_ports(1)[0])
+        listen, probe = f"127.0.0.1:{address[1]}", ("127.0.0.1", address[1])
+    proc = start(f"processor-{transport}",
+                 [runner_binary(), "--service", service, "--listen", listen], log_dir)
+    wait_until(f"processor on {listen}", lambda: can_connect(probe), [proc])
+    return proc, address
+
+
+@pytest.fixture
+def short_tmp_dir():
+    # sun_path holds ~107 bytes and pytest's tmp dirs can be longer, so use a short /tmp dir.
+    path = tempfile.mkdtemp(prefix="extproc-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    transport: str
+    port: int  # Envoy's listener
+    admin_port: int
+    echo_port: int
+    log_dir: Path
+    procs: list = field(default_factory=list)
+
+    def logs(self):
+        return "\n".join(p.tail() for p in self.procs)
+
+
+@pytest.fixture(scope="module", params=["tcp", "unix"])
+def stack(request, tmp_path_factory):
+    transport = request.param
+    log_dir = tmp_path_factory.mktemp(f"e2e-{transport}")
+    sock_dir = tempfile.mkdtemp(prefix="extproc-")  # short path: see short_tmp_dir()
+    listen_port, admin_port, echo_port, processor_port = free_ports(4)
+    s = Stack(transport, listen_port, admin_port, echo_port, log_dir)
+    # A base id unique to this run lets several Envoys (and test runs) share the machine.
+    base_id = os.getpid() * 10 + next(_base_ids) % 10
+    try:
+        s.procs.append(start_echo(log_dir, s.echo_port))
+        processor, address = start_processor(log_dir, transport, sock_dir, processor_port)
+        s.procs.append(processor)
+
+        config = log_dir / "envoy.yaml"
+        config.write_text(envoy_config(s.port, s.admin_port, s.echo_port, address))
+        s.procs.append(start("envoy", [
+            envoy_binary(), "-c", str(config), "--base-id", str(base_id),
+            "--log-level", "warn", "--concurrency", "2"], log_dir))
+        wait_until("envoy /ready and its listener",
+                   lambda: envoy_ready(s.admin_port) and can_connect(("127.0.0.1", s.port)),
+                   s.procs)
+        yield s
+    finally:
+        for p in reversed(s.procs):  # Envoy first, so nothing calls the others while they stop
+            p.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        # Envoy leaves its hot-restart shared memory behind; with a new base id per run these
+        # would pile up in /dev/shm.
+        Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}").unlink(missing_ok=True)
