@@ -62,10 +62,14 @@ int main(int argc, char **argv) {
       return 2;
     }
     i++;
-    if (strcmp(arg, "--service") == 0) service = val;
-    else if (strcmp(arg, "--listen") == 0) listen = val;
-    else if (strcmp(arg, "--log-level") == 0) level_text = val;
-    else if (strcmp(arg, "--workers") == 0 && parse_size(val, &n)) opts.workers = (unsigned)n;
+    if (strcmp(arg, "--service") == 0)
+      service = val;
+    else if (strcmp(arg, "--listen") == 0)
+      listen = val;
+    else if (strcmp(arg, "--log-level") == 0)
+      level_text = val;
+    else if (strcmp(arg, "--workers") == 0 && parse_size(val, &n))
+      opts.workers = (unsigned)n;
     else if (strcmp(arg, "--max-message-bytes") == 0 && parse_size(val, &n))
       opts.max_message_bytes = n;
     else {
@@ -82,7 +86,8 @@ int main(int argc, char **argv) {
   extproc_log_set_level(level);
   const example *ex = service ? find_example(service) : NULL;
   if (!ex) {
-    fprintf(stderr, "extproc-examples: %s\n", service ? "unknown service" : "--service is required");
+    fprintf(stderr, "extproc-examples: %s\n",
+            service ? "unknown service" : "--service is required");
     usage(stderr);
     return 2;
   }

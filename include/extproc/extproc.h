@@ -35,7 +35,8 @@ extern "C" {
 typedef enum extproc_error {
   EXTPROC_OK = 0,
   EXTPROC_EINVAL = -1, /* an argument is NULL, empty or malformed (e.g. a bad header name) */
-  EXTPROC_ESTATE = -2, /* not allowed in this phase or state (e.g. a body write in a headers phase) */
+  EXTPROC_ESTATE =
+      -2, /* not allowed in this phase or state (e.g. a body write in a headers phase) */
   EXTPROC_ENOMEM = -3, /* out of memory */
   EXTPROC_EIO = -4,    /* a system call failed (bind, listen, thread creation...) */
 } extproc_error;
@@ -115,7 +116,7 @@ typedef struct extproc_request_info {
   const char *authority;  /* request `:authority` */
   const char *request_id; /* request `x-request-id` */
   const char *content_type;
-  int64_t content_length;  /* request `content-length` in bytes; -1 when absent or invalid */
+  int64_t content_length;   /* request `content-length` in bytes; -1 when absent or invalid */
   uint32_t response_status; /* response `:status`; 0 until response_headers is seen */
 } extproc_request_info;
 
@@ -171,8 +172,7 @@ int extproc_processor_on(extproc_processor *proc, extproc_phase phase, extproc_p
  * `init` (may be NULL); `cleanup` (may be NULL) runs when the request ends. Returns 0 or
  * EXTPROC_EINVAL. Call before serving. */
 int extproc_processor_set_context(extproc_processor *proc, size_t size,
-                                  extproc_context_init_fn init,
-                                  extproc_context_cleanup_fn cleanup);
+                                  extproc_context_init_fn init, extproc_context_cleanup_fn cleanup);
 
 /* Sets the error policy; `http_status` is used by EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE
  * (0 means 500; otherwise 200..599). Returns 0 or EXTPROC_EINVAL. Call before serving. */
@@ -229,8 +229,8 @@ const char *extproc_header_get(const extproc_request *req, const char *name);
 
 /* Every value of a repeated header: stores up to `max` value pointers into `values` (may be
  * NULL when max is 0) in the order sent and returns how many there are in all. */
-size_t extproc_header_get_all(const extproc_request *req, const char *name,
-                              const char **values, size_t max);
+size_t extproc_header_get_all(const extproc_request *req, const char *name, const char **values,
+                              size_t max);
 
 /* The current body chunk (HttpBody.body) and its length in bytes in `*len`. Returns NULL with
  * *len = 0 outside body phases; a non-NULL pointer with *len = 0 for an empty chunk. Valid
@@ -321,7 +321,8 @@ typedef enum extproc_log_level {
   EXTPROC_LOG_OFF = 4
 } extproc_log_level;
 
-/* Sets the process-wide log threshold (default EXTPROC_LOG_INFO). Lines go to stderr. Thread-safe. */
+/* Sets the process-wide log threshold (default EXTPROC_LOG_INFO). Lines go to stderr. Thread-safe.
+ */
 void extproc_log_set_level(extproc_log_level level);
 /* Parses "debug", "info", "warn"/"warning", "error", "off" (any case). Returns 0 and stores the
  * level, or EXTPROC_EINVAL. */

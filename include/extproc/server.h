@@ -58,8 +58,9 @@ int extproc_server_listen(extproc_server *srv, const char *address, const extpro
 /* The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index. */
 int extproc_server_port(const extproc_server *srv, int index);
 
-/* Starts the worker threads and returns. Returns 0, EXTPROC_ESTATE if already started or no
- * listener was added, or EXTPROC_EIO if a thread could not be created. */
+/* Starts the worker threads and returns. Sets SIGPIPE to be ignored, process-wide, so a peer
+ * that disconnects mid-write cannot kill the process. Returns 0, EXTPROC_ESTATE if already started
+ * or no listener was added, or EXTPROC_EIO if a thread could not be created. */
 int extproc_server_start(extproc_server *srv);
 
 /* Asks the server to stop: listeners close, connections are closed and their streams ended

@@ -63,8 +63,10 @@ bool header_value_valid(const char *value, size_t len) {
 
 int64_t header_parse_length(const char *s, size_t len) {
   size_t i = 0;
-  while (i < len && s[i] == ' ') i++;
-  while (len > i && s[len - 1] == ' ') len--;
+  while (i < len && s[i] == ' ')
+    i++;
+  while (len > i && s[len - 1] == ' ')
+    len--;
   if (i == len) return -1;
   int64_t n = 0;
   for (; i < len; i++) {

@@ -71,9 +71,7 @@ void extproc_processor_set_user_data(extproc_processor *proc, void *user_data) {
   if (proc) proc->user_data = user_data;
 }
 
-const char *extproc_processor_name(const extproc_processor *proc) {
-  return proc ? proc->name : "";
-}
+const char *extproc_processor_name(const extproc_processor *proc) { return proc ? proc->name : ""; }
 
 void extproc_processor_free(extproc_processor *proc) {
   if (!proc) return;
@@ -82,9 +80,9 @@ void extproc_processor_free(extproc_processor *proc) {
 }
 
 const char *extproc_phase_name(extproc_phase phase) {
-  static const char *const names[EXTPROC_PHASE_COUNT] = {
-      "request_headers",  "request_body",  "request_trailers",
-      "response_headers", "response_body", "response_trailers"};
+  static const char *const names[EXTPROC_PHASE_COUNT] = {"request_headers",  "request_body",
+                                                         "request_trailers", "response_headers",
+                                                         "response_body",    "response_trailers"};
   return (unsigned)phase < EXTPROC_PHASE_COUNT ? names[phase] : "unknown";
 }
 

@@ -14,9 +14,7 @@ const extproc_request_info *extproc_request_get_info(const extproc_request *req)
 
 void *extproc_request_user_data(const extproc_request *req) { return req->proc->user_data; }
 
-const char *extproc_request_processor_name(const extproc_request *req) {
-  return req->proc->name;
-}
+const char *extproc_request_processor_name(const extproc_request *req) { return req->proc->name; }
 
 bool extproc_request_end_of_stream(const extproc_request *req) { return req->end_of_stream; }
 
@@ -68,8 +66,10 @@ static int edits_add(arena *a, header_edits *edits, header_op op, const char *na
   } else {
     edits->removes++;
   }
-  if (edits->tail) edits->tail->next = e;
-  else edits->head = e;
+  if (edits->tail)
+    edits->tail->next = e;
+  else
+    edits->head = e;
   edits->tail = e;
   return 0;
 }

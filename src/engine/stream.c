@@ -80,12 +80,18 @@ static void record_request_info(extproc_request *req) {
   for (size_t i = 0; i < req->header_count; i++) {
     const extproc_header *h = &req->headers[i];
     const char **slot = NULL;
-    if (strcmp(h->name, ":method") == 0) slot = &info->method;
-    else if (strcmp(h->name, ":path") == 0) slot = &info->path;
-    else if (strcmp(h->name, ":scheme") == 0) slot = &info->scheme;
-    else if (strcmp(h->name, ":authority") == 0) slot = &info->authority;
-    else if (strcmp(h->name, "x-request-id") == 0) slot = &info->request_id;
-    else if (strcmp(h->name, "content-type") == 0) slot = &info->content_type;
+    if (strcmp(h->name, ":method") == 0)
+      slot = &info->method;
+    else if (strcmp(h->name, ":path") == 0)
+      slot = &info->path;
+    else if (strcmp(h->name, ":scheme") == 0)
+      slot = &info->scheme;
+    else if (strcmp(h->name, ":authority") == 0)
+      slot = &info->authority;
+    else if (strcmp(h->name, "x-request-id") == 0)
+      slot = &info->request_id;
+    else if (strcmp(h->name, "content-type") == 0)
+      slot = &info->content_type;
     else if (strcmp(h->name, "content-length") == 0)
       info->content_length = header_parse_length(h->value, h->value_len);
     if (slot && !*slot) *slot = arena_strndup(&req->arena, h->value, h->value_len);
@@ -134,8 +140,7 @@ static bool load_message(extproc_request *req, const ProcessingRequest *msg) {
   case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS:
     map = msg->response_trailers->trailers;
     break;
-  default:
-    break;
+  default: break;
   }
   if (map && !headers_load(&req->msg_arena, map, &req->headers, &req->header_count)) return false;
   if (req->phase == EXTPROC_REQUEST_HEADERS) record_request_info(req);
@@ -174,7 +179,9 @@ static void send_reply(extproc_request *req, ProtobufCMessage *reply) {
 /* A callback (or context_init) failed: log it, then apply the processor's policy. */
 static void apply_error_policy(extproc_request *req) {
   const char *why = req->fail_message ? req->fail_message : "callback failed";
-  extproc_log(req, EXTPROC_LOG_ERROR, "%s", why);
+  extproc_log(req, EXTPROC_LOG_ERROR, "%s (grpc-status %u, policy %s)", why, req->fail_code,
+              req->proc->on_error == EXTPROC_ON_ERROR_FAIL_STREAM ? "fail_stream"
+                                                                  : "immediate_response");
   if (req->observability_mode) return; /* nothing may be sent; Envoy does not wait */
   if (req->proc->on_error == EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE) {
     send_reply(req, reply_build_error(req, req->proc->error_http_status));
@@ -301,8 +308,10 @@ void stream_on_message(extproc_request *req, const uint8_t *data, size_t len) {
   q->next = NULL;
   q->len = len;
   memcpy(q->data, data, len);
-  if (req->queue_tail) req->queue_tail->next = q;
-  else req->queue_head = q;
+  if (req->queue_tail)
+    req->queue_tail->next = q;
+  else
+    req->queue_head = q;
   req->queue_tail = q;
 }
 

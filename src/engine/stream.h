@@ -78,8 +78,8 @@ struct extproc_request {
   bool ctx_started; /* context_init ran (and succeeded): cleanup is owed */
 
   /* What Envoy has sent so far, for the phase-order check. */
-  uint8_t phases_seen;     /* bit per extproc_phase */
-  bool body_done[2];       /* [0] request, [1] response: a body chunk had end_of_stream */
+  uint8_t phases_seen; /* bit per extproc_phase */
+  bool body_done[2];   /* [0] request, [1] response: a body chunk had end_of_stream */
 
   /* The message being processed. */
   extproc_phase phase;
@@ -107,10 +107,10 @@ struct extproc_request {
   char *fail_message;
 
   /* Flow. */
-  bool deferred;    /* a callback returned EXTPROC_DEFER and has not been resumed */
+  bool deferred;                /* a callback returned EXTPROC_DEFER and has not been resumed */
   extproc_result resume_result; /* set by extproc_request_resume() before it posts */
-  bool ended;       /* the stream's outcome is decided: later messages are ignored */
-  bool half_closed; /* Envoy has sent its last message */
+  bool ended;                   /* the stream's outcome is decided: later messages are ignored */
+  bool half_closed;             /* Envoy has sent its last message */
   queued_message *queue_head, *queue_tail;
 };
 

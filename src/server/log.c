@@ -25,7 +25,8 @@ int extproc_log_level_parse(const char *text, extproc_log_level *level) {
   if (!text || !level) return EXTPROC_EINVAL;
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
     const char *a = names[i].name, *b = text;
-    while (*a && (*b | 0x20) == *a) a++, b++;
+    while (*a && (*b | 0x20) == *a)
+      a++, b++;
     if (!*a && !*b) {
       *level = names[i].level;
       return 0;
@@ -45,8 +46,8 @@ static void log_vline(extproc_log_level level, const char *prefix, const char *f
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
   int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ %-5s %s",
-                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                   tm.tm_sec, (long)tv.tv_usec, level_names[level], prefix);
+                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   (long)tv.tv_usec, level_names[level], prefix);
   if (n < 0 || (size_t)n >= sizeof(line)) return;
   int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
   if (m < 0) return;
@@ -69,8 +70,9 @@ void extproc_log(const extproc_request *req, extproc_log_level level, const char
   char prefix[512] = "";
   if (req) {
     const char *rid = req->info.request_id ? req->info.request_id : "-";
-    snprintf(prefix, sizeof(prefix), "processor=%s phase=%s request_id=%s: ",
-             extproc_processor_name(req->proc), extproc_phase_name(req->phase), rid);
+    snprintf(prefix, sizeof(prefix),
+             "processor=%s phase=%s request_id=%s: ", extproc_processor_name(req->proc),
+             extproc_phase_name(req->phase), rid);
   }
   va_list ap;
   va_start(ap, fmt);

@@ -19,8 +19,10 @@ void extproc_server_options_init(extproc_server_options *opts) {
 
 extproc_server *extproc_server_create(const extproc_server_options *opts) {
   extproc_server_options o;
-  if (opts) o = *opts;
-  else extproc_server_options_init(&o);
+  if (opts)
+    o = *opts;
+  else
+    extproc_server_options_init(&o);
   if (o.max_message_bytes == 0 || o.max_message_bytes > (1u << 31)) return NULL;
   if (o.initial_window_bytes == 0 || o.initial_window_bytes > 0x7fffffff) return NULL;
   if (o.max_concurrent_streams == 0) return NULL;
@@ -44,8 +46,7 @@ extproc_server *extproc_server_create(const extproc_server_options *opts) {
   return srv;
 }
 
-int extproc_server_listen(extproc_server *srv, const char *address,
-                          const extproc_processor *proc) {
+int extproc_server_listen(extproc_server *srv, const char *address, const extproc_processor *proc) {
   if (!srv || !address || !proc) return EXTPROC_EINVAL;
   if (srv->started || srv->listener_count == MAX_LISTENERS) return EXTPROC_ESTATE;
   listener_spec *spec = &srv->listeners[srv->listener_count];
@@ -99,7 +100,8 @@ static void run_completions(worker *w) {
       free(batch);
       return;
     }
-    for (size_t i = 0; i < n; i++) stream_resume_on_loop(batch[i]);
+    for (size_t i = 0; i < n; i++)
+      stream_resume_on_loop(batch[i]);
     free(batch);
   }
 }
@@ -113,7 +115,8 @@ static void begin_stop(worker *w) {
   for (unsigned i = 0; i < w->listener_count; i++)
     uv_close(&w->listeners[i].h.handle, close_listener);
   w->listener_count = 0;
-  while (w->connections) connection_close(w->connections);
+  while (w->connections)
+    connection_close(w->connections);
 }
 
 static void on_wakeup(uv_async_t *async) {
@@ -152,6 +155,8 @@ static int worker_init(worker *w) {
 int extproc_server_start(extproc_server *srv) {
   if (!srv || srv->started || srv->listener_count == 0) return EXTPROC_ESTATE;
   srv->started = true;
+  /* A peer that closes while we write must be an error return, not a process kill. */
+  signal(SIGPIPE, SIG_IGN);
   for (unsigned i = 0; i < srv->worker_count; i++)
     if (worker_init(&srv->workers[i]) != 0) return EXTPROC_EIO;
   /* Worker threads leave SIGINT/SIGTERM to the thread that runs the server. */
@@ -175,7 +180,8 @@ void extproc_server_stop(extproc_server *srv) {
   if (!srv) return;
   atomic_store(&srv->stop_requested, true);
   if (!srv->started) return;
-  for (unsigned i = 0; i < srv->worker_count; i++) uv_async_send(&srv->workers[i].wakeup);
+  for (unsigned i = 0; i < srv->worker_count; i++)
+    uv_async_send(&srv->workers[i].wakeup);
   uv_async_t *run = srv->run_wakeup;
   if (run) uv_async_send(run);
 }

@@ -41,8 +41,8 @@ typedef struct h2_stream {
   bool finished; /* the final status is set; trailers follow the queued output */
   uint32_t status;
   char *message;
-  bool discard_input;  /* after an error: input is consumed and dropped */
-  size_t held_bytes;   /* received but not yet returned to the peer's window */
+  bool discard_input; /* after an error: input is consumed and dropped */
+  size_t held_bytes;  /* received but not yet returned to the peer's window */
   struct h2_stream *prev, *next;
 } h2_stream;
 
@@ -75,8 +75,10 @@ static int queue_output(h2_stream *s, size_t len, uint8_t **dst) {
   ch->next = NULL;
   ch->len = len;
   ch->off = 0;
-  if (s->out_tail) s->out_tail->next = ch;
-  else s->out_head = ch;
+  if (s->out_tail)
+    s->out_tail->next = ch;
+  else
+    s->out_head = ch;
   s->out_tail = ch;
   *dst = ch->data;
   return 0;
@@ -121,8 +123,8 @@ static size_t percent_encode(const char *in, char *out, size_t cap) {
   return n;
 }
 
-#define NV(name, value, value_len)                                                             \
-  {(uint8_t *)(name), (uint8_t *)(value), sizeof(name) - 1, (value_len), NGHTTP2_NV_FLAG_NONE}
+#define NV(name, value, value_len)                                                                 \
+  { (uint8_t *)(name), (uint8_t *)(value), sizeof(name) - 1, (value_len), NGHTTP2_NV_FLAG_NONE }
 
 static int submit_trailers(h2_stream *s) {
   char status[12], message[1024];
@@ -137,9 +139,8 @@ static int submit_trailers(h2_stream *s) {
 }
 
 /* The data provider: drains the stream's queued messages, then ends with the trailers. */
-static ssize_t read_output(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                           size_t length, uint32_t *flags, nghttp2_data_source *source,
-                           void *user_data) {
+static ssize_t read_output(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                           uint32_t *flags, nghttp2_data_source *source, void *user_data) {
   (void)session, (void)stream_id, (void)user_data;
   h2_stream *s = source->ptr;
   size_t n = 0;
@@ -165,8 +166,7 @@ static ssize_t read_output(nghttp2_session *session, int32_t stream_id, uint8_t 
 }
 
 static int submit_response_headers(h2_stream *s) {
-  const nghttp2_nv nva[] = {NV(":status", "200", 3),
-                            NV("content-type", "application/grpc", 16)};
+  const nghttp2_nv nva[] = {NV(":status", "200", 3), NV("content-type", "application/grpc", 16)};
   nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_output};
   return nghttp2_submit_response(s->conn->session, s->id, nva, 2, &prd);
 }
@@ -231,8 +231,10 @@ static void answer_health(h2_stream *s, const uint8_t *msg, size_t len) {
 }
 
 static void deliver(h2_stream *s, const uint8_t *msg, size_t len) {
-  if (s->kind == KIND_PROCESS) stream_on_message(s->engine, msg, len);
-  else answer_health(s, msg, len);
+  if (s->kind == KIND_PROCESS)
+    stream_on_message(s->engine, msg, len);
+  else
+    answer_health(s, msg, len);
 }
 
 static void feed_input(h2_stream *s, const uint8_t *data, size_t len) {
@@ -271,14 +273,18 @@ static void on_remote_end(h2_stream *s) {
     finish_stream(s, EXTPROC_GRPC_INTERNAL, "stream ended inside a message");
     return;
   }
-  if (s->kind == KIND_PROCESS) stream_on_half_close(s->engine);
-  else finish_stream(s, EXTPROC_GRPC_OK, NULL);
+  if (s->kind == KIND_PROCESS)
+    stream_on_half_close(s->engine);
+  else
+    finish_stream(s, EXTPROC_GRPC_OK, NULL);
 }
 
 static void stream_release(h2_stream *s) {
   connection *c = s->conn;
-  if (s->prev) s->prev->next = s->next;
-  else c->streams = s->next;
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    c->streams = s->next;
   if (s->next) s->next->prev = s->prev;
   /* Bytes we held back still count against the connection window. */
   if (s->held_bytes && !c->closing) nghttp2_session_consume_connection(c->session, s->held_bytes);
@@ -296,8 +302,7 @@ static void stream_release(h2_stream *s) {
 
 /* ---- nghttp2 callbacks ----------------------------------------------------------------- */
 
-static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
-                            void *user_data) {
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
   connection *c = user_data;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   h2_stream *s = calloc(1, sizeof(*s));
@@ -326,8 +331,10 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
   h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
   if (!s) return 0;
   if (bytes_equal(name, namelen, ":path")) {
-    if (bytes_equal(value, valuelen, PROCESS_PATH)) s->kind = KIND_PROCESS;
-    else if (bytes_equal(value, valuelen, HEALTH_CHECK_PATH)) s->kind = KIND_HEALTH;
+    if (bytes_equal(value, valuelen, PROCESS_PATH))
+      s->kind = KIND_PROCESS;
+    else if (bytes_equal(value, valuelen, HEALTH_CHECK_PATH))
+      s->kind = KIND_HEALTH;
   } else if (bytes_equal(name, namelen, "content-type")) {
     /* application/grpc, optionally with a suffix such as +proto */
     s->grpc_content_type = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
@@ -348,7 +355,8 @@ static int start_stream(h2_stream *s) {
   if (s->kind == KIND_PROCESS) {
     const stream_poster poster = worker_poster(c->w);
     s->engine = stream_open(c->proc, &engine_sink, s, &poster);
-    if (!s->engine) return submit_trailers_only(s, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    if (!s->engine)
+      return submit_trailers_only(s, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory");
   }
   return submit_response_headers(s);
 }
@@ -457,11 +465,14 @@ void connection_close(connection *c) {
   if (c->closing) return;
   c->closing = true;
   worker *w = c->w;
-  if (c->prev) c->prev->next = c->next;
-  else w->connections = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    w->connections = c->next;
   if (c->next) c->next->prev = c->prev;
   /* nghttp2_session_del does not call on_stream_close: release streams ourselves. */
-  while (c->streams) stream_release(c->streams);
+  while (c->streams)
+    stream_release(c->streams);
   nghttp2_session_del(c->session);
   c->session = NULL;
   uv_close(&c->h.handle, on_closed);
@@ -481,7 +492,8 @@ static void on_write(uv_write_t *req, int status) {
 static bool wbuf_append(connection *c, const uint8_t *data, size_t len) {
   if (c->wlen + len > c->wcap) {
     size_t cap = c->wcap ? c->wcap : 16384;
-    while (cap < c->wlen + len) cap *= 2;
+    while (cap < c->wlen + len)
+      cap *= 2;
     uint8_t *nb = realloc(c->wbuf, cap);
     if (!nb) return false;
     c->wbuf = nb;
@@ -518,7 +530,8 @@ static void conn_flush(connection *c) {
       connection_close(c);
       return;
     }
-    if (written > 0) buf = uv_buf_init((char *)c->wbuf + written, (unsigned)(c->wlen - (size_t)written));
+    if (written > 0)
+      buf = uv_buf_init((char *)c->wbuf + written, (unsigned)(c->wlen - (size_t)written));
     c->write_req.data = c;
     if (uv_write(&c->write_req, &c->h.stream, &buf, 1, on_write) != 0) {
       connection_close(c);
@@ -537,12 +550,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   connection *c = stream->data;
   if (nread < 0) {
-    if (nread != UV_EOF) log_line(EXTPROC_LOG_DEBUG, "connection read: %s", uv_strerror((int)nread));
+    if (nread != UV_EOF)
+      log_line(EXTPROC_LOG_DEBUG, "connection read: %s", uv_strerror((int)nread));
     connection_close(c);
     return;
   }
   if (nread == 0) return;
-  const ssize_t rv = nghttp2_session_mem_recv(c->session, (const uint8_t *)buf->base, (size_t)nread);
+  const ssize_t rv =
+      nghttp2_session_mem_recv(c->session, (const uint8_t *)buf->base, (size_t)nread);
   if (rv < 0) {
     log_line(EXTPROC_LOG_WARN, "HTTP/2 error from peer: %s", nghttp2_strerror((int)rv));
     /* nghttp2 has queued a GOAWAY for protocol errors: try to send it, then close. */
@@ -559,8 +574,8 @@ void connection_accept(listener *l) {
   if (!c) return;
   c->w = w;
   c->proc = l->spec->proc;
-  int rv = l->spec->is_unix ? uv_pipe_init(&w->loop, &c->h.pipe, 0)
-                            : uv_tcp_init(&w->loop, &c->h.tcp);
+  int rv =
+      l->spec->is_unix ? uv_pipe_init(&w->loop, &c->h.pipe, 0) : uv_tcp_init(&w->loop, &c->h.tcp);
   if (rv != 0) {
     free(c);
     return;

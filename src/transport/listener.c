@@ -71,16 +71,18 @@ static int port_of(int fd) {
 }
 
 static void set_port(struct sockaddr_storage *ss, int port) {
-  if (ss->ss_family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
-  else ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+  if (ss->ss_family == AF_INET)
+    ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
 }
 
 static int open_tcp(const char *address, listener_spec *spec, unsigned workers) {
   char host[256];
   int port;
   if (!split_host_port(address, host, sizeof(host), &port)) return EXTPROC_EINVAL;
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo hints = {
+      .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
   struct addrinfo *ai = NULL;
   char service[8];
   snprintf(service, sizeof(service), "%d", port);
@@ -127,7 +129,8 @@ static int open_unix(const char *path, listener_spec *spec) {
 int listener_open(const char *address, listener_spec *spec, unsigned workers) {
   spec->fds = malloc(workers * sizeof(int));
   if (!spec->fds) return EXTPROC_ENOMEM;
-  for (unsigned i = 0; i < workers; i++) spec->fds[i] = -1;
+  for (unsigned i = 0; i < workers; i++)
+    spec->fds[i] = -1;
   int rv;
   if (strncmp(address, "unix:", 5) == 0) {
     spec->is_unix = true;

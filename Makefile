@@ -1,0 +1,27 @@
+# Shortcuts for the scripts under scripts/; the scripts are the source of truth.
+.PHONY: all build test demo run format clean
+
+SERVICE ?= trivial
+LISTEN ?= 0.0.0.0:50051
+
+all: build
+
+build:
+	scripts/setup.sh
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build build -j$$(nproc)
+
+test:
+	scripts/test.sh
+
+demo:
+	scripts/demo.sh
+
+run: build
+	build/examples/extproc-examples --service $(SERVICE) --listen $(LISTEN)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan
