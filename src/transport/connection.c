@@ -49,12 +49,7 @@ typedef struct h2_stream {
 struct connection {
   worker *w;
   const extproc_processor *proc;
-  union {
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-    uv_stream_t stream;
-    uv_handle_t handle;
-  } h;
+  stream_handle h;
   nghttp2_session *session;
   h2_stream *streams;
   uv_write_t write_req;
@@ -393,8 +388,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
   if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
   h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
   /* We ended the stream before Envoy did (an error): tell it to stop sending. */
-  if (s && s->status != EXTPROC_GRPC_OK && s->discard_input &&
-      nghttp2_session_get_stream_remote_close(session, s->id) == 0)
+  if (s && s->discard_input && nghttp2_session_get_stream_remote_close(session, s->id) == 0)
     nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
   return 0;
 }

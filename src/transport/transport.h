@@ -28,13 +28,16 @@ typedef struct listener_spec {
   int *fds; /* per worker; -1 where that worker does not serve this listener */
 } listener_spec;
 
+/* A TCP or unix-socket handle, used through whichever view a libuv call needs. */
+typedef union stream_handle {
+  uv_tcp_t tcp;
+  uv_pipe_t pipe;
+  uv_stream_t stream;
+  uv_handle_t handle;
+} stream_handle;
+
 typedef struct listener {
-  union {
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-    uv_stream_t stream;
-    uv_handle_t handle;
-  } h;
+  stream_handle h;
   worker *w;
   const listener_spec *spec;
 } listener;

@@ -1,0 +1,792 @@
+/* A small blocking HTTP/2 gRPC client for tests (see h2_client.h). */
+#include "h2_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { GRPC_PREFIX = 5, READ_CHUNK = 64 * 1024 };
+
+/* Bytes queued on a stream's request body, sent in DATA frames of at most frame_bytes. */
+typedef struct out_seg {
+  struct out_seg *next;
+  size_t len, off;
+  size_t frame_bytes; /* 0: no limit */
+  uint8_t data[];
+} out_seg;
+
+typedef struct stream_rec {
+  h2_client_stream pub;
+  h2_client *client;
+  out_seg *out_head, *out_tail;
+  bool half_close; /* END_STREAM once out is drained */
+  /* Reassembly of the server's gRPC messages. */
+  uint8_t prefix[GRPC_PREFIX];
+  size_t prefix_len;
+  uint32_t msg_len;
+  uint8_t *buf;
+  size_t buf_len;
+  size_t message_cap;
+} stream_rec;
+
+struct h2_client {
+  int fd;
+  nghttp2_session *session;
+  int timeout_ms;
+  bool settings_received;
+  bool goaway;
+  uint32_t goaway_error;
+  bool disconnected;
+  uint64_t data_frames_sent;
+  /* Serialized output not yet written. */
+  uint8_t *wbuf;
+  size_t wlen, woff, wcap;
+  /* Stream records by (id - 1) / 2: client stream ids are odd. */
+  stream_rec **streams;
+  size_t streams_cap;
+  size_t live;
+};
+
+/* ---- Helpers --------------------------------------------------------------------------- */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static stream_rec *find(const h2_client *c, int32_t id) {
+  if (id <= 0 || (id & 1) == 0) return NULL;
+  const size_t i = (size_t)(id - 1) / 2;
+  return i < c->streams_cap ? c->streams[i] : NULL;
+}
+
+static bool put(h2_client *c, stream_rec *r) {
+  const size_t i = (size_t)(r->pub.id - 1) / 2;
+  if (i >= c->streams_cap) {
+    size_t cap = c->streams_cap ? c->streams_cap : 64;
+    while (cap <= i)
+      cap *= 2;
+    stream_rec **grown = realloc(c->streams, cap * sizeof(*grown));
+    if (!grown) return false;
+    memset(grown + c->streams_cap, 0, (cap - c->streams_cap) * sizeof(*grown));
+    c->streams = grown;
+    c->streams_cap = cap;
+  }
+  c->streams[i] = r;
+  return true;
+}
+
+static void free_output(stream_rec *r) {
+  while (r->out_head) {
+    out_seg *next = r->out_head->next;
+    free(r->out_head);
+    r->out_head = next;
+  }
+  r->out_tail = NULL;
+}
+
+static void free_rec(stream_rec *r) {
+  free_output(r);
+  for (size_t i = 0; i < r->pub.message_count; i++)
+    free(r->pub.messages[i].data);
+  free(r->pub.messages);
+  free(r->pub.content_type);
+  free(r->pub.grpc_message);
+  free(r->buf);
+  free(r);
+}
+
+static char *dup_bytes(const uint8_t *p, size_t len) {
+  char *s = malloc(len + 1);
+  if (!s) return NULL;
+  memcpy(s, p, len);
+  s[len] = '\0';
+  return s;
+}
+
+static int hex_value(char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+/* grpc-message is percent-encoded. */
+static char *percent_decode(const uint8_t *p, size_t len) {
+  char *s = malloc(len + 1);
+  if (!s) return NULL;
+  size_t n = 0;
+  for (size_t i = 0; i < len; i++) {
+    if (p[i] == '%' && i + 2 < len && hex_value((char)p[i + 1]) >= 0 &&
+        hex_value((char)p[i + 2]) >= 0) {
+      s[n++] = (char)(hex_value((char)p[i + 1]) * 16 + hex_value((char)p[i + 2]));
+      i += 2;
+    } else {
+      s[n++] = (char)p[i];
+    }
+  }
+  s[n] = '\0';
+  return s;
+}
+
+static bool name_is(const uint8_t *name, size_t len, const char *want) {
+  return len == strlen(want) && memcmp(name, want, len) == 0;
+}
+
+/* ---- Received gRPC messages ------------------------------------------------------------ */
+
+static bool store_message(stream_rec *r, const uint8_t *data, size_t len) {
+  h2_client_stream *s = &r->pub;
+  if (s->message_count == r->message_cap) {
+    const size_t cap = r->message_cap ? r->message_cap * 2 : 4;
+    h2_client_msg *grown = realloc(s->messages, cap * sizeof(*grown));
+    if (!grown) return false;
+    s->messages = grown;
+    r->message_cap = cap;
+  }
+  uint8_t *copy = malloc(len ? len : 1);
+  if (!copy) return false;
+  if (len) memcpy(copy, data, len);
+  s->messages[s->message_count++] = (h2_client_msg){.data = copy, .len = len};
+  return true;
+}
+
+/* Cuts the response body into gRPC messages, however the server split it into frames. */
+static bool feed_response(stream_rec *r, const uint8_t *data, size_t len) {
+  while (len > 0 || r->prefix_len == GRPC_PREFIX) {
+    if (r->prefix_len < GRPC_PREFIX) {
+      r->prefix[r->prefix_len++] = *data++;
+      len--;
+      if (r->prefix_len < GRPC_PREFIX) continue;
+      if (r->prefix[0] != 0) {
+        r->pub.framing_error = true;
+        return true;
+      }
+      r->msg_len = (uint32_t)r->prefix[1] << 24 | (uint32_t)r->prefix[2] << 16 |
+                   (uint32_t)r->prefix[3] << 8 | r->prefix[4];
+      free(r->buf);
+      r->buf = malloc(r->msg_len ? r->msg_len : 1);
+      if (!r->buf) return false;
+      r->buf_len = 0;
+    }
+    size_t take = r->msg_len - r->buf_len;
+    if (take > len) take = len;
+    memcpy(r->buf + r->buf_len, data, take);
+    r->buf_len += take;
+    data += take;
+    len -= take;
+    if (r->buf_len < r->msg_len) return true;
+    if (!store_message(r, r->buf, r->msg_len)) return false;
+    r->prefix_len = 0;
+    r->buf_len = 0;
+  }
+  return true;
+}
+
+/* ---- nghttp2 callbacks ----------------------------------------------------------------- */
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data) {
+  (void)session, (void)flags;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  stream_rec *r = find(user_data, frame->hd.stream_id);
+  if (!r) return 0;
+  h2_client_stream *s = &r->pub;
+  if (name_is(name, namelen, ":status")) {
+    char digits[8] = {0};
+    memcpy(digits, value, valuelen < sizeof(digits) - 1 ? valuelen : sizeof(digits) - 1);
+    s->http_status = atoi(digits);
+  } else if (name_is(name, namelen, "content-type") &&
+             frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+    free(s->content_type);
+    s->content_type = dup_bytes(value, valuelen);
+  } else if (name_is(name, namelen, "grpc-status")) {
+    char digits[12] = {0};
+    memcpy(digits, value, valuelen < sizeof(digits) - 1 ? valuelen : sizeof(digits) - 1);
+    s->grpc_status = atoi(digits);
+  } else if (name_is(name, namelen, "grpc-message")) {
+    free(s->grpc_message);
+    s->grpc_message = percent_decode(value, valuelen);
+  }
+  return 0;
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
+  (void)session;
+  h2_client *c = user_data;
+  switch (frame->hd.type) {
+  case NGHTTP2_SETTINGS:
+    if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c->settings_received = true;
+    return 0;
+  case NGHTTP2_GOAWAY:
+    c->goaway = true;
+    c->goaway_error = frame->goaway.error_code;
+    return 0;
+  case NGHTTP2_RST_STREAM: {
+    stream_rec *r = find(c, frame->hd.stream_id);
+    if (r) {
+      r->pub.reset_received = true;
+      r->pub.reset_error = frame->rst_stream.error_code;
+    }
+    return 0;
+  }
+  case NGHTTP2_HEADERS: {
+    stream_rec *r = find(c, frame->hd.stream_id);
+    if (!r) return 0;
+    if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+      r->pub.headers_received = true;
+      if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+        r->pub.trailers_only = r->pub.trailers_received = true;
+    } else if (frame->headers.cat == NGHTTP2_HCAT_HEADERS) {
+      r->pub.trailers_received = true;
+    }
+    return 0;
+  }
+  default: return 0;
+  }
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+                         const uint8_t *data, size_t len, void *user_data) {
+  (void)session, (void)flags;
+  stream_rec *r = find(user_data, stream_id);
+  if (!r || r->pub.framing_error) return 0;
+  return feed_response(r, data, len) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
+                           void *user_data) {
+  (void)session;
+  h2_client *c = user_data;
+  stream_rec *r = find(c, stream_id);
+  if (!r || r->pub.closed) return 0;
+  r->pub.closed = true;
+  r->pub.close_error = error_code;
+  free_output(r);
+  c->live--;
+  return 0;
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
+  (void)session;
+  h2_client *c = user_data;
+  if (frame->hd.type == NGHTTP2_DATA) c->data_frames_sent++;
+  return 0;
+}
+
+/* The request body: drains the stream's queued segments, honouring each one's frame size. */
+static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *source, void *user_data) {
+  (void)session, (void)stream_id, (void)user_data;
+  stream_rec *r = source->ptr;
+  size_t n = 0;
+  while (r->out_head && n < length) {
+    out_seg *seg = r->out_head;
+    const size_t frame_bytes = seg->frame_bytes;
+    if (frame_bytes && n > 0) break; /* a limited segment starts its own frame */
+    size_t take = seg->len - seg->off;
+    size_t room = length - n;
+    if (frame_bytes && room > frame_bytes) room = frame_bytes;
+    if (take > room) take = room;
+    memcpy(buf + n, seg->data + seg->off, take);
+    n += take;
+    seg->off += take;
+    if (seg->off == seg->len) {
+      r->out_head = seg->next;
+      if (!r->out_head) r->out_tail = NULL;
+      free(seg);
+    }
+    if (frame_bytes) break; /* one limited frame per call */
+  }
+  if (!r->out_head && r->half_close) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+  }
+  return n ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
+}
+
+/* ---- Socket I/O ------------------------------------------------------------------------ */
+
+static void fail_connection(h2_client *c, const char *why) {
+  if (!c->disconnected) fprintf(stderr, "h2_client: connection ended: %s\n", why);
+  c->disconnected = true;
+}
+
+/* Moves every frame nghttp2 has ready into the write buffer. */
+static int serialize(h2_client *c) {
+  if (c->disconnected) return -1;
+  if (c->woff > 0) { /* keep the buffer from creeping forward under steady traffic */
+    memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+    c->wlen -= c->woff;
+    c->woff = 0;
+  }
+  for (;;) {
+    const uint8_t *data;
+    const ssize_t n = nghttp2_session_mem_send(c->session, &data);
+    if (n < 0) {
+      fail_connection(c, nghttp2_strerror((int)n));
+      return -1;
+    }
+    if (n == 0) return 0;
+    if (c->wlen + (size_t)n > c->wcap) {
+      size_t cap = c->wcap ? c->wcap : 65536;
+      while (cap < c->wlen + (size_t)n)
+        cap *= 2;
+      uint8_t *grown = realloc(c->wbuf, cap);
+      if (!grown) {
+        fail_connection(c, "out of memory");
+        return -1;
+      }
+      c->wbuf = grown;
+      c->wcap = cap;
+    }
+    memcpy(c->wbuf + c->wlen, data, (size_t)n);
+    c->wlen += (size_t)n;
+  }
+}
+
+/* Writes what the socket takes without blocking. */
+static int write_some(h2_client *c) {
+  while (c->woff < c->wlen) {
+    const ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      fail_connection(c, strerror(errno));
+      return -1;
+    }
+    c->woff += (size_t)n;
+  }
+  c->wlen = c->woff = 0;
+  return 0;
+}
+
+static int push_output(h2_client *c) {
+  if (serialize(c) != 0) return -1;
+  return write_some(c);
+}
+
+static int read_some(h2_client *c) {
+  uint8_t buf[READ_CHUNK];
+  const ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+  if (n < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    fail_connection(c, strerror(errno));
+    return -1;
+  }
+  if (n == 0) {
+    fail_connection(c, "EOF from server");
+    return -1;
+  }
+  const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, (size_t)n);
+  if (rv < 0) {
+    fail_connection(c, nghttp2_strerror((int)rv));
+    return -1;
+  }
+  return 0;
+}
+
+int h2_client_poll(h2_client *c, int timeout_ms) {
+  if (c->disconnected || push_output(c) != 0) return -1;
+  struct pollfd p = {.fd = c->fd, .events = POLLIN};
+  if (c->woff < c->wlen) p.events |= POLLOUT;
+  const int rv = poll(&p, 1, timeout_ms);
+  if (rv < 0) return errno == EINTR ? 0 : -1;
+  if (rv == 0) return 0;
+  if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+    if (read_some(c) != 0) return -1;
+  }
+  if (push_output(c) != 0) return -1;
+  return 1;
+}
+
+typedef bool (*done_fn)(const h2_client *c, int32_t id, size_t arg);
+
+/* Runs I/O until `done` holds, the connection ends, or the timeout. */
+static int wait_until(h2_client *c, done_fn done, int32_t id, size_t arg, const char *what) {
+  const int64_t deadline = now_ms() + c->timeout_ms;
+  for (;;) {
+    if (!c->disconnected) push_output(c); /* on failure `done` may still hold */
+    if (done(c, id, arg)) return 0;
+    if (c->disconnected) {
+      fprintf(stderr, "h2_client: connection ended while waiting for %s (stream %d)\n", what, id);
+      return -1;
+    }
+    const int64_t left = deadline - now_ms();
+    if (left <= 0) {
+      fprintf(stderr, "h2_client: timed out after %d ms waiting for %s (stream %d)\n",
+              c->timeout_ms, what, id);
+      return -1;
+    }
+    h2_client_poll(c, (int)left);
+  }
+}
+
+static bool output_drained(const h2_client *c, int32_t id, size_t arg) {
+  (void)id, (void)arg;
+  return c->woff == c->wlen;
+}
+
+static bool settings_in(const h2_client *c, int32_t id, size_t arg) {
+  (void)id, (void)arg;
+  return c->settings_received;
+}
+
+static bool has_messages(const h2_client *c, int32_t id, size_t count) {
+  const stream_rec *r = find(c, id);
+  return !r || r->pub.message_count >= count || r->pub.closed;
+}
+
+static bool has_headers(const h2_client *c, int32_t id, size_t arg) {
+  (void)arg;
+  const stream_rec *r = find(c, id);
+  return !r || r->pub.headers_received || r->pub.reset_received || r->pub.closed;
+}
+
+static bool has_trailers(const h2_client *c, int32_t id, size_t arg) {
+  (void)arg;
+  const stream_rec *r = find(c, id);
+  return !r || r->pub.trailers_received || r->pub.reset_received || r->pub.closed;
+}
+
+static bool is_closed(const h2_client *c, int32_t id, size_t arg) {
+  (void)arg;
+  const stream_rec *r = find(c, id);
+  return !r || r->pub.closed;
+}
+
+static bool is_disconnected(const h2_client *c, int32_t id, size_t arg) {
+  (void)id, (void)arg;
+  return c->disconnected;
+}
+
+int h2_client_flush(h2_client *c) { return wait_until(c, output_drained, 0, 0, "output to drain"); }
+
+int h2_client_wait_messages(h2_client *c, int32_t id, size_t count) {
+  if (!find(c, id)) return -1;
+  if (wait_until(c, has_messages, id, count, "messages") != 0) return -1;
+  const stream_rec *r = find(c, id);
+  if (r->pub.message_count < count) {
+    fprintf(stderr, "h2_client: stream %d closed with %zu of %zu messages\n", id,
+            r->pub.message_count, count);
+    return -1;
+  }
+  return 0;
+}
+
+int h2_client_wait_headers(h2_client *c, int32_t id) {
+  if (!find(c, id)) return -1;
+  return wait_until(c, has_headers, id, 0, "response headers");
+}
+
+int h2_client_wait_trailers(h2_client *c, int32_t id) {
+  if (!find(c, id)) return -1;
+  return wait_until(c, has_trailers, id, 0, "trailers");
+}
+
+int h2_client_wait_closed(h2_client *c, int32_t id) {
+  if (!find(c, id)) return -1;
+  return wait_until(c, is_closed, id, 0, "stream close");
+}
+
+int h2_client_wait_disconnect(h2_client *c) {
+  return wait_until(c, is_disconnected, 0, 0, "disconnect");
+}
+
+/* ---- Connection ------------------------------------------------------------------------ */
+
+/* connect() without blocking for longer than the timeout; leaves the socket non-blocking. */
+static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len, const char *what) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    fprintf(stderr, "h2_client: connect %s: fcntl: %s\n", what, strerror(errno));
+    return -1;
+  }
+  if (connect(fd, sa, len) == 0) return 0;
+  if (errno != EINPROGRESS) {
+    fprintf(stderr, "h2_client: connect %s: %s\n", what, strerror(errno));
+    return -1;
+  }
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  int rv;
+  do
+    rv = poll(&p, 1, H2_CLIENT_TIMEOUT_MS);
+  while (rv < 0 && errno == EINTR);
+  int err = 0;
+  socklen_t err_len = sizeof(err);
+  if (rv == 0)
+    err = ETIMEDOUT;
+  else if (rv < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) != 0)
+    err = errno;
+  if (err == 0) return 0;
+  fprintf(stderr, "h2_client: connect %s: %s\n", what, strerror(err));
+  return -1;
+}
+
+static h2_client *client_start(int fd) {
+  h2_client *c = calloc(1, sizeof(*c));
+  if (!c) {
+    close(fd);
+    return NULL;
+  }
+  c->fd = fd;
+  c->timeout_ms = H2_CLIENT_TIMEOUT_MS;
+
+  nghttp2_session_callbacks *cb;
+  if (nghttp2_session_callbacks_new(&cb) != 0) goto fail;
+  nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+  nghttp2_option *opt;
+  if (nghttp2_option_new(&opt) != 0) {
+    nghttp2_session_callbacks_del(cb);
+    goto fail;
+  }
+  /* Closed streams are only bookkeeping here; do not keep thousands of them. */
+  nghttp2_option_set_no_closed_streams(opt, 1);
+  const int rv = nghttp2_session_client_new2(&c->session, cb, c, opt);
+  nghttp2_session_callbacks_del(cb);
+  nghttp2_option_del(opt);
+  if (rv != 0) goto fail;
+  const nghttp2_settings_entry settings[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+                                             {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
+  if (nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, settings, 2) != 0) goto fail;
+  if (nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0, 16 << 20) != 0)
+    goto fail;
+  if (wait_until(c, settings_in, 0, 0, "the server's SETTINGS") != 0) goto fail;
+  return c;
+fail:
+  h2_client_free(c);
+  return NULL;
+}
+
+h2_client *h2_client_connect_tcp(const char *host, int port) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                           .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+  struct addrinfo *ai = NULL;
+  char service[8];
+  snprintf(service, sizeof(service), "%d", port);
+  const int gai = getaddrinfo(host, service, &hints, &ai);
+  if (gai != 0) {
+    fprintf(stderr, "h2_client: %s: %s\n", host, gai_strerror(gai));
+    return NULL;
+  }
+  char what[300];
+  snprintf(what, sizeof(what), "%s port %d", host, port);
+  const int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect_bounded(fd, ai->ai_addr, ai->ai_addrlen, what) != 0) {
+    if (fd < 0) fprintf(stderr, "h2_client: socket: %s\n", strerror(errno));
+    if (fd >= 0) close(fd);
+    freeaddrinfo(ai);
+    return NULL;
+  }
+  freeaddrinfo(ai);
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return client_start(fd);
+}
+
+h2_client *h2_client_connect_unix(const char *path) {
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof(sun.sun_path)) return NULL;
+  strcpy(sun.sun_path, path);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect_bounded(fd, (const struct sockaddr *)&sun, sizeof(sun), path) != 0) {
+    if (fd < 0) fprintf(stderr, "h2_client: socket: %s\n", strerror(errno));
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  return client_start(fd);
+}
+
+void h2_client_set_timeout(h2_client *c, int timeout_ms) {
+  if (timeout_ms > 0) c->timeout_ms = timeout_ms;
+}
+
+void h2_client_close_socket(h2_client *c, bool tcp_reset) {
+  if (c->fd < 0) return;
+  if (tcp_reset) {
+    const struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  }
+  close(c->fd);
+  c->fd = -1;
+  c->disconnected = true;
+}
+
+void h2_client_free(h2_client *c) {
+  if (!c) return;
+  if (c->fd >= 0) close(c->fd);
+  nghttp2_session_del(c->session); /* does not call on_stream_close */
+  for (size_t i = 0; i < c->streams_cap; i++)
+    if (c->streams[i]) free_rec(c->streams[i]);
+  free(c->streams);
+  free(c->wbuf);
+  free(c);
+}
+
+/* ---- Streams --------------------------------------------------------------------------- */
+
+#define NV(name, value)                                                                            \
+  { (uint8_t *)(name), (uint8_t *)(value), sizeof(name) - 1, strlen(value), NGHTTP2_NV_FLAG_NONE }
+
+int32_t h2_client_open_stream(h2_client *c, const char *path) {
+  if (c->disconnected) return -1;
+  stream_rec *r = calloc(1, sizeof(*r));
+  if (!r) return -1;
+  r->client = c;
+  r->pub.grpc_status = -1;
+  const nghttp2_nv nva[] = {NV(":method", "POST"),
+                            NV(":scheme", "http"),
+                            NV(":authority", "localhost"),
+                            NV(":path", path),
+                            NV("content-type", "application/grpc"),
+                            NV("te", "trailers")};
+  const nghttp2_data_provider prd = {.source.ptr = r, .read_callback = read_body};
+  const int32_t id =
+      nghttp2_submit_request(c->session, NULL, nva, sizeof(nva) / sizeof(nva[0]), &prd, r);
+  if (id < 0) {
+    fprintf(stderr, "h2_client: submit_request: %s\n", nghttp2_strerror(id));
+    free(r);
+    return -1;
+  }
+  r->pub.id = id;
+  if (!put(c, r)) {
+    /* nghttp2 refers to r now: keep the connection consistent by failing it. */
+    fail_connection(c, "out of memory");
+    return -1;
+  }
+  c->live++;
+  if (push_output(c) != 0) return -1;
+  return id;
+}
+
+static stream_rec *open_rec(h2_client *c, int32_t id, const char *op) {
+  stream_rec *r = find(c, id);
+  if (!r) {
+    fprintf(stderr, "h2_client: %s: unknown stream %d\n", op, id);
+    return NULL;
+  }
+  if (r->pub.closed || r->half_close) {
+    fprintf(stderr, "h2_client: %s: stream %d is %s\n", op, id,
+            r->pub.closed ? "closed" : "half-closed");
+    return NULL;
+  }
+  return r;
+}
+
+int h2_client_send_raw(h2_client *c, int32_t id, const void *data, size_t len, size_t frame_bytes) {
+  stream_rec *r = open_rec(c, id, "send");
+  if (!r || c->disconnected) return -1;
+  out_seg *seg = malloc(sizeof(*seg) + len);
+  if (!seg) return -1;
+  seg->next = NULL;
+  seg->len = len;
+  seg->off = 0;
+  seg->frame_bytes = frame_bytes;
+  if (len) memcpy(seg->data, data, len);
+  if (r->out_tail)
+    r->out_tail->next = seg;
+  else
+    r->out_head = seg;
+  r->out_tail = seg;
+  nghttp2_session_resume_data(c->session, id); /* fails harmlessly if not deferred */
+  return push_output(c);
+}
+
+int h2_client_send_message(h2_client *c, int32_t id, const void *msg, size_t len,
+                           size_t frame_bytes) {
+  if (len > UINT32_MAX) return -1;
+  uint8_t *framed = malloc(GRPC_PREFIX + len);
+  if (!framed) return -1;
+  framed[0] = 0;
+  framed[1] = (uint8_t)(len >> 24);
+  framed[2] = (uint8_t)(len >> 16);
+  framed[3] = (uint8_t)(len >> 8);
+  framed[4] = (uint8_t)len;
+  if (len) memcpy(framed + GRPC_PREFIX, msg, len);
+  const int rv = h2_client_send_raw(c, id, framed, GRPC_PREFIX + len, frame_bytes);
+  free(framed);
+  return rv;
+}
+
+int h2_client_send_pb(h2_client *c, int32_t id, const ProtobufCMessage *msg, size_t frame_bytes) {
+  const size_t len = protobuf_c_message_get_packed_size(msg);
+  uint8_t *buf = malloc(len ? len : 1);
+  if (!buf) return -1;
+  protobuf_c_message_pack(msg, buf);
+  const int rv = h2_client_send_message(c, id, buf, len, frame_bytes);
+  free(buf);
+  return rv;
+}
+
+int h2_client_half_close(h2_client *c, int32_t id) {
+  stream_rec *r = open_rec(c, id, "half-close");
+  if (!r || c->disconnected) return -1;
+  r->half_close = true;
+  nghttp2_session_resume_data(c->session, id);
+  return push_output(c);
+}
+
+int h2_client_reset(h2_client *c, int32_t id, uint32_t error_code) {
+  stream_rec *r = find(c, id);
+  if (!r || r->pub.closed || c->disconnected) {
+    fprintf(stderr, "h2_client: reset: stream %d is %s\n", id,
+            !r              ? "unknown"
+            : r->pub.closed ? "closed"
+                            : "on a dead connection");
+    return -1;
+  }
+  const int rv = nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, id, error_code);
+  if (rv != 0) {
+    fprintf(stderr, "h2_client: submit_rst_stream: %s\n", nghttp2_strerror(rv));
+    return -1;
+  }
+  return push_output(c);
+}
+
+const h2_client_stream *h2_client_get_stream(const h2_client *c, int32_t id) {
+  const stream_rec *r = find(c, id);
+  return r ? &r->pub : NULL;
+}
+
+int h2_client_forget_stream(h2_client *c, int32_t id) {
+  stream_rec *r = find(c, id);
+  if (!r || !r->pub.closed) return -1;
+  c->streams[(size_t)(id - 1) / 2] = NULL;
+  free_rec(r);
+  return 0;
+}
+
+size_t h2_client_live_streams(const h2_client *c) { return c->live; }
+
+uint32_t h2_client_max_concurrent_streams(const h2_client *c) {
+  return nghttp2_session_get_remote_settings(c->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+size_t h2_client_pending_output(const h2_client *c) { return c->wlen - c->woff; }
+
+bool h2_client_goaway_received(const h2_client *c, uint32_t *error_code) {
+  if (error_code) *error_code = c->goaway_error;
+  return c->goaway;
+}
+
+bool h2_client_disconnected(const h2_client *c) { return c->disconnected; }
+
+uint64_t h2_client_data_frames_sent(const h2_client *c) { return c->data_frames_sent; }

@@ -1,0 +1,145 @@
+/* A small blocking HTTP/2 gRPC client for tests, on nghttp2.
+ *
+ * It plays Envoy's side of an ext_proc connection closely enough to test the server: open gRPC
+ * streams, send length-prefixed messages (optionally cut into DATA frames of a few bytes, to
+ * exercise reassembly), half-close, reset, and read back the replies, the response headers and
+ * the trailers. Nothing can hang: every wait is bounded by the client's timeout (10 s unless
+ * changed) and fails, with a line on stderr saying what was awaited, when it runs out.
+ *
+ * Output is serialized into the client's buffer as soon as a call queues it (so a RST_STREAM
+ * submitted after a message always follows that message on the wire) and written without
+ * blocking; the wait functions and h2_client_poll() move bytes both ways.
+ *
+ * One thread per client. Functions returning int return 0 on success and -1 on failure
+ * (timeout, connection error, unknown stream), after printing why to stderr. */
+#ifndef EXTPROC_TESTS_H2_CLIENT_H
+#define EXTPROC_TESTS_H2_CLIENT_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum { H2_CLIENT_TIMEOUT_MS = 10000 };
+
+typedef struct h2_client h2_client;
+
+/* One received gRPC message (without its 5-byte prefix). Owned by the stream record. */
+typedef struct h2_client_msg {
+  uint8_t *data;
+  size_t len;
+} h2_client_msg;
+
+/* What the client knows about one stream. Owned by the client; valid until
+ * h2_client_forget_stream() or h2_client_free(). Read-only for callers. */
+typedef struct h2_client_stream {
+  int32_t id;
+  bool headers_received;  /* the response HEADERS arrived */
+  int http_status;        /* its :status; 0 until then */
+  char *content_type;     /* its content-type; NULL if absent */
+  bool trailers_received; /* trailers arrived (or a trailers-only response) */
+  bool trailers_only;     /* the response was a single HEADERS frame with END_STREAM */
+  int grpc_status;        /* grpc-status from the trailers (or trailers-only); -1 if none */
+  char *grpc_message;     /* grpc-message, percent-decoded; NULL if absent */
+  h2_client_msg *messages;
+  size_t message_count;
+  bool framing_error;   /* the server's gRPC framing was malformed (e.g. compressed flag) */
+  bool reset_received;  /* the server sent RST_STREAM */
+  uint32_t reset_error; /* its error code */
+  bool closed;          /* nghttp2 closed the stream (both ends done, or a reset) */
+  uint32_t close_error; /* the error code nghttp2 reported at close (0 = NO_ERROR) */
+} h2_client_stream;
+
+/* Connects over TCP to `host` (a numeric IPv4 or IPv6 address, no brackets) and `port`, sends
+ * the connection preface and waits (bounded) for the server's SETTINGS. NULL on failure. */
+h2_client *h2_client_connect_tcp(const char *host, int port);
+
+/* The same over a unix stream socket at `path`. */
+h2_client *h2_client_connect_unix(const char *path);
+
+/* Changes the bound of every later wait (milliseconds, > 0). */
+void h2_client_set_timeout(h2_client *c, int timeout_ms);
+
+/* Closes the socket at once, without flushing or saying GOAWAY; with `tcp_reset`, a TCP
+ * connection is closed with RST (SO_LINGER 0). Stream records stay readable until
+ * h2_client_free(); every later I/O call fails. */
+void h2_client_close_socket(h2_client *c, bool tcp_reset);
+
+/* Closes the socket (if still open) and frees everything. NULL is ignored. */
+void h2_client_free(h2_client *c);
+
+/* Opens a gRPC stream: HEADERS with POST, `path`, content-type application/grpc and
+ * te: trailers, no END_STREAM. Returns the stream id (> 0) or -1. */
+int32_t h2_client_open_stream(h2_client *c, const char *path);
+
+/* Queues `len` raw bytes on the stream's request body (no gRPC prefix added). With
+ * `frame_bytes` > 0 they go in DATA frames of at most that many bytes; 0 lets nghttp2 pack
+ * them as it likes. */
+int h2_client_send_raw(h2_client *c, int32_t id, const void *data, size_t len, size_t frame_bytes);
+
+/* Queues one gRPC message: the 5-byte prefix (uncompressed) and `len` bytes. Prefix and
+ * message share the DATA frame splitting of `frame_bytes`, as in h2_client_send_raw(). */
+int h2_client_send_message(h2_client *c, int32_t id, const void *msg, size_t len,
+                           size_t frame_bytes);
+
+/* Packs `msg` with protobuf-c and sends it as one gRPC message. */
+int h2_client_send_pb(h2_client *c, int32_t id, const ProtobufCMessage *msg, size_t frame_bytes);
+
+/* Ends the request body (END_STREAM after what is queued). */
+int h2_client_half_close(h2_client *c, int32_t id);
+
+/* Sends RST_STREAM with `error_code` (e.g. NGHTTP2_CANCEL = 8). Fails if the stream is
+ * already closed. */
+int h2_client_reset(h2_client *c, int32_t id, uint32_t error_code);
+
+/* Writes until everything queued is in the kernel (bounded). */
+int h2_client_flush(h2_client *c);
+
+/* One I/O round: writes what it can, waits up to `timeout_ms` (0: do not wait) for the socket,
+ * reads and processes what arrived. Returns 1 if something happened, 0 on timeout, -1 once the
+ * connection has failed or the peer closed it. */
+int h2_client_poll(h2_client *c, int timeout_ms);
+
+/* Waits until stream `id` has received at least `count` messages. Fails on timeout or if the
+ * stream closes with fewer. */
+int h2_client_wait_messages(h2_client *c, int32_t id, size_t count);
+
+/* Waits until stream `id` has received its response HEADERS (or was reset, or closed). */
+int h2_client_wait_headers(h2_client *c, int32_t id);
+
+/* Waits until stream `id` has received its trailers (or was reset, or closed). */
+int h2_client_wait_trailers(h2_client *c, int32_t id);
+
+/* Waits until stream `id` is closed. */
+int h2_client_wait_closed(h2_client *c, int32_t id);
+
+/* Waits until the server closes the connection (EOF or error). */
+int h2_client_wait_disconnect(h2_client *c);
+
+/* The record of stream `id`, or NULL if unknown or forgotten. */
+const h2_client_stream *h2_client_get_stream(const h2_client *c, int32_t id);
+
+/* Frees a closed stream's record (for long runs that open many streams). Returns -1 if the
+ * stream is unknown or still open. */
+int h2_client_forget_stream(h2_client *c, int32_t id);
+
+/* Streams opened and not yet closed, as the client sees them. */
+size_t h2_client_live_streams(const h2_client *c);
+
+/* The server's SETTINGS_MAX_CONCURRENT_STREAMS (UINT32_MAX if it sent none). */
+uint32_t h2_client_max_concurrent_streams(const h2_client *c);
+
+/* Bytes serialized but not yet written to the socket. */
+size_t h2_client_pending_output(const h2_client *c);
+
+/* True if a GOAWAY frame was ever received on this connection; its error code in *error_code
+ * (may be NULL). */
+bool h2_client_goaway_received(const h2_client *c, uint32_t *error_code);
+
+/* DATA frames sent so far on this connection (to check that a message really was split). */
+uint64_t h2_client_data_frames_sent(const h2_client *c);
+
+/* True once the server closed the connection or the connection failed. */
+bool h2_client_disconnected(const h2_client *c);
+
+#endif
