@@ -17,7 +17,7 @@ RUNNER=${EXTPROC_EXAMPLES:-build/examples/extproc-examples}
 
 if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
   scripts/setup.sh
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
   cmake --build build -j2
 fi
 [ -x "$RUNNER" ] || { echo "demo: $RUNNER is missing or not executable" >&2; exit 1; }

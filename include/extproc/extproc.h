@@ -39,6 +39,7 @@ typedef enum extproc_error {
       -2, /* not allowed in this phase or state (e.g. a body write in a headers phase) */
   EXTPROC_ENOMEM = -3, /* out of memory */
   EXTPROC_EIO = -4,    /* a system call failed (bind, listen, thread creation...) */
+  EXTPROC_ETIMEDOUT = -5, /* a wait ran out (testing harness) */
 } extproc_error;
 
 /* Returns a static, human-readable description of an extproc_error. Never NULL. */
@@ -126,7 +127,8 @@ typedef struct extproc_request_info {
 typedef extproc_result (*extproc_phase_fn)(extproc_request *req, void *ctx);
 
 /* Called once per request before its first callback, with the zeroed context. Return 0, or
- * non-zero to fail the request (the error policy applies). May read the request. */
+ * non-zero to fail the request (the error policy applies); context_cleanup is then not called,
+ * so a failing init frees whatever it allocated itself. May read the request. */
 typedef int (*extproc_context_init_fn)(extproc_request *req, void *ctx);
 
 /* Called once per request when it ends (normally, by reset, or at server shutdown), if
@@ -178,6 +180,17 @@ int extproc_processor_set_context(extproc_processor *proc, size_t size,
  * (0 means 500; otherwise 200..599). Returns 0 or EXTPROC_EINVAL. Call before serving. */
 int extproc_processor_set_error_policy(extproc_processor *proc, extproc_error_policy policy,
                                        uint32_t http_status);
+
+/* Reveals the processor chain to the client: when `header` is set (e.g. "x-ext-procs-applied"),
+ * the processor puts its name first in that header of the client's response, as
+ * "Name,earlier,names" built on the value the response already carries (the upstream's
+ * response headers as earlier processors left them; never the request, which a client could
+ * forge), and in every immediate response it sends. Envoy runs response phases in reverse
+ * filter order, so the client reads the names in the order the filters are chained. Written in
+ * the response_headers reply, so it needs response headers SEND. NULL turns it off (the
+ * default). `header` is copied. Returns 0, EXTPROC_EINVAL for an invalid header name, or
+ * EXTPROC_ENOMEM. Call before serving. */
+int extproc_processor_set_chain_header(extproc_processor *proc, const char *header);
 
 /* Sets the pointer returned by extproc_request_user_data(). Not owned. Call before serving. */
 void extproc_processor_set_user_data(extproc_processor *proc, void *user_data);
@@ -302,13 +315,19 @@ int extproc_immediate_details(extproc_request *req, const char *details);
  * Returns 0 or EXTPROC_EINVAL. */
 int extproc_request_fail(extproc_request *req, extproc_grpc_code code, const char *message);
 
-/* Finishes a phase whose callback returned EXTPROC_DEFER, as if the callback had returned
- * `result` (EXTPROC_CONTINUE or EXTPROC_FAIL). Thread-safe: may be called from any thread,
- * exactly once per deferral. Between the deferral and this call, only the caller's thread may
- * use `req` (to record mutations); after it, nobody may. If the HTTP exchange was cancelled
- * meanwhile the answer is dropped and the request freed. Every deferred request must be resumed
- * before its server is freed. Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or
- * EXTPROC_ESTATE (the request is not deferred). */
+/* Finishes a deferred phase, as if its callback had returned `result` (EXTPROC_CONTINUE or
+ * EXTPROC_FAIL). Thread-safe: call it from any thread, exactly once per deferral. It may come
+ * before the callback has even returned (a quick worker thread, or the callback itself), as
+ * long as the callback then returns EXTPROC_DEFER; the reply is then sent when it returns.
+ *
+ * Ownership while deferred: from the moment the callback hands `req` to another thread until
+ * that thread calls this function, only that thread may use `req` (to read it and record the
+ * answer); after the call, nobody may. If Envoy ended the exchange meanwhile (for instance its
+ * message_timeout ran out), the answer is dropped with a warning and the request freed. Every
+ * deferred request must be resumed before its server is freed.
+ *
+ * Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or EXTPROC_ESTATE (no phase of
+ * this request is waiting for a resume, e.g. a second call). */
 int extproc_request_resume(extproc_request *req, extproc_result result);
 
 /* ---- Logging --------------------------------------------------------------------------- */

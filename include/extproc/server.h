@@ -24,16 +24,23 @@
 extern "C" {
 #endif
 
+/* Server settings. Fill with extproc_server_options_init() and change what you need; a field
+ * left 0 takes its default (except shutdown_grace_ms, where 0 means no grace). */
 typedef struct extproc_server_options {
   /* Largest gRPC message accepted, in bytes; larger ones end their stream with
-   * RESOURCE_EXHAUSTED and the server goes on. Default 16 MiB (Envoy buffers 1 MiB by default). */
+   * RESOURCE_EXHAUSTED and the server goes on. Default 16 MiB (Envoy buffers 1 MiB by default);
+   * at most 2 GiB. */
   size_t max_message_bytes;
-  /* Number of event-loop threads; 0 means one per online CPU. */
+  /* Number of event-loop threads. Default: one per online CPU. */
   unsigned workers;
   /* HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection. Default 10000. */
   uint32_t max_concurrent_streams;
-  /* HTTP/2 initial per-stream receive window in bytes. Default 1 MiB. */
+  /* HTTP/2 initial per-stream receive window in bytes. Default 1 MiB; at most 2^31-1. */
   uint32_t initial_window_bytes;
+  /* On stop, how long open streams may go on, in milliseconds, after each connection is sent a
+   * GOAWAY (so Envoy opens no new stream on it); connections still busy then are closed.
+   * Default (from extproc_server_options_init) 5000; 0 closes at once. */
+  uint32_t shutdown_grace_ms;
 } extproc_server_options;
 
 /* Fills `opts` with the defaults above. */
@@ -42,15 +49,17 @@ void extproc_server_options_init(extproc_server_options *opts);
 typedef struct extproc_server extproc_server;
 
 /* Creates a server. `opts` may be NULL for the defaults; it is copied. Returns NULL on
- * out-of-memory or invalid options (max_message_bytes 0 or above 2^31). */
+ * out-of-memory or an out-of-range option (max_message_bytes above 2 GiB, initial_window_bytes
+ * above 2^31-1). A server runs once: start (or run) it, stop, wait, free. */
 extproc_server *extproc_server_create(const extproc_server_options *opts);
 
 /* Serves `proc` (not owned; must outlive the server) on `address`:
  *   "HOST:PORT"     an IPv4 address or host name, e.g. "0.0.0.0:50051", "127.0.0.1:0"
  *   "[IPV6]:PORT"   e.g. "[::1]:50051", "[::]:0"
- *   "unix:PATH"     a unix socket; an existing socket file at PATH is replaced
- * Port 0 picks a free port (see extproc_server_port). Binds and listens at once, so the port is
- * known on return. Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed
+ *   "unix:PATH"     a unix socket; a stale socket file at PATH is replaced, but one a live
+ *                   server still listens on is an error
+ * Port 0 picks a free port (see extproc_server_port). Binds at once, so the port is known on
+ * return; a port another process holds is an error (the workers share it among themselves only). Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed
  * address, EXTPROC_EIO if binding fails (errno-style detail in the log), EXTPROC_ESTATE after
  * start. Call from the thread that created the server. */
 int extproc_server_listen(extproc_server *srv, const char *address, const extproc_processor *proc);
@@ -63,16 +72,18 @@ int extproc_server_port(const extproc_server *srv, int index);
  * or no listener was added, or EXTPROC_EIO if a thread could not be created. */
 int extproc_server_start(extproc_server *srv);
 
-/* Asks the server to stop: listeners close, connections are closed and their streams ended
- * (deferred requests are freed once resumed). Thread-safe and async-signal-safe; returns at
- * once. */
+/* Asks the server to stop: listeners close at once; each connection gets a GOAWAY and is closed
+ * when its streams are done or when shutdown_grace_ms runs out, whichever comes first (streams
+ * still open then are ended; deferred requests are freed once resumed). Thread-safe and
+ * async-signal-safe; returns at once. */
 void extproc_server_stop(extproc_server *srv);
 
 /* Waits until every worker thread has finished after extproc_server_stop(). */
 void extproc_server_wait(extproc_server *srv);
 
-/* Starts the server and blocks until SIGINT or SIGTERM (handled while it runs) or
- * extproc_server_stop(); then waits for the workers. Returns 0 or the error of start. */
+/* Starts the server and blocks until SIGINT or SIGTERM or extproc_server_stop(); then waits for
+ * the workers. The signals are handled (through libuv) only while it runs; afterwards their
+ * disposition is the default one again. Returns 0 or the error of start. */
 int extproc_server_run(extproc_server *srv);
 
 /* Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */

@@ -77,6 +77,43 @@ int64_t header_parse_length(const char *s, size_t len) {
   return n;
 }
 
+/* ---- Recording writes ---------------------------------------------------------------- */
+
+static char *copy_lower(arena *a, const char *s) {
+  const size_t len = strlen(s);
+  char *p = arena_alloc(a, len + 1);
+  if (!p) return NULL;
+  for (size_t i = 0; i <= len; i++)
+    p[i] = (s[i] >= 'A' && s[i] <= 'Z') ? (char)(s[i] + ('a' - 'A')) : s[i];
+  return p;
+}
+
+int header_edits_add(arena *a, header_edits *edits, header_op op, const char *name,
+                     const char *value) {
+  if (!header_name_valid(name)) return EXTPROC_EINVAL;
+  const size_t value_len = value ? strlen(value) : 0;
+  if (op != HEADER_REMOVE && !header_value_valid(value, value_len)) return EXTPROC_EINVAL;
+  header_edit *e = arena_calloc(a, sizeof(*e));
+  if (!e) return EXTPROC_ENOMEM;
+  e->op = op;
+  e->name = copy_lower(a, name);
+  if (!e->name) return EXTPROC_ENOMEM;
+  if (op != HEADER_REMOVE) {
+    e->value = arena_strndup(a, value, value_len);
+    if (!e->value) return EXTPROC_ENOMEM;
+    e->value_len = value_len;
+    edits->sets++;
+  } else {
+    edits->removes++;
+  }
+  if (edits->tail)
+    edits->tail->next = e;
+  else
+    edits->head = e;
+  edits->tail = e;
+  return 0;
+}
+
 /* ---- Public read API ------------------------------------------------------------------- */
 
 const extproc_header *extproc_headers(const extproc_request *req, size_t *count) {

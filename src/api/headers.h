@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "engine/arena.h"
+#include "engine/stream.h"
 #include "envoy/config/core/v3/base.pb-c.h"
 #include "extproc/extproc.h"
 
@@ -26,6 +27,11 @@ bool header_name_valid(const char *name);
 
 /* True for a header value Envoy accepts: no CR, LF or NUL in `len` bytes. */
 bool header_value_valid(const char *value, size_t len);
+
+/* Appends a validated edit (name lower-cased and copied, value copied) to `edits`, in `a`.
+ * Returns 0, EXTPROC_EINVAL for a bad name or value, or EXTPROC_ENOMEM. */
+int header_edits_add(arena *a, header_edits *edits, header_op op, const char *name,
+                     const char *value);
 
 /* Parses a non-negative decimal integer of `len` bytes (surrounding spaces allowed). Returns -1
  * if it is empty, malformed or above 2^62. */

@@ -1,5 +1,7 @@
 #include "api/processor.h"
 
+#include "api/headers.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,6 +69,20 @@ int extproc_processor_set_error_policy(extproc_processor *proc, extproc_error_po
   return 0;
 }
 
+int extproc_processor_set_chain_header(extproc_processor *proc, const char *header) {
+  if (!proc || (header && !header_name_valid(header))) return EXTPROC_EINVAL;
+  char *copy = NULL;
+  if (header) {
+    copy = strdup(header);
+    if (!copy) return EXTPROC_ENOMEM;
+    for (char *p = copy; *p; p++)
+      if (*p >= 'A' && *p <= 'Z') *p = (char)(*p + ('a' - 'A'));
+  }
+  free(proc->chain_header);
+  proc->chain_header = copy;
+  return 0;
+}
+
 void extproc_processor_set_user_data(extproc_processor *proc, void *user_data) {
   if (proc) proc->user_data = user_data;
 }
@@ -76,6 +92,7 @@ const char *extproc_processor_name(const extproc_processor *proc) { return proc 
 void extproc_processor_free(extproc_processor *proc) {
   if (!proc) return;
   free(proc->name);
+  free(proc->chain_header);
   free(proc);
 }
 
@@ -93,6 +110,7 @@ const char *extproc_strerror(int error) {
   case EXTPROC_ESTATE: return "not allowed in this phase or state";
   case EXTPROC_ENOMEM: return "out of memory";
   case EXTPROC_EIO: return "system call failed";
+  case EXTPROC_ETIMEDOUT: return "timed out";
   default: return "unknown error";
   }
 }

@@ -13,6 +13,7 @@ struct extproc_processor {
   extproc_error_policy on_error;
   uint32_t error_http_status;
   void *user_data;
+  char *chain_header; /* NULL unless the chain is revealed */
 };
 
 #endif

@@ -39,45 +39,10 @@ const uint8_t *extproc_body(const extproc_request *req, size_t *len) {
 
 /* ---- Header edits ---------------------------------------------------------------------- */
 
-static char *copy_lower(arena *a, const char *s) {
-  const size_t len = strlen(s);
-  char *p = arena_alloc(a, len + 1);
-  if (!p) return NULL;
-  for (size_t i = 0; i <= len; i++)
-    p[i] = (s[i] >= 'A' && s[i] <= 'Z') ? (char)(s[i] + ('a' - 'A')) : s[i];
-  return p;
-}
-
-static int edits_add(arena *a, header_edits *edits, header_op op, const char *name,
-                     const char *value) {
-  if (!header_name_valid(name)) return EXTPROC_EINVAL;
-  const size_t value_len = value ? strlen(value) : 0;
-  if (op != HEADER_REMOVE && !header_value_valid(value, value_len)) return EXTPROC_EINVAL;
-  header_edit *e = arena_calloc(a, sizeof(*e));
-  if (!e) return EXTPROC_ENOMEM;
-  e->op = op;
-  e->name = copy_lower(a, name);
-  if (!e->name) return EXTPROC_ENOMEM;
-  if (op != HEADER_REMOVE) {
-    e->value = arena_strndup(a, value, value_len);
-    if (!e->value) return EXTPROC_ENOMEM;
-    e->value_len = value_len;
-    edits->sets++;
-  } else {
-    edits->removes++;
-  }
-  if (edits->tail)
-    edits->tail->next = e;
-  else
-    edits->head = e;
-  edits->tail = e;
-  return 0;
-}
-
 static int record_edit(extproc_request *req, header_op op, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
   if (req->immediate) return EXTPROC_ESTATE;
-  return edits_add(&req->msg_arena, &req->edits, op, name, value);
+  return header_edits_add(&req->msg_arena, &req->edits, op, name, value);
 }
 
 int extproc_header_set(extproc_request *req, const char *name, const char *value) {
@@ -138,7 +103,7 @@ int extproc_immediate_response(extproc_request *req, uint32_t http_status) {
 int extproc_immediate_header_set(extproc_request *req, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
   if (!req->immediate) return EXTPROC_ESTATE;
-  return edits_add(&req->msg_arena, &req->immediate_headers, HEADER_SET, name, value);
+  return header_edits_add(&req->msg_arena, &req->immediate_headers, HEADER_SET, name, value);
 }
 
 int extproc_immediate_body(extproc_request *req, const void *data, size_t len) {

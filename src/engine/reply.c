@@ -2,6 +2,10 @@
  * recorded. Everything is allocated in the message arena. The reply's type always matches the
  * phase Envoy sent (or is an immediate response), which is what keeps Envoy from calling it
  * spurious. */
+#include <string.h>
+
+#include "api/headers.h"
+#include "api/processor.h"
 #include "engine/stream.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "google/protobuf/wrappers.pb-c.h"
@@ -138,8 +142,30 @@ static ProtobufCMessage *build_immediate(extproc_request *req, ProcessingRespons
   return &r->base;
 }
 
+/* The chain header: this processor's name first, then what earlier processors wrote (read from
+ * the response Envoy sent, so a client cannot forge it). */
+static bool add_chain_header(extproc_request *req) {
+  const char *header = req->proc->chain_header, *name = req->proc->name;
+  if (!header) return true;
+  if (req->immediate)
+    return header_edits_add(&req->msg_arena, &req->immediate_headers, HEADER_SET, header, name) ==
+           0;
+  if (req->phase != EXTPROC_RESPONSE_HEADERS) return true;
+  const char *earlier = extproc_header_get(req, header);
+  if (!earlier || !*earlier)
+    return header_edits_add(&req->msg_arena, &req->edits, HEADER_SET, header, name) == 0;
+  const size_t name_len = strlen(name), earlier_len = strlen(earlier);
+  char *value = arena_alloc(&req->msg_arena, name_len + 1 + earlier_len + 1);
+  if (!value) return false;
+  memcpy(value, name, name_len);
+  value[name_len] = ',';
+  memcpy(value + name_len + 1, earlier, earlier_len + 1);
+  return header_edits_add(&req->msg_arena, &req->edits, HEADER_SET, header, value) == 0;
+}
+
 ProtobufCMessage *reply_build(extproc_request *req) {
   arena *a = &req->msg_arena;
+  if (!add_chain_header(req)) return NULL;
   ProcessingResponse *r = arena_alloc(a, sizeof(*r));
   if (!r) return NULL;
   envoy__service__ext_proc__v3__processing_response__init(r);

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/headers.h"
 #include "api/processor.h"
@@ -190,6 +191,12 @@ static void apply_error_policy(extproc_request *req) {
   stream_fail(req, req->fail_code, why);
 }
 
+static uint64_t monotonic_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* The callback's outcome is known: reply (or not) and move on. */
 static void complete_phase(extproc_request *req, extproc_result result) {
   if (result == EXTPROC_FAIL) {
@@ -197,6 +204,12 @@ static void complete_phase(extproc_request *req, extproc_result result) {
   } else if (!req->observability_mode && !req->ended) {
     send_reply(req, reply_build(req));
   }
+  if (req->phase_started_ns)
+    extproc_log(req, EXTPROC_LOG_DEBUG, "%s in %llu ns",
+                result == EXTPROC_FAIL ? "failed"
+                : req->immediate       ? "answered immediately"
+                                       : "handled",
+                (unsigned long long)(monotonic_ns() - req->phase_started_ns));
   arena_reset(&req->msg_arena);
 }
 
@@ -243,6 +256,7 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
   }
   const extproc_phase phase = phase_of(msg->request_case);
   const bool first_message = req->phases_seen == 0;
+  req->phase_started_ns = log_enabled(EXTPROC_LOG_DEBUG) ? monotonic_ns() : 0;
   req->phase = phase;
   req->observability_mode = msg->observability_mode;
   reset_reply(req);
@@ -267,12 +281,25 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
     return;
   }
   const extproc_phase_fn fn = req->proc->on[phase];
+  atomic_store(&req->handoff, HANDOFF_IN_CALLBACK);
   const extproc_result result = fn ? fn(req, req->ctx) : EXTPROC_CONTINUE;
   if (result == EXTPROC_DEFER) {
-    req->deferred = true;
-    if (req->poster.deferred) (*req->poster.deferred)++;
+    int expected = HANDOFF_IN_CALLBACK;
+    if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_DEFERRED)) {
+      req->deferred = true;
+      if (req->poster.deferred) (*req->poster.deferred)++;
+      return;
+    }
+    /* Resumed before the callback even returned (another thread was quick, or the callback
+     * resumed itself): the answer is ready now. */
+    atomic_store(&req->handoff, HANDOFF_IDLE);
+    complete_phase(req, req->resume_result);
     return;
   }
+  if (atomic_exchange(&req->handoff, HANDOFF_IDLE) == HANDOFF_RESUMED_EARLY)
+    extproc_log(req, EXTPROC_LOG_WARN,
+                "extproc_request_resume() called but the callback did not return EXTPROC_DEFER; "
+                "the resume is ignored");
   complete_phase(req, result == EXTPROC_FAIL ? EXTPROC_FAIL : EXTPROC_CONTINUE);
 }
 
@@ -328,8 +355,12 @@ void stream_close(extproc_request *req) {
 
 void stream_resume_on_loop(extproc_request *req) {
   req->deferred = false;
+  atomic_store(&req->handoff, HANDOFF_IDLE);
   if (req->poster.deferred) (*req->poster.deferred)--;
   if (!req->io) { /* the exchange went away while we waited */
+    extproc_log(req, EXTPROC_LOG_WARN,
+                "deferred answer dropped: Envoy had already ended the stream "
+                "(its message_timeout may have run out)");
     stream_free(req);
     return;
   }
@@ -340,8 +371,18 @@ void stream_resume_on_loop(extproc_request *req) {
 
 int extproc_request_resume(extproc_request *req, extproc_result result) {
   if (!req || (result != EXTPROC_CONTINUE && result != EXTPROC_FAIL)) return EXTPROC_EINVAL;
-  if (!req->deferred || !req->poster.post) return EXTPROC_ESTATE;
+  if (!req->poster.post) return EXTPROC_ESTATE;
+  /* The result is written before the state changes hands (sequentially consistent atomics), so
+   * whichever thread sees the new state also sees the result. */
+  const extproc_result previous = req->resume_result;
   req->resume_result = result;
-  req->poster.post(req->poster.data, req);
-  return 0;
+  int expected = HANDOFF_IN_CALLBACK;
+  if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_RESUMED_EARLY)) return 0;
+  expected = HANDOFF_DEFERRED;
+  if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_POSTED)) {
+    req->poster.post(req->poster.data, req);
+    return 0;
+  }
+  req->resume_result = previous; /* not ours to answer: leave the request as it was */
+  return EXTPROC_ESTATE;
 }

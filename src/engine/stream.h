@@ -11,6 +11,7 @@
 #define EXTPROC_STREAM_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -56,6 +57,15 @@ typedef struct header_edits {
 } header_edits;
 
 typedef enum body_op { BODY_KEEP, BODY_REPLACE, BODY_CLEAR } body_op;
+
+/* Between the loop thread and whichever thread resumes a deferred phase. */
+typedef enum handoff_state {
+  HANDOFF_IDLE,          /* no callback running */
+  HANDOFF_IN_CALLBACK,   /* a callback is running; a resume now is an early one */
+  HANDOFF_RESUMED_EARLY, /* resumed while the callback ran: complete when it returns DEFER */
+  HANDOFF_DEFERRED,      /* the callback returned EXTPROC_DEFER; waiting for the resume */
+  HANDOFF_POSTED         /* resumed; the loop will complete the phase */
+} handoff_state;
 
 /* A message that arrived while an earlier one was still being answered. */
 typedef struct queued_message {
@@ -108,7 +118,9 @@ struct extproc_request {
 
   /* Flow. */
   bool deferred;                /* a callback returned EXTPROC_DEFER and has not been resumed */
-  extproc_result resume_result; /* set by extproc_request_resume() before it posts */
+  atomic_int handoff;           /* handoff_state: who answers the phase; any thread reads it */
+  extproc_result resume_result; /* written by extproc_request_resume() before handoff changes */
+  uint64_t phase_started_ns;    /* monotonic; set only when debug logging is on */
   bool ended;                   /* the stream's outcome is decided: later messages are ignored */
   bool half_closed;             /* Envoy has sent its last message */
   queued_message *queue_head, *queue_tail;

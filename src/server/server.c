@@ -15,6 +15,7 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->workers = 0;
   opts->max_concurrent_streams = 10000;
   opts->initial_window_bytes = 1u << 20;
+  opts->shutdown_grace_ms = 5000;
 }
 
 extproc_server *extproc_server_create(const extproc_server_options *opts) {
@@ -23,9 +24,13 @@ extproc_server *extproc_server_create(const extproc_server_options *opts) {
     o = *opts;
   else
     extproc_server_options_init(&o);
-  if (o.max_message_bytes == 0 || o.max_message_bytes > (1u << 31)) return NULL;
-  if (o.initial_window_bytes == 0 || o.initial_window_bytes > 0x7fffffff) return NULL;
-  if (o.max_concurrent_streams == 0) return NULL;
+  /* Zero fields take their defaults, so `extproc_server_options o = {0}` works too. */
+  extproc_server_options defaults;
+  extproc_server_options_init(&defaults);
+  if (o.max_message_bytes == 0) o.max_message_bytes = defaults.max_message_bytes;
+  if (o.initial_window_bytes == 0) o.initial_window_bytes = defaults.initial_window_bytes;
+  if (o.max_concurrent_streams == 0) o.max_concurrent_streams = defaults.max_concurrent_streams;
+  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff) return NULL;
   if (o.workers == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     o.workers = n > 0 ? (unsigned)n : 1;
@@ -108,24 +113,42 @@ static void run_completions(worker *w) {
 
 /* ---- Worker loops --------------------------------------------------------------------- */
 
-static void close_listener(uv_handle_t *h) { (void)h; }
+static void ignore_close(uv_handle_t *h) { (void)h; }
+
+/* A stopping worker's loop ends once its connections are gone and no deferred request can
+ * still post back to it. */
+static void worker_maybe_finish(worker *w) {
+  if (!w->stopping || w->connections) return;
+  if (!uv_is_closing((uv_handle_t *)&w->grace_timer))
+    uv_close((uv_handle_t *)&w->grace_timer, ignore_close);
+  if (w->deferred == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
+    uv_close((uv_handle_t *)&w->wakeup, ignore_close);
+}
+
+void worker_connection_gone(worker *w) { worker_maybe_finish(w); }
+
+static void on_grace_expired(uv_timer_t *timer) {
+  worker *w = timer->data;
+  if (w->connections)
+    log_line(EXTPROC_LOG_WARN, "shutdown grace period over: closing connections with open streams");
+  connections_close_all(w);
+}
 
 static void begin_stop(worker *w) {
   w->stopping = true;
   for (unsigned i = 0; i < w->listener_count; i++)
-    uv_close(&w->listeners[i].h.handle, close_listener);
+    uv_close(&w->listeners[i].h.handle, ignore_close);
   w->listener_count = 0;
-  while (w->connections)
-    connection_close(w->connections);
+  connections_drain_all(w);
+  uv_timer_start(&w->grace_timer, on_grace_expired, w->srv->opts.shutdown_grace_ms, 0);
+  worker_maybe_finish(w);
 }
 
 static void on_wakeup(uv_async_t *async) {
   worker *w = async->data;
   run_completions(w);
   if (!w->stopping && atomic_load(&w->srv->stop_requested)) begin_stop(w);
-  /* Keep the wakeup handle while a deferred request may still be resumed from elsewhere. */
-  if (w->stopping && w->deferred == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
-    uv_close((uv_handle_t *)&w->wakeup, NULL);
+  worker_maybe_finish(w);
 }
 
 static void worker_main(void *arg) {
@@ -139,6 +162,8 @@ static int worker_init(worker *w) {
   if ((rv = uv_mutex_init(&w->lock)) != 0) return rv;
   if ((rv = uv_async_init(&w->loop, &w->wakeup, on_wakeup)) != 0) return rv;
   w->wakeup.data = w;
+  if ((rv = uv_timer_init(&w->loop, &w->grace_timer)) != 0) return rv;
+  w->grace_timer.data = w;
   extproc_server *srv = w->srv;
   for (unsigned i = 0; i < srv->listener_count; i++) {
     if (srv->listeners[i].fds[w->index] < 0) continue;
@@ -212,8 +237,6 @@ static void on_run_wakeup(uv_async_t *async) {
   extproc_server *srv = async->data;
   if (atomic_load(&srv->stop_requested)) uv_stop(async->loop);
 }
-
-static void ignore_close(uv_handle_t *h) { (void)h; }
 
 int extproc_server_run(extproc_server *srv) {
   if (!srv) return EXTPROC_EINVAL;

@@ -61,6 +61,7 @@ struct connection {
 };
 
 static void conn_flush(connection *c);
+static void connection_close(connection *c);
 
 /* ---- Output ---------------------------------------------------------------------------- */
 
@@ -399,9 +400,14 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
   h2_stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
   if (!s) return 0;
   /* Envoy ends every ext_proc stream with RST_STREAM: a normal end, not an error. */
-  if (error_code != NGHTTP2_NO_ERROR && log_enabled(EXTPROC_LOG_DEBUG))
-    log_line(EXTPROC_LOG_DEBUG, "stream %d reset by peer (%s)", stream_id,
-             nghttp2_http2_strerror(error_code));
+  if (error_code != NGHTTP2_NO_ERROR && log_enabled(EXTPROC_LOG_DEBUG)) {
+    if (s->engine)
+      extproc_log(s->engine, EXTPROC_LOG_DEBUG, "stream %d reset by peer (%s)", stream_id,
+                  nghttp2_http2_strerror(error_code));
+    else
+      log_line(EXTPROC_LOG_DEBUG, "stream %d reset by peer (%s)", stream_id,
+               nghttp2_http2_strerror(error_code));
+  }
   nghttp2_session_set_stream_user_data(session, stream_id, NULL);
   stream_release(s);
   return 0;
@@ -455,7 +461,7 @@ static void on_closed(uv_handle_t *h) {
   free(c);
 }
 
-void connection_close(connection *c) {
+static void connection_close(connection *c) {
   if (c->closing) return;
   c->closing = true;
   worker *w = c->w;
@@ -470,6 +476,23 @@ void connection_close(connection *c) {
   nghttp2_session_del(c->session);
   c->session = NULL;
   uv_close(&c->h.handle, on_closed);
+  worker_connection_gone(w);
+}
+
+void connections_close_all(worker *w) {
+  while (w->connections)
+    connection_close(w->connections);
+}
+
+void connections_drain_all(worker *w) {
+  /* A drained connection with no open stream closes at once and unlinks itself. */
+  for (connection *c = w->connections, *next; c; c = next) {
+    next = c->next;
+    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(c->session), NGHTTP2_NO_ERROR,
+                          NULL, 0);
+    conn_flush(c);
+  }
 }
 
 static void on_write(uv_write_t *req, int status) {

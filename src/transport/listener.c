@@ -45,12 +45,13 @@ static bool split_host_port(const char *address, char *host, size_t host_cap, in
   return true;
 }
 
-static int bind_tcp(const struct sockaddr *sa, socklen_t len) {
+/* Binds a TCP socket; with `share`, SO_REUSEPORT lets the workers' sockets share the port. */
+static int bind_tcp(const struct sockaddr *sa, socklen_t len, bool share) {
   const int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   const int one = 1;
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+      (share && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
       (sa->sa_family == AF_INET6 &&
        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
       bind(fd, sa, len) != 0) {
@@ -95,9 +96,19 @@ static int open_tcp(const char *address, listener_spec *spec, unsigned workers) 
   memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
   const socklen_t sslen = ai->ai_addrlen;
   freeaddrinfo(ai);
+  /* SO_REUSEPORT would also let another process join our port and take a share of Envoy's
+   * connections (an old instance, say). A plain bind first makes a taken port an error. */
+  if (port != 0) {
+    const int probe = bind_tcp((struct sockaddr *)&ss, sslen, false);
+    if (probe < 0) {
+      log_line(EXTPROC_LOG_ERROR, "listen %s: %s", address, strerror(errno));
+      return EXTPROC_EIO;
+    }
+    close(probe);
+  }
   for (unsigned i = 0; i < workers; i++) {
     /* The first socket settles the port (maybe picked by the kernel); the rest join it. */
-    spec->fds[i] = bind_tcp((struct sockaddr *)&ss, sslen);
+    spec->fds[i] = bind_tcp((struct sockaddr *)&ss, sslen, true);
     if (spec->fds[i] < 0) {
       log_line(EXTPROC_LOG_ERROR, "listen %s: %s", address, strerror(errno));
       return EXTPROC_EIO;
@@ -114,9 +125,19 @@ static int open_unix(const char *path, listener_spec *spec) {
   struct sockaddr_un sun = {.sun_family = AF_UNIX};
   if (!*path || strlen(path) >= sizeof(sun.sun_path)) return EXTPROC_EINVAL;
   strcpy(sun.sun_path, path);
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return EXTPROC_EIO;
-  unlink(path); /* a stale socket from an earlier run */
+  /* A socket file nobody answers on is left over from an earlier run: replace it. One a live
+   * server listens on is not ours to take. */
+  if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+    log_line(EXTPROC_LOG_ERROR, "listen unix:%s: another server is listening there", path);
+    close(fd);
+    return EXTPROC_EIO;
+  }
+  close(fd);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return EXTPROC_EIO;
+  unlink(path);
   if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
     log_line(EXTPROC_LOG_ERROR, "listen unix:%s: %s", path, strerror(errno));
     close(fd);

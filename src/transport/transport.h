@@ -53,6 +53,7 @@ struct worker {
   connection *connections; /* doubly linked, for shutdown */
   size_t deferred;         /* requests deferred and not yet resumed; loop thread only */
   bool stopping;
+  uv_timer_t grace_timer; /* runs while connections drain at shutdown */
 
   uv_mutex_t lock; /* guards `completed` */
   extproc_request **completed;
@@ -77,8 +78,15 @@ struct extproc_server {
 /* Accepts one connection on `l` and starts serving it. (connection.c) */
 void connection_accept(listener *l);
 
-/* Closes a connection and frees its streams. (connection.c) */
-void connection_close(connection *c);
+/* Closes every connection of `w` and frees their streams. (connection.c) */
+void connections_close_all(worker *w);
+
+/* Sends every connection of `w` a GOAWAY: each closes by itself once its open streams end.
+ * (connection.c) */
+void connections_drain_all(worker *w);
+
+/* Tells the worker a connection is gone, so a stopping worker can finish. (server.c) */
+void worker_connection_gone(worker *w);
 
 /* The poster that hands deferred requests back to `w`'s loop. (server.c) */
 stream_poster worker_poster(worker *w);

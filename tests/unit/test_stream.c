@@ -647,6 +647,48 @@ static void test_cancelled_while_deferred(void **state) {
   extproc_processor_free(p);
 }
 
+static extproc_result resume_self(extproc_request *req, void *ctx) {
+  (void)ctx;
+  assert_int_equal(extproc_header_set(req, "x-early", "self"), 0);
+  assert_int_equal(extproc_request_resume(req, EXTPROC_CONTINUE), 0);
+  assert_int_equal(extproc_request_resume(req, EXTPROC_CONTINUE), EXTPROC_ESTATE); /* once */
+  return EXTPROC_DEFER;
+}
+
+static extproc_result resume_from_racing_thread(extproc_request *req, void *ctx) {
+  (void)ctx;
+  pthread_t t;
+  pthread_create(&t, NULL, worker_thread, req);
+  /* The worker resumes while this callback still runs: the hand-off must not be lost. */
+  pthread_join(t, NULL);
+  return EXTPROC_DEFER;
+}
+
+/* A resume that comes before the callback returns EXTPROC_DEFER answers at once. */
+static void test_resume_before_the_callback_returns(void **state) {
+  (void)state;
+  mailbox m = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL};
+  size_t deferred = 0;
+  const stream_poster poster = {.post = mailbox_post, .data = &m, .deferred = &deferred};
+  const extproc_phase_fn fns[] = {resume_self, resume_from_racing_thread};
+  const char *const header[] = {"x-early", "x-async"};
+  for (int i = 0; i < 2; i++) {
+    extproc_processor *p = extproc_processor_new("early");
+    extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, fns[i]);
+    capture c = {0};
+    extproc_request *req = stream_open(p, &sink, &c, &poster);
+    send_phase(req, EXTPROC_REQUEST_HEADERS, request_headers, N_REQUEST_HEADERS, NULL, false);
+    assert_int_equal(c.count, 1);
+    assert_false(stream_busy(req));
+    assert_int_equal(deferred, 0);
+    assert_null(m.posted); /* nothing had to travel back through the loop */
+    assert_non_null(find_set(c.replies[0]->request_headers->response->header_mutation, header[i]));
+    stream_close(req);
+    capture_free(&c);
+    extproc_processor_free(p);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_header_mutations_are_raw_and_consistent),
@@ -660,6 +702,7 @@ int main(void) {
       cmocka_unit_test(test_observability_mode_never_replies),
       cmocka_unit_test(test_deferred_answer_from_another_thread),
       cmocka_unit_test(test_cancelled_while_deferred),
+      cmocka_unit_test(test_resume_before_the_callback_returns),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
@@ -440,6 +442,40 @@ static void test_round_trip_unix(void **state) {
   wait_server_idle(f->srv);
 }
 
+/* An address a live server holds is an error for a second one, over TCP (despite the workers'
+ * SO_REUSEPORT) and over a unix socket; a stale socket file is replaced. */
+static void test_address_in_use(void **state) {
+  fixture *f = *state;
+  start_tcp_server(f, 0);
+  extproc_server *second = extproc_server_create(NULL);
+  assert_non_null(second);
+  char address[128];
+  snprintf(address, sizeof(address), "127.0.0.1:%d", f->port);
+  assert_int_equal(extproc_server_listen(second, address, f->proc), EXTPROC_EIO);
+
+  snprintf(f->unix_path, sizeof(f->unix_path), "/tmp/extproc-test-%ld-inuse.sock",
+           (long)getpid());
+  snprintf(address, sizeof(address), "unix:%s", f->unix_path);
+  unlink(f->unix_path);
+  /* A stale file: bound, then its socket closed, so nobody answers there. */
+  const int stale = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", f->unix_path);
+  assert_int_equal(bind(stale, (struct sockaddr *)&sun, sizeof(sun)), 0);
+  close(stale);
+  assert_true(extproc_server_listen(second, address, f->proc) >= 0);
+  assert_int_equal(extproc_server_start(second), 0);
+  extproc_server *third = extproc_server_create(NULL);
+  assert_int_equal(extproc_server_listen(third, address, f->proc), EXTPROC_EIO);
+  extproc_server_free(third);
+  h2_client *c = track(f, h2_client_connect_unix(f->unix_path));
+  round_trip(c, 0); /* the live server was not disturbed */
+  untrack(f, c);
+  extproc_server_stop(second);
+  extproc_server_wait(second);
+  extproc_server_free(second);
+}
+
 /* ---- 3. Unknown method ----------------------------------------------------------------- */
 
 static void test_unknown_path(void **state) {
@@ -767,6 +803,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_messages_share_frames, setup, teardown),
       cmocka_unit_test_setup_teardown(test_round_trip_ipv6, setup, teardown),
       cmocka_unit_test_setup_teardown(test_round_trip_unix, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_address_in_use, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_path, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oversize_message, setup, teardown),
       cmocka_unit_test_setup_teardown(test_malformed_messages, setup, teardown),
