@@ -1,6 +1,13 @@
-/* The example processors served by extproc-examples. Each file defines one. */
+/* The example processors served by extproc-examples, one file each, with the names of the
+ * Python SDK they reproduce. They expect Envoy's demo configuration (deploy/envoy.yaml):
+ * request and response headers SEND, bodies BUFFERED (so a body arrives whole, in one
+ * callback), trailers SKIP. */
 #ifndef EXTPROC_EXAMPLES_H
 #define EXTPROC_EXAMPLES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "extproc/extproc.h"
 
@@ -13,6 +20,46 @@ typedef struct example {
   extproc_processor *(*create)(void);
 } example;
 
+/* Every example, in the order of the demo's filter chain after Base. */
+extern const example examples[];
+extern const size_t example_count;
+
+/* The example called `name` (class name or short name, exact), or NULL. */
+const example *example_find(const char *name);
+
+/* Creates example `ex` and applies the chain-header settings of the environment, as the Python
+ * SDK does: REVEAL_EXTPROC_CHAIN (default true; "t", "true", "y", "yes" in either first-letter
+ * case are true, anything else false) and EXTPROCS_APPLIED_HEADER (default
+ * "x-ext-procs-applied"). Returns NULL on out-of-memory or an invalid header name. */
+extproc_processor *example_create(const example *ex);
+
+/* True for the Python SDK's truthy strings: t, T, true, True, y, Y, yes, Yes. */
+bool example_truthy(const char *value);
+
+/* True for "t", "true", "y", "yes" in any case: what x-echo-only accepts. */
+bool example_truthy_any_case(const char *value);
+
+extproc_processor *base_processor_create(void);
 extproc_processor *trivial_processor_create(void);
+extproc_processor *timer_processor_create(void);
+extproc_processor *digest_processor_create(void);
+extproc_processor *decorated_processor_create(void);
+extproc_processor *echo_processor_create(void);
+extproc_processor *ctx_processor_create(void);
+
+/* ---- The request digest shared by Digest and Decorated --------------------------------- */
+
+/* SHA-256 over tenant (x-tenant-id, or "unknown" when absent or empty), method, path with its
+ * query, then the request body, in that order, as lowercase hex. */
+typedef struct request_digest request_digest;
+
+/* Starts a digest from the request facts of `req` (request_headers phase). NULL on failure.
+ * Free with request_digest_free. */
+request_digest *request_digest_begin(extproc_request *req);
+/* Adds a body chunk. Returns false on failure. */
+bool request_digest_update(request_digest *d, const uint8_t *data, size_t len);
+/* Writes the 64 hex digits and a NUL into `hex`. Returns false on failure. */
+bool request_digest_finish(request_digest *d, char hex[65]);
+void request_digest_free(request_digest *d);
 
 #endif
