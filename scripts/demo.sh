@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The libextproc demo: builds the project, then runs Envoy (deploy/envoy.yaml) in front of the
-# echo upstream with the "trivial" external processor, until Ctrl-C or SIGTERM.
+# echo upstream, with the six example processors chained (one extproc-examples process serving
+# each on its own port), until Ctrl-C or SIGTERM.
 #
-#   client ──:8080──▶ Envoy ──gRPC :50051──▶ extproc-examples --service trivial
+#   client ──:8080──▶ Envoy ──gRPC :50051…50056──▶ extproc-examples (trivial, timer, echo,
+#                       │                                            digest, decorated, context)
 #                       └──:8000──▶ tools/echo_upstream.py          (admin: 127.0.0.1:9901)
 #
 # Environment (optional):
@@ -28,7 +30,8 @@ fi
 import socket, sys
 taken = []
 for host, port, who in [("0.0.0.0", 8080, "Envoy listener"), ("127.0.0.1", 9901, "Envoy admin"),
-                        ("127.0.0.1", 8000, "echo upstream"), ("127.0.0.1", 50051, "processor")]:
+                        ("127.0.0.1", 8000, "echo upstream")] + \
+                       [("127.0.0.1", p, "processor") for p in range(50051, 50057)]:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -57,7 +60,9 @@ trap 'stop_all' EXIT  # also clean up when something below fails
 
 "$PY" tools/echo_upstream.py --port 8000 >"$LOGS/echo.log" 2>&1 &
 PIDS+=($!)
-"$RUNNER" --service trivial --listen 127.0.0.1:50051 >"$LOGS/processor.log" 2>&1 &
+SERVICES=trivial@127.0.0.1:50051,timer@127.0.0.1:50052,echo@127.0.0.1:50053
+SERVICES=$SERVICES,digest@127.0.0.1:50054,decorated@127.0.0.1:50055,context@127.0.0.1:50056
+"$RUNNER" --service "$SERVICES" >"$LOGS/processor.log" 2>&1 &
 PIDS+=($!)
 # The demo never hot-restarts, and with hot restart off Envoy leaves no shared memory behind
 # nor collides with another Envoy's default base id.
@@ -67,7 +72,7 @@ PIDS+=($!)
 
 port_open() { "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null; }
 ready() {
-  port_open 8000 && port_open 50051 && port_open 8080 &&
+  port_open 8000 && port_open 50051 && port_open 50056 && port_open 8080 &&
     [ "$(curl -s -m 1 http://127.0.0.1:9901/ready)" = LIVE ]
 }
 
@@ -91,11 +96,13 @@ fi
 
 echo "demo: ready. Try:"
 echo
-echo "    curl -s -i localhost:8080/hello"
-echo "    curl -s -i localhost:8080/no-ext-procs     # skips the processor"
+echo "    curl -s -i localhost:8080/something"
+echo "    curl -s -i -X PUT localhost:8080/something -H 'content-type: application/json' -d '{\"hello\":\"hi\"}'"
+echo "    curl -s -i localhost:8080/something -H 'x-echo-only: yes' -d 'answered by the processor'"
+echo "    curl -s -i localhost:8080/no-ext-procs     # skips every processor"
 echo
-echo "demo: \$ curl -s -i localhost:8080/hello"
-curl -s -i localhost:8080/hello || true
+echo "demo: \$ curl -s -i localhost:8080/something"
+curl -s -i localhost:8080/something || true
 echo
 echo
 echo "demo: running; Ctrl-C to stop"

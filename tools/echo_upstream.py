@@ -106,6 +106,8 @@ def main():
 
     EchoHandler.verbose = args.verbose
     # ThreadingHTTPServer uses daemon threads, so idle keep-alive connections never block exit.
+    # Its listen backlog of 5 would drop Envoy's connections under load (a 503 for the client).
+    ThreadingHTTPServer.request_queue_size = 1024
     server = ThreadingHTTPServer((args.host, args.port), EchoHandler)
     host, port = server.server_address[:2]
     print(f"echo_upstream listening on {host}:{port}", flush=True)

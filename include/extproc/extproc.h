@@ -37,8 +37,8 @@ typedef enum extproc_error {
   EXTPROC_EINVAL = -1, /* an argument is NULL, empty or malformed (e.g. a bad header name) */
   EXTPROC_ESTATE =
       -2, /* not allowed in this phase or state (e.g. a body write in a headers phase) */
-  EXTPROC_ENOMEM = -3, /* out of memory */
-  EXTPROC_EIO = -4,    /* a system call failed (bind, listen, thread creation...) */
+  EXTPROC_ENOMEM = -3,    /* out of memory */
+  EXTPROC_EIO = -4,       /* a system call failed (bind, listen, thread creation...) */
   EXTPROC_ETIMEDOUT = -5, /* a wait ran out (testing harness) */
 } extproc_error;
 

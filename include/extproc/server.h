@@ -59,9 +59,10 @@ extproc_server *extproc_server_create(const extproc_server_options *opts);
  *   "unix:PATH"     a unix socket; a stale socket file at PATH is replaced, but one a live
  *                   server still listens on is an error
  * Port 0 picks a free port (see extproc_server_port). Binds at once, so the port is known on
- * return; a port another process holds is an error (the workers share it among themselves only). Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed
- * address, EXTPROC_EIO if binding fails (errno-style detail in the log), EXTPROC_ESTATE after
- * start. Call from the thread that created the server. */
+ * return; a port another process holds is an error (the workers share it among themselves only).
+ * Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed address, EXTPROC_EIO if
+ * binding fails (errno-style detail in the log), EXTPROC_ESTATE after start. Call from the thread
+ * that created the server. */
 int extproc_server_listen(extproc_server *srv, const char *address, const extproc_processor *proc);
 
 /* The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index. */

@@ -1,9 +1,10 @@
 """Fixtures for Envoy-in-the-loop tests: a real Envoy, the echo upstream and a processor.
 
-The `stack` fixture starts all three on free loopback ports, once per module and per transport
-("tcp": the processor on 127.0.0.1:PORT; "unix": on a unix socket), so every test in a module
-runs against both. Envoy's config is deploy/envoy.yaml with its addresses rewritten, so the tests
-exercise the very file the demo uses.
+Everything listens on free loopback ports (or unix sockets) and is stopped afterwards.
+  stack  the trivial processor alone (tests/e2e/envoy-trivial.yaml), once per module and per
+         transport ("tcp", "unix"), so every test using it runs against both;
+  chain  the demo itself: deploy/envoy.yaml with its addresses rewritten and the six example
+         processors, so the tests exercise the very file the demo uses.
 
 Environment:
   EXTPROC_EXAMPLES  processor runner binary (default: build/examples/extproc-examples)
@@ -11,6 +12,7 @@ Environment:
 A missing binary is a test error, not a skip: these tests must never pass by running nothing.
 """
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -28,6 +30,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_TEMPLATE = REPO / "deploy" / "envoy.yaml"
+TRIVIAL_TEMPLATE = REPO / "tests" / "e2e" / "envoy-trivial.yaml"
 ECHO_SCRIPT = REPO / "tools" / "echo_upstream.py"
 STARTUP_TIMEOUT = 20.0  # seconds; Envoy alone usually needs about one
 LOG_TAIL_LINES = 40
@@ -58,27 +61,29 @@ def envoy_binary():
     return found
 
 
-def envoy_config(listen_port, admin_port, echo_port, processor_address):
-    """deploy/envoy.yaml with its demo addresses replaced.
+def envoy_config(template, listen_port, admin_port, echo_port, processors):
+    """An Envoy config file's text with its demo addresses replaced.
 
-    processor_address is ("tcp", port) or ("unix", path). Each demo value must occur exactly
-    once, so an edit to envoy.yaml that would make the rewrite silently miss fails here instead.
+    processors maps each processor's demo port (50051...) to ("tcp", port) or ("unix", path).
+    Each demo value must occur exactly once, so an edit to the template that would make the
+    rewrite silently miss fails here instead.
     """
-    text = ENVOY_TEMPLATE.read_text()
-    kind, where = processor_address
-    processor = (f"pipe: {{ path: {where} }}" if kind == "unix"
-                 else f"socket_address: {{ address: 127.0.0.1, port_value: {where} }}")
+    text = Path(template).read_text()
     replacements = [
         # The listener binds loopback only in tests: nothing outside should reach it.
         ("socket_address: { address: 0.0.0.0, port_value: 8080 }",
          f"socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}"),
         ("port_value: 9901 }", f"port_value: {admin_port} }}"),
         ("port_value: 8000 }", f"port_value: {echo_port} }}"),
-        ("socket_address: { address: 127.0.0.1, port_value: 50051 }", processor),
     ]
+    for demo_port, (kind, where) in processors.items():
+        replacements.append((
+            f"socket_address: {{ address: 127.0.0.1, port_value: {demo_port} }}",
+            f"pipe: {{ path: {where} }}" if kind == "unix"
+            else f"socket_address: {{ address: 127.0.0.1, port_value: {where} }}"))
     for old, new in replacements:
         count = text.count(old)
-        assert count == 1, f"{ENVOY_TEMPLATE}: expected {old!r} once, found it {count} times"
+        assert count == 1, f"{template}: expected {old!r} once, found it {count} times"
         text = text.replace(old, new)
     return text
 
@@ -174,21 +179,28 @@ def start_echo(log_dir, port):
     return proc
 
 
-def start_processor(log_dir, transport, sock_dir, port=None, service="trivial"):
-    """Starts the runner on TCP port (a free one if None), or on a unix socket in sock_dir.
+def start_processor(log_dir, transport, sock_dir, services, name="processor", extra_args=()):
+    """Starts one runner serving each of `services` (short names) on its own address: a free
+    TCP port, or a unix socket in sock_dir.
 
-    Returns (proc, address) with address as envoy_config() takes it.
+    Returns (proc, addresses) with addresses[i] = ("tcp", port) or ("unix", path).
     """
-    if transport == "unix":
-        address = ("unix", os.path.join(sock_dir, "processor.sock"))
-        listen, probe = f"unix:{address[1]}", address[1]
-    else:
-        address = ("tcp", port or free_ports(1)[0])
-        listen, probe = f"127.0.0.1:{address[1]}", ("127.0.0.1", address[1])
-    proc = start(f"processor-{transport}",
-                 [runner_binary(), "--service", service, "--listen", listen], log_dir)
-    wait_until(f"processor on {listen}", lambda: can_connect(probe), [proc])
-    return proc, address
+    ports = free_ports(len(services))
+    addresses, specs, probes = [], [], []
+    for service, port in zip(services, ports):
+        if transport == "unix":
+            path = os.path.join(sock_dir, f"{service}.sock")
+            addresses.append(("unix", path))
+            specs.append(f"{service}@unix:{path}")
+            probes.append(path)
+        else:
+            addresses.append(("tcp", port))
+            specs.append(f"{service}@127.0.0.1:{port}")
+            probes.append(("127.0.0.1", port))
+    proc = start(name, [runner_binary(), "--service", ",".join(specs), *extra_args], log_dir)
+    wait_until(f"processor on {', '.join(specs)}",
+               lambda: all(can_connect(p) for p in probes), [proc])
+    return proc, addresses
 
 
 @pytest.fixture
@@ -215,22 +227,26 @@ class Stack:
         return "\n".join(p.tail() for p in self.procs)
 
 
-@pytest.fixture(scope="module", params=["tcp", "unix"])
-def stack(request, tmp_path_factory):
-    transport = request.param
-    log_dir = tmp_path_factory.mktemp(f"e2e-{transport}")
+DEMO_SERVICES = ["trivial", "timer", "echo", "digest", "decorated", "context"]  # ports 50051...
+
+
+@contextlib.contextmanager
+def running_stack(log_dir, template, services, transport="tcp", processor_args=()):
+    """Echo upstream, one runner serving `services` (their demo ports are 50051, 50052, ... in
+    this order) and Envoy configured from `template`; all stopped on exit."""
     sock_dir = tempfile.mkdtemp(prefix="extproc-")  # short path: see short_tmp_dir()
-    listen_port, admin_port, echo_port, processor_port = free_ports(4)
-    s = Stack(transport, listen_port, admin_port, echo_port, log_dir)
+    listen_port, admin_port, echo_port = free_ports(3)
+    s = Stack(transport, listen_port, admin_port, echo_port, Path(log_dir))
     # A base id unique to this run lets several Envoys (and test runs) share the machine.
     base_id = os.getpid() * 10 + next(_base_ids) % 10
     try:
         s.procs.append(start_echo(log_dir, s.echo_port))
-        processor, address = start_processor(log_dir, transport, sock_dir, processor_port)
+        processor, addresses = start_processor(log_dir, transport, sock_dir, services,
+                                               extra_args=processor_args)
         s.procs.append(processor)
-
-        config = log_dir / "envoy.yaml"
-        config.write_text(envoy_config(s.port, s.admin_port, s.echo_port, address))
+        demo_ports = {50051 + i: a for i, a in enumerate(addresses)}
+        config = Path(log_dir) / "envoy.yaml"
+        config.write_text(envoy_config(template, s.port, s.admin_port, s.echo_port, demo_ports))
         s.procs.append(start("envoy", [
             envoy_binary(), "-c", str(config), "--base-id", str(base_id),
             "--log-level", "warn", "--concurrency", "2"], log_dir))
@@ -245,3 +261,20 @@ def stack(request, tmp_path_factory):
         # Envoy leaves its hot-restart shared memory behind; with a new base id per run these
         # would pile up in /dev/shm.
         Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module", params=["tcp", "unix"])
+def stack(request, tmp_path_factory):
+    """Envoy with the trivial processor alone (tests/e2e/envoy-trivial.yaml), over TCP and over
+    a unix socket."""
+    log_dir = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    with running_stack(log_dir, TRIVIAL_TEMPLATE, ["trivial"], request.param) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The demo: deploy/envoy.yaml with the six example processors chained."""
+    log_dir = tmp_path_factory.mktemp("e2e-chain")
+    with running_stack(log_dir, ENVOY_TEMPLATE, DEMO_SERVICES) as s:
+        yield s

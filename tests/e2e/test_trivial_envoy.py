@@ -139,6 +139,6 @@ def test_500_requests_at_concurrency_50(stack):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_processor_exits_zero_on_signal(tmp_path, short_tmp_dir, transport, sig):
-    proc, _ = start_processor(tmp_path, transport, short_tmp_dir)  # waits until it accepts
+    proc, _ = start_processor(tmp_path, transport, short_tmp_dir, ["trivial"])  # waits for accept
     rc = proc.stop(sig)
     assert rc == 0, proc.tail()

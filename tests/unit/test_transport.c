@@ -15,9 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
@@ -453,8 +453,7 @@ static void test_address_in_use(void **state) {
   snprintf(address, sizeof(address), "127.0.0.1:%d", f->port);
   assert_int_equal(extproc_server_listen(second, address, f->proc), EXTPROC_EIO);
 
-  snprintf(f->unix_path, sizeof(f->unix_path), "/tmp/extproc-test-%ld-inuse.sock",
-           (long)getpid());
+  snprintf(f->unix_path, sizeof(f->unix_path), "/tmp/extproc-test-%ld-inuse.sock", (long)getpid());
   snprintf(address, sizeof(address), "unix:%s", f->unix_path);
   unlink(f->unix_path);
   /* A stale file: bound, then its socket closed, so nobody answers there. */
