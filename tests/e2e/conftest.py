@@ -255,12 +255,15 @@ def running_stack(log_dir, template, services, transport="tcp", processor_args=(
                    s.procs)
         yield s
     finally:
-        for p in reversed(s.procs):  # Envoy first, so nothing calls the others while they stop
-            p.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        codes = {p.name: p.stop() for p in reversed(s.procs)}  # Envoy first: nothing calls
+        shutil.rmtree(sock_dir, ignore_errors=True)             # the others while they stop
         # Envoy leaves its hot-restart shared memory behind; with a new base id per run these
         # would pile up in /dev/shm.
         Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}").unlink(missing_ok=True)
+    # After the load: a clean exit (under the sanitizers, also no leak and no error report).
+    if codes.get("processor", 0) != 0:
+        pytest.fail(f"processor exited with {codes['processor']}\n" +
+                    next(p.tail(80) for p in s.procs if p.name == "processor"), pytrace=False)
 
 
 @pytest.fixture(scope="module", params=["tcp", "unix"])
