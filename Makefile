@@ -1,8 +1,9 @@
 # Shortcuts for the scripts under scripts/; the scripts are the source of truth.
 .PHONY: all build test demo run format clean
 
-SERVICE ?= trivial
-LISTEN ?= 0.0.0.0:50051
+# One or several services: NAME (on 0.0.0.0:50051), NAME:PORT or NAME@ADDR, comma-separated,
+# e.g. make run SERVICE=trivial:50051,timer:50052
+SERVICE ?= trivial:50051
 
 all: build
 
@@ -18,7 +19,7 @@ demo:
 	scripts/demo.sh
 
 run: build
-	build/examples/extproc-examples --service $(SERVICE) --listen $(LISTEN)
+	build/examples/extproc-examples --service $(SERVICE)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
