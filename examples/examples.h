@@ -49,17 +49,20 @@ extproc_processor *ctx_processor_create(void);
 
 /* ---- The request digest shared by Digest and Decorated --------------------------------- */
 
-/* SHA-256 over tenant (x-tenant-id, or "unknown" when absent or empty), method, path with its
- * query, then the request body, in that order, as lowercase hex. */
-typedef struct request_digest request_digest;
+typedef struct evp_md_ctx_st EVP_MD_CTX; /* OpenSSL's, kept out of this header */
 
-/* Starts a digest from the request facts of `req` (request_headers phase). NULL on failure.
- * Free with request_digest_free. */
-request_digest *request_digest_begin(extproc_request *req);
-/* Adds a body chunk. Returns false on failure. */
-bool request_digest_update(request_digest *d, const uint8_t *data, size_t len);
-/* Writes the 64 hex digits and a NUL into `hex`. Returns false on failure. */
-bool request_digest_finish(request_digest *d, char hex[65]);
-void request_digest_free(request_digest *d);
+/* The per-request context of both: SHA-256 over tenant (x-tenant-id, or "unknown" when absent
+ * or empty), method, path with its query, then the request body, in that order. */
+typedef struct digest_state {
+  EVP_MD_CTX *md; /* open from request_headers until the request is complete */
+  char hex[65];   /* lowercase hex digest; "" until known */
+} digest_state;
+
+/* Start the digest (and finish it when there is no body) / feed a body chunk (and finish at the
+ * last one). Finishing sets x-request-digest on the request sent upstream. */
+extproc_result digest_on_request_headers(extproc_request *req, void *ctx);
+extproc_result digest_on_request_body(extproc_request *req, void *ctx);
+/* Frees a digest left open (the exchange ended early). */
+void digest_cleanup(void *ctx);
 
 #endif
