@@ -6,6 +6,7 @@
 
 #include "api/headers.h"
 #include "api/processor.h"
+#include "engine/wire_check.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "server/log.h"
 
@@ -238,7 +239,21 @@ static extproc_phase phase_of(Envoy__Service__ExtProc__V3__ProcessingRequest__Re
   return (extproc_phase)((n & 1) * EXTPROC_RESPONSE_HEADERS + n / 2);
 }
 
+/* Envoy's messages nest a few levels (headers) to a few dozen (attribute and metadata Structs),
+ * and carry at most a few thousand headers; far larger values only come from a hostile peer. */
+enum { MAX_NESTING = 64, MAX_SUBMESSAGES = 100000 };
+
 static void process_message(extproc_request *req, const uint8_t *data, size_t len) {
+  const wire_check_result check =
+      wire_check(&envoy__service__ext_proc__v3__processing_request__descriptor, data, len,
+                 MAX_NESTING, MAX_SUBMESSAGES);
+  if (check == WIRE_TOO_DEEP || check == WIRE_TOO_MANY_MESSAGES) {
+    const char *why = check == WIRE_TOO_DEEP ? "ProcessingRequest nested too deeply"
+                                             : "ProcessingRequest has too many sub-messages";
+    log_line(EXTPROC_LOG_WARN, "processor=%s: %s (%zu bytes)", req->proc->name, why, len);
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, why);
+    return;
+  }
   ProtobufCAllocator alloc = arena_protobuf_allocator(&req->msg_arena);
   ProcessingRequest *msg =
       envoy__service__ext_proc__v3__processing_request__unpack(&alloc, len, data);
