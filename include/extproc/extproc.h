@@ -268,7 +268,8 @@ char *extproc_request_strdup(extproc_request *req, const char *s);
  * sent upstream, in response phases to the headers sent to the client, in trailer phases to
  * the trailers. Written to `raw_value` only (Envoy answers 500 when `value` is set too), with
  * the legacy `append` flag and `append_action` set consistently. Names must be valid HTTP
- * header names (copied, lower-cased); values must not contain CR, LF or NUL (copied). Each
+ * header names (copied, lower-cased); values must not contain control characters other than
+ * horizontal tab (CR, LF, NUL...) (copied). Each
  * returns 0, EXTPROC_EINVAL for a bad name or value, EXTPROC_ESTATE after an immediate response
  * was started, or EXTPROC_ENOMEM. */
 

@@ -57,7 +57,8 @@ extproc_server *extproc_server_create(const extproc_server_options *opts);
  *   "HOST:PORT"     an IPv4 address or host name, e.g. "0.0.0.0:50051", "127.0.0.1:0"
  *   "[IPV6]:PORT"   e.g. "[::1]:50051", "[::]:0"
  *   "unix:PATH"     a unix socket; a stale socket file at PATH is replaced, but one a live
- *                   server still listens on is an error
+ *                   server still listens on, or a file that is not a socket, is an error; the
+ *                   socket file is removed by extproc_server_free
  * Port 0 picks a free port (see extproc_server_port). Binds at once, so the port is known on
  * return; a port another process holds is an error (the workers share it among themselves only).
  * Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed address, EXTPROC_EIO if

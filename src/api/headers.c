@@ -56,8 +56,10 @@ bool header_name_valid(const char *name) {
 
 bool header_value_valid(const char *value, size_t len) {
   if (!value) return false;
-  for (size_t i = 0; i < len; i++)
-    if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0') return false;
+  for (size_t i = 0; i < len; i++) {
+    const unsigned char c = (unsigned char)value[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  }
   return true;
 }
 

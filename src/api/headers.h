@@ -25,7 +25,8 @@ bool header_name_equal(const char *a, const char *b);
  * ':' (pseudo-headers such as :path may be rewritten). */
 bool header_name_valid(const char *name);
 
-/* True for a header value Envoy accepts: no CR, LF or NUL in `len` bytes. */
+/* True for a valid HTTP field value of `len` bytes: no control characters (CR, LF, NUL and the
+ * rest) except horizontal tab; bytes from 0x80 up are allowed. */
 bool header_value_valid(const char *value, size_t len);
 
 /* Appends a validated edit (name lower-cased and copied, value copied) to `edits`, in `a`.

@@ -11,7 +11,8 @@ struct arena_block {
   alignas(max_align_t) unsigned char data[];
 };
 
-enum { ARENA_FIRST_BLOCK = 4096, ARENA_MAX_BLOCK = 1 << 20 };
+/* Small first blocks keep an idle stream cheap (two arenas each); they double as needed. */
+enum { ARENA_FIRST_BLOCK = 1024, ARENA_MAX_BLOCK = 1 << 20 };
 
 void arena_init(arena *a) {
   a->head = NULL;

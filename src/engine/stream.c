@@ -54,25 +54,25 @@ static void stream_finish_if_done(extproc_request *req) {
   if (req->io) req->sink->finish(req->io, EXTPROC_GRPC_OK, NULL);
 }
 
-/* Phase order within each direction is headers, body chunks, trailers; each may be skipped.
- * Returns NULL if `phase` may come now, or why not. */
-static const char *phase_order_error(const extproc_request *req, extproc_phase phase,
-                                     bool end_of_stream) {
+/* Phase order within each direction is headers, body chunks, trailers; each may be skipped,
+ * and end_of_stream on the headers means nothing else follows. Returns NULL if `phase` may come
+ * now (and records it), or why not. */
+static const char *advance_direction(extproc_request *req, extproc_phase phase) {
   const bool response = phase >= EXTPROC_RESPONSE_HEADERS;
-  const extproc_phase headers = response ? EXTPROC_RESPONSE_HEADERS : EXTPROC_REQUEST_HEADERS;
-  const uint8_t body_bit = 1u << (headers + 1), trailers_bit = 1u << (headers + 2);
-  (void)end_of_stream;
-  switch (phase - headers) {
-  case 0: /* headers: first of their direction */
-    if (req->phases_seen & ((1u << headers) | body_bit | trailers_bit))
-      return "headers arrived after this direction had already started";
+  direction_state *d = &req->direction[response];
+  switch (phase - (response ? EXTPROC_RESPONSE_HEADERS : EXTPROC_REQUEST_HEADERS)) {
+  case 0: /* headers */
+    if (*d != DIRECTION_NOTHING) return "headers arrived after this direction had started";
+    *d = req->end_of_stream ? DIRECTION_ENDED : DIRECTION_HEADERS;
     return NULL;
-  case 1: /* body: before trailers, and not after a chunk that ended the body */
-    if (req->phases_seen & trailers_bit) return "a body chunk arrived after the trailers";
-    if (req->body_done[response]) return "a body chunk arrived after the body had ended";
+  case 1: /* a body chunk */
+    if (*d == DIRECTION_BODY_ENDED) return "a body chunk arrived after the body had ended";
+    if (*d == DIRECTION_ENDED) return "a body chunk arrived after the end of the stream";
+    *d = req->end_of_stream ? DIRECTION_BODY_ENDED : DIRECTION_BODY;
     return NULL;
-  default: /* trailers: once */
-    if (req->phases_seen & trailers_bit) return "trailers arrived twice";
+  default: /* trailers */
+    if (*d == DIRECTION_ENDED) return "trailers arrived after the end of the stream";
+    *d = DIRECTION_ENDED;
     return NULL;
   }
 }
@@ -82,19 +82,19 @@ static void record_request_info(extproc_request *req) {
   for (size_t i = 0; i < req->header_count; i++) {
     const extproc_header *h = &req->headers[i];
     const char **slot = NULL;
-    if (strcmp(h->name, ":method") == 0)
+    if (header_name_equal(h->name, ":method"))
       slot = &info->method;
-    else if (strcmp(h->name, ":path") == 0)
+    else if (header_name_equal(h->name, ":path"))
       slot = &info->path;
-    else if (strcmp(h->name, ":scheme") == 0)
+    else if (header_name_equal(h->name, ":scheme"))
       slot = &info->scheme;
-    else if (strcmp(h->name, ":authority") == 0)
+    else if (header_name_equal(h->name, ":authority"))
       slot = &info->authority;
-    else if (strcmp(h->name, "x-request-id") == 0)
+    else if (header_name_equal(h->name, "x-request-id"))
       slot = &info->request_id;
-    else if (strcmp(h->name, "content-type") == 0)
+    else if (header_name_equal(h->name, "content-type"))
       slot = &info->content_type;
-    else if (strcmp(h->name, "content-length") == 0)
+    else if (header_name_equal(h->name, "content-length"))
       info->content_length = header_parse_length(h->value, h->value_len);
     if (slot && !*slot) *slot = arena_strndup(&req->arena, h->value, h->value_len);
   }
@@ -270,7 +270,8 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
     return;
   }
   const extproc_phase phase = phase_of(msg->request_case);
-  const bool first_message = req->phases_seen == 0;
+  const bool first_message =
+      req->direction[0] == DIRECTION_NOTHING && req->direction[1] == DIRECTION_NOTHING;
   req->phase_started_ns = log_enabled(EXTPROC_LOG_DEBUG) ? monotonic_ns() : 0;
   req->phase = phase;
   req->observability_mode = msg->observability_mode;
@@ -280,16 +281,13 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
     arena_reset(&req->msg_arena);
     return;
   }
-  const char *order_error = phase_order_error(req, phase, req->end_of_stream);
+  const char *order_error = advance_direction(req, phase);
   if (order_error) {
     extproc_log(req, EXTPROC_LOG_WARN, "unexpected phase: %s", order_error);
     stream_fail(req, EXTPROC_GRPC_FAILED_PRECONDITION, order_error);
     arena_reset(&req->msg_arena);
     return;
   }
-  req->phases_seen |= (uint8_t)(1u << phase);
-  if ((phase == EXTPROC_REQUEST_BODY || phase == EXTPROC_RESPONSE_BODY) && req->end_of_stream)
-    req->body_done[phase == EXTPROC_RESPONSE_BODY] = true;
 
   if (first_message && !start_context(req)) {
     complete_phase(req, EXTPROC_FAIL);

@@ -58,6 +58,15 @@ typedef struct header_edits {
 
 typedef enum body_op { BODY_KEEP, BODY_REPLACE, BODY_CLEAR } body_op;
 
+/* What Envoy has sent in one direction (request or response) so far. */
+typedef enum direction_state {
+  DIRECTION_NOTHING,    /* nothing yet */
+  DIRECTION_HEADERS,    /* headers; a body or trailers may follow */
+  DIRECTION_BODY,       /* body chunks, more to come */
+  DIRECTION_BODY_ENDED, /* a chunk had end_of_stream; only trailers may follow */
+  DIRECTION_ENDED       /* headers with end_of_stream, or trailers: nothing more */
+} direction_state;
+
 /* Between the loop thread and whichever thread resumes a deferred phase. */
 typedef enum handoff_state {
   HANDOFF_IDLE,          /* no callback running */
@@ -88,8 +97,7 @@ struct extproc_request {
   bool ctx_started; /* context_init ran (and succeeded): cleanup is owed */
 
   /* What Envoy has sent so far, for the phase-order check. */
-  uint8_t phases_seen; /* bit per extproc_phase */
-  bool body_done[2];   /* [0] request, [1] response: a body chunk had end_of_stream */
+  direction_state direction[2]; /* [0] request, [1] response */
 
   /* The message being processed. */
   extproc_phase phase;

@@ -52,6 +52,10 @@ static void log_vline(extproc_log_level level, const char *prefix, const char *f
   int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
   if (m < 0) return;
   size_t len = strlen(line);
+  /* Lines carry peer-supplied text (request ids, messages): a control character could forge a
+   * line of its own or drive a terminal, so each one is shown as '?'. */
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f) line[i] = '?';
   line[len++] = '\n';
   /* One fwrite per line keeps lines from different threads whole. */
   fwrite(line, 1, len, stderr);

@@ -17,8 +17,11 @@
 #define HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
 
 /* Connection-level receive window: large enough that many concurrent streams each with a
- * message in flight do not stall one another. */
-enum { CONNECTION_WINDOW_BYTES = 64 << 20 };
+ * message in flight do not stall one another, small enough to bound what a peer can push. */
+enum { CONNECTION_WINDOW_BYTES = 16 << 20 };
+/* Replies queued but not yet taken by the peer: past this, the connection takes no more input
+ * (its window credit is held back) until the peer reads. */
+enum { OUTPUT_BUDGET_BYTES = 4 << 20 };
 /* A single write is capped so one busy connection cannot starve the loop. */
 enum { MAX_WRITE_BYTES = 1 << 20 };
 
@@ -34,7 +37,8 @@ typedef struct h2_stream {
   connection *conn;
   int32_t id;
   stream_kind kind;
-  bool grpc_content_type;
+  bool post;              /* :method is POST */
+  bool grpc_content_type; /* content-type is application/grpc[+proto] */
   grpc_reader reader;
   extproc_request *engine; /* KIND_PROCESS only */
   out_chunk *out_head, *out_tail;
@@ -57,6 +61,11 @@ struct connection {
   size_t wlen, wcap, woff;
   bool writing;
   bool closing;
+  /* Input budgets (see may_take_input). */
+  size_t partial_bytes;    /* bytes of incomplete messages buffered, over all streams */
+  size_t queued_out_bytes; /* reply bytes queued, not yet handed to nghttp2 */
+  h2_stream *favoured;     /* over the partial budget: the one stream still fed */
+  bool input_held;         /* some stream holds credit for budget reasons */
   connection *prev, *next;
 };
 
@@ -76,6 +85,7 @@ static int queue_output(h2_stream *s, size_t len, uint8_t **dst) {
   else
     s->out_head = ch;
   s->out_tail = ch;
+  s->conn->queued_out_bytes += len;
   *dst = ch->data;
   return 0;
 }
@@ -147,6 +157,7 @@ static ssize_t read_output(nghttp2_session *session, int32_t stream_id, uint8_t 
     memcpy(buf + n, ch->data + ch->off, take);
     n += take;
     ch->off += take;
+    s->conn->queued_out_bytes -= take;
     if (ch->off == ch->len) {
       s->out_head = ch->next;
       if (!s->out_head) s->out_tail = NULL;
@@ -189,10 +200,37 @@ static void sink_finish(void *io, uint32_t status, const char *message) {
   finish_stream(io, status, message);
 }
 
+/* Whether a stream's received bytes may go back to the peer's window now. Holding them back is
+ * how the server pushes back, without ever refusing data the peer was allowed to send:
+ *  - a deferred phase holds its stream, so Envoy cannot queue input behind it without bound;
+ *  - replies the peer does not read hold every stream (the peer is not reading: stop taking);
+ *  - past the partial-message budget only the stream with the most buffered is fed, so memory
+ *    stays bounded and that message still completes, then the next. */
+static bool may_take_input(const connection *c, const h2_stream *s) {
+  if (s->engine && stream_busy(s->engine)) return false;
+  if (c->queued_out_bytes > OUTPUT_BUDGET_BYTES) return false;
+  if (grpc_reader_idle(&s->reader)) return true;
+  return c->partial_bytes <= 2 * c->w->srv->opts.max_message_bytes || s == c->favoured;
+}
+
 static void give_back_window(h2_stream *s) {
   if (s->held_bytes == 0) return;
   nghttp2_session_consume(s->conn->session, s->id, s->held_bytes);
   s->held_bytes = 0;
+}
+
+/* Gives back what streams held once the reason is gone. Runs after each event while anything
+ * is held for budget reasons, so the common path never walks the streams. */
+static void release_held_input(connection *c) {
+  if (!c->input_held || c->closing) return;
+  c->input_held = false;
+  for (h2_stream *s = c->streams; s; s = s->next) {
+    if (!s->held_bytes) continue;
+    if (may_take_input(c, s))
+      give_back_window(s);
+    else if (!(s->engine && stream_busy(s->engine)))
+      c->input_held = true;
+  }
 }
 
 static void sink_resumed(void *io) {
@@ -223,7 +261,12 @@ static void answer_health(h2_stream *s, const uint8_t *msg, size_t len) {
   }
   Grpc__Health__V1__HealthCheckResponse out = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
   out.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
-  if (send_message(s, &out.base) != 0) finish_stream(s, EXTPROC_GRPC_INTERNAL, "out of memory");
+  if (send_message(s, &out.base) != 0) {
+    finish_stream(s, EXTPROC_GRPC_INTERNAL, "out of memory");
+    return;
+  }
+  /* Check is unary: one answer, then the status; anything more the client sends is dropped. */
+  finish_stream(s, EXTPROC_GRPC_OK, NULL);
 }
 
 static void deliver(h2_stream *s, const uint8_t *msg, size_t len) {
@@ -271,8 +314,8 @@ static void on_remote_end(h2_stream *s) {
   }
   if (s->kind == KIND_PROCESS)
     stream_on_half_close(s->engine);
-  else
-    finish_stream(s, EXTPROC_GRPC_OK, NULL);
+  else /* a health check that ended without its request */
+    finish_stream(s, EXTPROC_GRPC_INVALID_ARGUMENT, "no HealthCheckRequest was sent");
 }
 
 static void stream_release(h2_stream *s) {
@@ -284,6 +327,10 @@ static void stream_release(h2_stream *s) {
   if (s->next) s->next->prev = s->prev;
   /* Bytes we held back still count against the connection window. */
   if (s->held_bytes && !c->closing) nghttp2_session_consume_connection(c->session, s->held_bytes);
+  c->partial_bytes -= grpc_reader_buffered(&s->reader);
+  if (c->favoured == s) c->favoured = NULL;
+  for (out_chunk *ch = s->out_head; ch; ch = ch->next)
+    c->queued_out_bytes -= ch->len - ch->off;
   if (s->engine) stream_close(s->engine);
   while (s->out_head) {
     out_chunk *next = s->out_head->next;
@@ -331,21 +378,27 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
       s->kind = KIND_PROCESS;
     else if (bytes_equal(value, valuelen, HEALTH_CHECK_PATH))
       s->kind = KIND_HEALTH;
+  } else if (bytes_equal(name, namelen, ":method")) {
+    s->post = bytes_equal(value, valuelen, "POST");
   } else if (bytes_equal(name, namelen, "content-type")) {
-    /* application/grpc, optionally with a suffix such as +proto */
-    s->grpc_content_type = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
-                           (valuelen == 16 || value[16] == '+' || value[16] == ';');
+    /* Protobuf-encoded gRPC only: application/grpc, or its explicit +proto form. */
+    s->grpc_content_type = bytes_equal(value, valuelen, "application/grpc") ||
+                           bytes_equal(value, valuelen, "application/grpc+proto");
   }
   return 0;
 }
 
+/* An HTTP-level refusal, for requests that are not gRPC at all. */
+static int submit_http_error(h2_stream *s, const char *status) {
+  const nghttp2_nv nva[] = {NV(":status", status, 3)};
+  s->finished = s->discard_input = true;
+  return nghttp2_submit_response(s->conn->session, s->id, nva, 1, NULL);
+}
+
 static int start_stream(h2_stream *s) {
   connection *c = s->conn;
-  if (!s->grpc_content_type) {
-    const nghttp2_nv nva[] = {NV(":status", "415", 3)};
-    s->finished = s->discard_input = true;
-    return nghttp2_submit_response(c->session, s->id, nva, 1, NULL);
-  }
+  if (!s->post) return submit_http_error(s, "405");
+  if (!s->grpc_content_type) return submit_http_error(s, "415");
   if (s->kind == KIND_UNKNOWN)
     return submit_trailers_only(s, EXTPROC_GRPC_UNIMPLEMENTED, "unknown method");
   if (s->kind == KIND_PROCESS) {
@@ -377,10 +430,20 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
     nghttp2_session_consume_connection(session, len);
     return 0;
   }
+  connection *c = s->conn;
+  const size_t before = grpc_reader_buffered(&s->reader);
   if (!s->discard_input) feed_input(s, data, len);
-  /* A deferred phase holds the window shut, so Envoy cannot queue unbounded input. */
+  const size_t after = grpc_reader_buffered(&s->reader);
+  c->partial_bytes = c->partial_bytes + after - before;
+  if (c->favoured == s && after == 0) c->favoured = NULL; /* its message is complete */
+  if (after > 0 && (!c->favoured || after > grpc_reader_buffered(&c->favoured->reader)))
+    c->favoured = s;
   s->held_bytes += len;
-  if (!(s->engine && stream_busy(s->engine))) give_back_window(s);
+  if (may_take_input(c, s)) {
+    give_back_window(s);
+  } else if (!(s->engine && stream_busy(s->engine))) {
+    c->input_held = true;
+  }
   return 0;
 }
 
@@ -525,6 +588,7 @@ static bool wbuf_append(connection *c, const uint8_t *data, size_t len) {
  * no callback), and hand the rest to libuv. */
 static void conn_flush(connection *c) {
   while (!c->writing && !c->closing) {
+    release_held_input(c); /* output drained last round may let input flow again */
     c->wlen = 0;
     for (;;) {
       const uint8_t *data;

@@ -12,7 +12,10 @@ void grpc_reader_free(grpc_reader *r) {
   free(r->buf);
   r->buf = NULL;
   r->buf_len = r->buf_cap = 0;
+  r->prefix_len = 0;
 }
+
+size_t grpc_reader_buffered(const grpc_reader *r) { return r->prefix_len + r->buf_len; }
 
 bool grpc_reader_idle(const grpc_reader *r) { return r->prefix_len == 0; }
 
@@ -29,8 +32,13 @@ static void reader_restart(grpc_reader *r) {
   r->buf_len = 0;
 }
 
+/* A buffer this large is not kept between messages, so one big message does not pin memory
+ * for the rest of the stream. */
+enum { KEEP_BUFFER_BYTES = 64 * 1024 };
+
 grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *len,
                                   const uint8_t **msg, size_t *msg_len) {
+  if (r->prefix_len == 0 && r->buf_cap > KEEP_BUFFER_BYTES) grpc_reader_free(r);
   /* Prefix: may itself be split across frames. */
   while (r->prefix_len < GRPC_PREFIX_BYTES) {
     if (*len == 0) return GRPC_READ_NEED_MORE;

@@ -28,6 +28,7 @@ typedef struct grpc_reader {
 } grpc_reader;
 
 void grpc_reader_init(grpc_reader *r, size_t max_message_bytes);
+/* Frees the buffer and forgets any partial message. */
 void grpc_reader_free(grpc_reader *r);
 
 /* Consumes input from `*data`/`*len` (both advanced) until a whole message is ready, the input
@@ -40,6 +41,9 @@ grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *
 
 /* True when no partial message is buffered (a clean place for the stream to end). */
 bool grpc_reader_idle(const grpc_reader *r);
+
+/* Bytes of the incomplete message held so far (prefix included); 0 when idle. */
+size_t grpc_reader_buffered(const grpc_reader *r);
 
 /* Writes the 5-byte prefix of an uncompressed message of `len` bytes. */
 void grpc_write_prefix(uint8_t out[GRPC_PREFIX_BYTES], uint32_t len);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -135,15 +136,24 @@ static int open_unix(const char *path, listener_spec *spec) {
     return EXTPROC_EIO;
   }
   close(fd);
+  /* Only a socket is ever removed: a regular file at PATH is a mistake to report, not delete. */
+  struct stat st;
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      log_line(EXTPROC_LOG_ERROR, "listen unix:%s: exists and is not a socket", path);
+      return EXTPROC_EIO;
+    }
+    unlink(path);
+  }
   fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return EXTPROC_EIO;
-  unlink(path);
   if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
     log_line(EXTPROC_LOG_ERROR, "listen unix:%s: %s", path, strerror(errno));
     close(fd);
     return EXTPROC_EIO;
   }
   spec->fds[0] = fd;
+  spec->unix_path = strdup(path);
   return 0;
 }
 
@@ -164,6 +174,11 @@ int listener_open(const char *address, listener_spec *spec, unsigned workers) {
 }
 
 void listener_spec_free(listener_spec *spec, unsigned workers) {
+  if (spec->unix_path) { /* the socket file we made goes with the server */
+    unlink(spec->unix_path);
+    free(spec->unix_path);
+    spec->unix_path = NULL;
+  }
   if (!spec->fds) return;
   for (unsigned i = 0; i < workers; i++)
     if (spec->fds[i] >= 0) close(spec->fds[i]);

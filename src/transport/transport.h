@@ -25,7 +25,8 @@ typedef struct listener_spec {
   const extproc_processor *proc;
   bool is_unix;
   int port;
-  int *fds; /* per worker; -1 where that worker does not serve this listener */
+  int *fds;        /* per worker; -1 where that worker does not serve this listener */
+  char *unix_path; /* the socket file we created, removed when the server is freed */
 } listener_spec;
 
 /* A TCP or unix-socket handle, used through whichever view a libuv call needs. */

@@ -346,6 +346,9 @@ static void test_out_of_order_phases_fail_the_stream(void **state) {
     int n;
   } cases[] = {
       {{EXTPROC_REQUEST_HEADERS, EXTPROC_REQUEST_HEADERS}, {false, false}, 2},
+      /* headers with end_of_stream: nothing more in that direction */
+      {{EXTPROC_REQUEST_HEADERS, EXTPROC_REQUEST_BODY}, {true, false}, 2},
+      {{EXTPROC_RESPONSE_HEADERS, EXTPROC_RESPONSE_TRAILERS}, {true, false}, 2},
       {{EXTPROC_REQUEST_BODY, EXTPROC_REQUEST_BODY}, {true, false}, 2},
       {{EXTPROC_REQUEST_TRAILERS, EXTPROC_REQUEST_BODY}, {false, false}, 2},
       {{EXTPROC_REQUEST_TRAILERS, EXTPROC_REQUEST_HEADERS}, {false, false}, 2},
