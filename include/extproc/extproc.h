@@ -105,6 +105,43 @@ typedef enum extproc_error_policy {
   EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE = 1
 } extproc_error_policy;
 
+/* How Envoy sends a body (ProcessingMode.BodySendMode). */
+typedef enum extproc_body_mode {
+  EXTPROC_BODY_MODE_UNKNOWN = -1, /* Envoy did not say (no protocol_config) */
+  EXTPROC_BODY_NONE = 0,
+  EXTPROC_BODY_STREAMED = 1,             /* chunk by chunk, one reply per chunk */
+  EXTPROC_BODY_BUFFERED = 2,             /* whole, in one message */
+  EXTPROC_BODY_BUFFERED_PARTIAL = 3,     /* whole, or cut at Envoy's buffer limit */
+  EXTPROC_BODY_FULL_DUPLEX_STREAMED = 4, /* chunks without waiting; any number of replies */
+  EXTPROC_BODY_GRPC = 5
+} extproc_body_mode;
+
+/* Whether Envoy sends headers or trailers (ProcessingMode.HeaderSendMode). */
+typedef enum extproc_header_mode {
+  EXTPROC_HEADER_DEFAULT = 0, /* in an override: keep what the filter is configured with */
+  EXTPROC_HEADER_SEND = 1,
+  EXTPROC_HEADER_SKIP = 2
+} extproc_header_mode;
+
+/* ProcessingMode, for reading the mode in effect and for mode_override. */
+typedef struct extproc_processing_mode {
+  extproc_header_mode request_header_mode;
+  extproc_header_mode response_header_mode;
+  extproc_body_mode request_body_mode;
+  extproc_body_mode response_body_mode;
+  extproc_header_mode request_trailer_mode;
+  extproc_header_mode response_trailer_mode;
+} extproc_processing_mode;
+
+/* ProcessingRequest.protocol_config: what Envoy says its body modes are. Envoy sends it in the
+ * stream's first message only; the SDK keeps it. */
+typedef struct extproc_protocol_config {
+  bool known; /* false when Envoy sent none (older Envoy, or observability mode) */
+  extproc_body_mode request_body_mode;
+  extproc_body_mode response_body_mode;
+  bool send_body_without_waiting_for_header_response;
+} extproc_protocol_config;
+
 /* One HTTP exchange as seen by one processor (one ext_proc gRPC stream). Opaque. */
 typedef struct extproc_request extproc_request;
 
@@ -250,6 +287,30 @@ size_t extproc_header_get_all(const extproc_request *req, const char *name, cons
  * until the callback returns. */
 const uint8_t *extproc_body(const extproc_request *req, size_t *len);
 
+/* ProcessingRequest.protocol_config as Envoy sent it in the first message. Owned by the
+ * request. */
+const extproc_protocol_config *extproc_request_protocol_config(const extproc_request *req);
+
+/* The body mode in effect for the current phase's direction: Envoy's protocol_config, updated
+ * by this processor's own mode_override; EXTPROC_BODY_MODE_UNKNOWN if Envoy did not say. */
+extproc_body_mode extproc_request_body_mode(const extproc_request *req);
+
+/* The processing mode in effect, as far as Envoy told: body modes as above (unknown ones as
+ * NONE), header and trailer modes EXTPROC_HEADER_DEFAULT ("as configured"). The starting point
+ * for extproc_mode_override(). */
+void extproc_request_processing_mode(const extproc_request *req, extproc_processing_mode *mode);
+
+/* True when Envoy sent this message in observability mode: it expects no reply, and none is
+ * sent whatever the callback records. */
+bool extproc_request_observability_mode(const extproc_request *req);
+
+/* In a body phase: appends the current chunk to the direction's accumulated body (once per
+ * chunk, however often called) and returns the whole body so far, `*len` bytes. For STREAMED,
+ * BUFFERED_PARTIAL and FULL_DUPLEX_STREAMED processors that need the whole body at the end.
+ * The buffer is owned by the request and valid until the next call or the end of the request.
+ * Returns NULL (and *len = 0) outside body phases or on out-of-memory. */
+const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len);
+
 /* The per-request context (see extproc_processor_set_context), or NULL if it has none. */
 void *extproc_request_context(const extproc_request *req);
 
@@ -283,13 +344,52 @@ int extproc_header_add_if_absent(extproc_request *req, const char *name, const c
 /* Removes the header (HeaderMutation.remove_headers). */
 int extproc_header_remove(extproc_request *req, const char *name);
 
-/* ---- Body mutations (BodyMutation of a body phase's reply) ------------------------------ */
+/* ---- Body mutations (BodyMutation) ------------------------------------------------------ */
 
-/* Replaces the body chunk of the current body phase with `len` bytes copied from `data`.
- * Returns 0, EXTPROC_ESTATE outside a body phase, EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
+/* Replaces the body with `len` bytes copied from `data`:
+ *  - in a body phase, this chunk (BUFFERED: the whole body; STREAMED: this chunk;
+ *    BUFFERED_PARTIAL: the part Envoy sent; FULL_DUPLEX_STREAMED: what is sent on in place of
+ *    this chunk, as a streamed_response). In BUFFERED mode, when the direction's headers carried
+ *    content-length, the SDK also sets content-length to the new size (Envoy answers 500 for a
+ *    stale one); in the other modes Envoy has already removed it.
+ *  - in a headers phase, the whole body, with CommonResponse status CONTINUE_AND_REPLACE: Envoy
+ *    takes this body and sends no more body or trailers of that direction to the processor.
+ * Returns 0, EXTPROC_ESTATE in a trailers phase or after an immediate response,
+ * EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
 int extproc_body_replace(extproc_request *req, const void *data, size_t len);
-/* Clears the body chunk of the current body phase (BodyMutation.clear_body). */
+/* Clears the body: the same as replacing it with nothing (BodyMutation.clear_body; in
+ * FULL_DUPLEX_STREAMED this chunk is dropped). Same returns. */
 int extproc_body_clear(extproc_request *req);
+
+/* FULL_DUPLEX_STREAMED only: sends `len` bytes on as body (a StreamedBodyResponse); call it any
+ * number of times per chunk, or not at all (the chunk is then passed on unchanged, unless it was
+ * cleared or replaced). `end_of_stream` ends the direction's body; the SDK sends an empty
+ * end_of_stream reply itself when Envoy's last chunk comes and none was sent. Returns 0,
+ * EXTPROC_ESTATE in another mode or phase or after the body was ended, EXTPROC_EINVAL, or
+ * EXTPROC_ENOMEM. */
+int extproc_streamed_body_send(extproc_request *req, const void *data, size_t len,
+                               bool end_of_stream);
+
+/* ---- Other reply fields ----------------------------------------------------------------- */
+
+/* Overrides the processing mode for the rest of the exchange (ProcessingResponse.mode_override),
+ * e.g. to ask for the response body after seeing the request. Start from
+ * extproc_request_processing_mode(). Envoy honours it only in a headers reply, with the filter's
+ * allow_mode_override set, and never for FULL_DUPLEX_STREAMED filters. Returns 0, EXTPROC_EINVAL,
+ * or EXTPROC_ESTATE outside a headers phase. */
+int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode);
+
+/* Sets CommonResponse.clear_route_cache in a headers or body reply (Envoy acts on it for request
+ * headers that were mutated). Returns 0 or EXTPROC_ESTATE in a trailers phase. */
+int extproc_clear_route_cache(extproc_request *req);
+
+/* Asks Envoy for more time for this message: sends at once a ProcessingResponse carrying only
+ * override_message_timeout (`ms` milliseconds, at least 1), then the callback answers as usual,
+ * typically later through EXTPROC_DEFER. Envoy honours it up to the filter's
+ * max_message_timeout (0, the default, disables it). Only from the callback itself (the loop
+ * thread). Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE (outside a callback, in observability
+ * mode, or after the stream ended). */
+int extproc_override_message_timeout(extproc_request *req, uint32_t ms);
 
 /* ---- Immediate response (ProcessingResponse.immediate_response) ------------------------ */
 
@@ -308,6 +408,21 @@ int extproc_immediate_body(extproc_request *req, const void *data, size_t len);
 int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code);
 /* Sets ImmediateResponse.details (Envoy's response code details; copied). Same returns. */
 int extproc_immediate_details(extproc_request *req, const char *details);
+
+/* A streamed immediate response (ProcessingResponse.streamed_immediate_response): like an
+ * immediate response, but its body may be sent in pieces, over this and later callbacks. Start
+ * it in request_headers (Envoy requires request headers SEND) with the status; headers set with
+ * extproc_immediate_header_set() in the same callback go with it. Then send body pieces with
+ * extproc_streamed_immediate_body(), the last with end_of_stream (Envoy supports a body only when
+ * the request body mode is NONE or FULL_DUPLEX_STREAMED). Later messages of the exchange get no
+ * reply of their own. Returns 0, EXTPROC_EINVAL, EXTPROC_ESTATE (not in request_headers, or in
+ * observability mode), or EXTPROC_ENOMEM. */
+int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_status,
+                                        bool end_of_stream);
+/* Sends a body piece of a started streamed immediate response. Returns 0, EXTPROC_ESTATE (none
+ * started, or it has ended), EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
+int extproc_streamed_immediate_body(extproc_request *req, const void *data, size_t len,
+                                    bool end_of_stream);
 
 /* ---- Failure and deferred answers ------------------------------------------------------ */
 
@@ -355,4 +470,7 @@ void extproc_log(const extproc_request *req, extproc_log_level level, const char
 #ifdef __cplusplus
 }
 #endif
+
+#include "extproc/values.h" /* attributes, metadata and dynamic metadata */
+
 #endif /* EXTPROC_EXTPROC_H */

@@ -1,5 +1,6 @@
 /* The author-facing request API: reading the phase's data and recording the reply. Every
  * write is checked here, so the reply builder only ever sees valid edits. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/headers.h"
@@ -30,6 +31,66 @@ char *extproc_request_strdup(extproc_request *req, const char *s) {
 
 static bool in_body_phase(const extproc_request *req) {
   return req->phase == EXTPROC_REQUEST_BODY || req->phase == EXTPROC_RESPONSE_BODY;
+}
+
+static bool in_headers_phase(const extproc_request *req) {
+  return req->phase == EXTPROC_REQUEST_HEADERS || req->phase == EXTPROC_RESPONSE_HEADERS;
+}
+
+static bool in_trailers_phase(const extproc_request *req) {
+  return req->phase == EXTPROC_REQUEST_TRAILERS || req->phase == EXTPROC_RESPONSE_TRAILERS;
+}
+
+/* An author's call that would make a reply Envoy does not expect: refused, and said so. */
+static int refuse(const extproc_request *req, const char *what) {
+  extproc_log(req, EXTPROC_LOG_WARN, "refused: %s", what);
+  return EXTPROC_ESTATE;
+}
+
+static extproc_body_mode current_body_mode(const extproc_request *req) {
+  return req->body_mode[req->phase >= EXTPROC_RESPONSE_HEADERS];
+}
+
+const extproc_protocol_config *extproc_request_protocol_config(const extproc_request *req) {
+  return &req->protocol;
+}
+
+extproc_body_mode extproc_request_body_mode(const extproc_request *req) {
+  return current_body_mode(req);
+}
+
+void extproc_request_processing_mode(const extproc_request *req, extproc_processing_mode *mode) {
+  *mode = (extproc_processing_mode){0};
+  mode->request_body_mode = req->body_mode[0] < 0 ? EXTPROC_BODY_NONE : req->body_mode[0];
+  mode->response_body_mode = req->body_mode[1] < 0 ? EXTPROC_BODY_NONE : req->body_mode[1];
+}
+
+bool extproc_request_observability_mode(const extproc_request *req) {
+  return req->observability_mode;
+}
+
+const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {
+  if (len) *len = 0;
+  if (!req || !in_body_phase(req)) return NULL;
+  const int dir = req->phase == EXTPROC_RESPONSE_BODY;
+  if (!req->chunk_accumulated) {
+    const size_t need = req->accumulated_len[dir] + req->body_len;
+    if (need > req->accumulated_cap[dir]) {
+      size_t cap = req->accumulated_cap[dir] ? req->accumulated_cap[dir] : 4096;
+      while (cap < need)
+        cap *= 2;
+      uint8_t *grown = realloc(req->accumulated[dir], cap);
+      if (!grown) return NULL;
+      req->accumulated[dir] = grown;
+      req->accumulated_cap[dir] = cap;
+    }
+    if (req->body_len)
+      memcpy(req->accumulated[dir] + req->accumulated_len[dir], req->body, req->body_len);
+    req->accumulated_len[dir] = need;
+    req->chunk_accumulated = true;
+  }
+  if (len) *len = req->accumulated_len[dir];
+  return req->accumulated[dir] ? req->accumulated[dir] : (const uint8_t *)"";
 }
 
 const uint8_t *extproc_body(const extproc_request *req, size_t *len) {
@@ -71,7 +132,8 @@ int extproc_header_remove(extproc_request *req, const char *name) {
 
 int extproc_body_replace(extproc_request *req, const void *data, size_t len) {
   if (!req || (!data && len)) return EXTPROC_EINVAL;
-  if (!in_body_phase(req) || req->immediate) return EXTPROC_ESTATE;
+  if (in_trailers_phase(req)) return refuse(req, "a body write in a trailers phase");
+  if (req->immediate) return refuse(req, "a body write after an immediate response");
   uint8_t *copy = arena_alloc(&req->msg_arena, len);
   if (!copy) return EXTPROC_ENOMEM;
   if (len) memcpy(copy, data, len);
@@ -83,18 +145,70 @@ int extproc_body_replace(extproc_request *req, const void *data, size_t len) {
 
 int extproc_body_clear(extproc_request *req) {
   if (!req) return EXTPROC_EINVAL;
-  if (!in_body_phase(req) || req->immediate) return EXTPROC_ESTATE;
+  if (in_trailers_phase(req)) return refuse(req, "a body write in a trailers phase");
+  if (req->immediate) return refuse(req, "a body write after an immediate response");
   req->body_op = BODY_CLEAR;
   req->body_data = NULL;
   req->body_data_len = 0;
   return 0;
 }
 
+int extproc_streamed_body_send(extproc_request *req, const void *data, size_t len,
+                               bool end_of_stream) {
+  if (!req || (!data && len)) return EXTPROC_EINVAL;
+  if (!in_body_phase(req) || current_body_mode(req) != EXTPROC_BODY_FULL_DUPLEX_STREAMED)
+    return refuse(req, "a streamed body reply outside a FULL_DUPLEX_STREAMED body phase");
+  if (req->immediate || req->duplex_body_ended[req->phase == EXTPROC_RESPONSE_BODY])
+    return refuse(req, "a streamed body reply after the body was ended");
+  for (const streamed_piece *p = req->pieces_head; p; p = p->next)
+    if (p->end_of_stream) return refuse(req, "a streamed body reply after end_of_stream");
+  return stream_add_piece(req, data, len, end_of_stream);
+}
+
+/* ---- Other reply fields ----------------------------------------------------------------- */
+
+static bool valid_body_mode(extproc_body_mode m) {
+  return m >= EXTPROC_BODY_NONE && m <= EXTPROC_BODY_GRPC;
+}
+
+static bool valid_header_mode(extproc_header_mode m) {
+  return m >= EXTPROC_HEADER_DEFAULT && m <= EXTPROC_HEADER_SKIP;
+}
+
+int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode) {
+  if (!req || !mode || !valid_body_mode(mode->request_body_mode) ||
+      !valid_body_mode(mode->response_body_mode) || !valid_header_mode(mode->request_header_mode) ||
+      !valid_header_mode(mode->response_header_mode) ||
+      !valid_header_mode(mode->request_trailer_mode) ||
+      !valid_header_mode(mode->response_trailer_mode))
+    return EXTPROC_EINVAL;
+  if (!in_headers_phase(req)) return refuse(req, "mode_override outside a headers phase");
+  req->has_mode_override = true;
+  req->mode_override = *mode;
+  return 0;
+}
+
+int extproc_clear_route_cache(extproc_request *req) {
+  if (!req) return EXTPROC_EINVAL;
+  if (in_trailers_phase(req)) return refuse(req, "clear_route_cache in a trailers phase");
+  req->clear_route_cache = true;
+  return 0;
+}
+
+int extproc_override_message_timeout(extproc_request *req, uint32_t ms) {
+  if (!req || ms == 0) return EXTPROC_EINVAL;
+  if (atomic_load(&req->handoff) != HANDOFF_IN_CALLBACK || req->observability_mode || req->ended)
+    return refuse(req, "override_message_timeout outside a callback, or with no reply due");
+  return stream_send_extra(req, reply_build_timeout_override(req, ms));
+}
+
 /* ---- Immediate response ---------------------------------------------------------------- */
 
 int extproc_immediate_response(extproc_request *req, uint32_t http_status) {
   if (!req || http_status < 100 || http_status > 599) return EXTPROC_EINVAL;
-  if (req->observability_mode) return EXTPROC_ESTATE;
+  if (req->observability_mode) return refuse(req, "an immediate response in observability mode");
+  if (req->streamed_immediate != STREAMED_IMMEDIATE_NONE)
+    return refuse(req, "an immediate response after a streamed immediate response");
   req->immediate = true;
   req->immediate_status = http_status;
   return 0;
@@ -102,7 +216,8 @@ int extproc_immediate_response(extproc_request *req, uint32_t http_status) {
 
 int extproc_immediate_header_set(extproc_request *req, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
-  if (!req->immediate) return EXTPROC_ESTATE;
+  if (!req->immediate && req->streamed_immediate != STREAMED_IMMEDIATE_STARTING)
+    return EXTPROC_ESTATE;
   return header_edits_add(&req->msg_arena, &req->immediate_headers, HEADER_SET, name, value);
 }
 
@@ -130,6 +245,29 @@ int extproc_immediate_details(extproc_request *req, const char *details) {
   if (!req->immediate) return EXTPROC_ESTATE;
   req->immediate_details = arena_strndup(&req->msg_arena, details, strlen(details));
   return req->immediate_details ? 0 : EXTPROC_ENOMEM;
+}
+
+int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_status,
+                                        bool end_of_stream) {
+  if (!req || http_status < 200 || http_status > 599) return EXTPROC_EINVAL;
+  if (req->phase != EXTPROC_REQUEST_HEADERS || req->observability_mode || req->immediate ||
+      req->streamed_immediate != STREAMED_IMMEDIATE_NONE)
+    return refuse(req, "a streamed immediate response must start once, in request_headers");
+  req->streamed_immediate = STREAMED_IMMEDIATE_STARTING;
+  req->streamed_immediate_headers_end = end_of_stream;
+  req->immediate_status = http_status;
+  return 0;
+}
+
+int extproc_streamed_immediate_body(extproc_request *req, const void *data, size_t len,
+                                    bool end_of_stream) {
+  if (!req || (!data && len)) return EXTPROC_EINVAL;
+  if (req->streamed_immediate == STREAMED_IMMEDIATE_NONE ||
+      req->streamed_immediate == STREAMED_IMMEDIATE_ENDED || req->streamed_immediate_headers_end)
+    return refuse(req, "a streamed immediate body with no open streamed immediate response");
+  for (const streamed_piece *p = req->pieces_head; p; p = p->next)
+    if (p->end_of_stream) return refuse(req, "a streamed immediate body after end_of_stream");
+  return stream_add_piece(req, data, len, end_of_stream);
 }
 
 /* ---- Failure --------------------------------------------------------------------------- */

@@ -2,12 +2,14 @@
  * recorded. Everything is allocated in the message arena. The reply's type always matches the
  * phase Envoy sent (or is an immediate response), which is what keeps Envoy from calling it
  * spurious. */
+#include <stdio.h>
 #include <string.h>
 
 #include "api/headers.h"
 #include "api/processor.h"
 #include "engine/stream.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
+#include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/wrappers.pb-c.h"
 
 typedef Envoy__Service__ExtProc__V3__ProcessingResponse ProcessingResponse;
@@ -95,6 +97,13 @@ static CommonResponse *build_common(extproc_request *req, bool *ok) {
   envoy__service__ext_proc__v3__common_response__init(c);
   c->header_mutation = build_mutation(a, &req->edits, ok);
   if (!*ok) return NULL;
+  c->clear_route_cache = req->clear_route_cache;
+  /* A body written in a headers phase replaces the whole body: CONTINUE_AND_REPLACE. */
+  const bool headers_phase =
+      req->phase == EXTPROC_REQUEST_HEADERS || req->phase == EXTPROC_RESPONSE_HEADERS;
+  if (headers_phase && req->body_op != BODY_KEEP)
+    c->status =
+        ENVOY__SERVICE__EXT_PROC__V3__COMMON_RESPONSE__RESPONSE_STATUS__CONTINUE_AND_REPLACE;
   if (req->body_op != BODY_KEEP) {
     Envoy__Service__ExtProc__V3__BodyMutation *bm = arena_alloc(a, sizeof(*bm));
     if (!bm) {
@@ -163,12 +172,38 @@ static bool add_chain_header(extproc_request *req) {
   return header_edits_add(&req->msg_arena, &req->edits, HEADER_SET, header, value) == 0;
 }
 
+static Envoy__Extensions__Filters__Http__ExtProc__V3__ProcessingMode *
+build_mode(arena *a, const extproc_processing_mode *m) {
+  Envoy__Extensions__Filters__Http__ExtProc__V3__ProcessingMode *pm = arena_alloc(a, sizeof(*pm));
+  if (!pm) return NULL;
+  envoy__extensions__filters__http__ext_proc__v3__processing_mode__init(pm);
+  pm->request_header_mode = (int)m->request_header_mode;
+  pm->response_header_mode = (int)m->response_header_mode;
+  pm->request_body_mode = m->request_body_mode < 0 ? 0 : (int)m->request_body_mode;
+  pm->response_body_mode = m->response_body_mode < 0 ? 0 : (int)m->response_body_mode;
+  pm->request_trailer_mode = (int)m->request_trailer_mode;
+  pm->response_trailer_mode = (int)m->response_trailer_mode;
+  return pm;
+}
+
+/* A ProcessingResponse carrying what any reply of this message may carry: dynamic metadata
+ * (on every reply, so it is never lost) and the mode override. */
+static ProcessingResponse *new_response(extproc_request *req) {
+  ProcessingResponse *r = arena_alloc(&req->msg_arena, sizeof(*r));
+  if (!r) return NULL;
+  envoy__service__ext_proc__v3__processing_response__init(r);
+  r->dynamic_metadata = req->dynamic_metadata;
+  if (req->has_mode_override &&
+      !(r->mode_override = build_mode(&req->msg_arena, &req->mode_override)))
+    return NULL;
+  return r;
+}
+
 ProtobufCMessage *reply_build(extproc_request *req) {
   arena *a = &req->msg_arena;
   if (!add_chain_header(req)) return NULL;
-  ProcessingResponse *r = arena_alloc(a, sizeof(*r));
+  ProcessingResponse *r = new_response(req);
   if (!r) return NULL;
-  envoy__service__ext_proc__v3__processing_response__init(r);
   if (req->immediate) return build_immediate(req, r);
 
   bool ok = true;
@@ -220,6 +255,118 @@ ProtobufCMessage *reply_build(extproc_request *req) {
     r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY;
     r->response_body = b;
   }
+  return &r->base;
+}
+
+static Envoy__Service__ExtProc__V3__StreamedBodyResponse *
+build_streamed_body(arena *a, const streamed_piece *piece) {
+  Envoy__Service__ExtProc__V3__StreamedBodyResponse *sb = arena_alloc(a, sizeof(*sb));
+  if (!sb) return NULL;
+  envoy__service__ext_proc__v3__streamed_body_response__init(sb);
+  sb->body.data = (uint8_t *)piece->data;
+  sb->body.len = piece->len;
+  sb->end_of_stream = piece->end_of_stream;
+  return sb;
+}
+
+ProtobufCMessage *reply_build_streamed_body(extproc_request *req, const streamed_piece *piece) {
+  arena *a = &req->msg_arena;
+  ProcessingResponse *r = new_response(req);
+  Envoy__Service__ExtProc__V3__BodyResponse *b = arena_alloc(a, sizeof(*b));
+  Envoy__Service__ExtProc__V3__CommonResponse *c = arena_alloc(a, sizeof(*c));
+  Envoy__Service__ExtProc__V3__BodyMutation *bm = arena_alloc(a, sizeof(*bm));
+  if (!r || !b || !c || !bm) return NULL;
+  envoy__service__ext_proc__v3__body_response__init(b);
+  envoy__service__ext_proc__v3__common_response__init(c);
+  envoy__service__ext_proc__v3__body_mutation__init(bm);
+  bm->mutation_case = ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE;
+  if (!(bm->streamed_response = build_streamed_body(a, piece))) return NULL;
+  c->body_mutation = bm;
+  b->response = c;
+  if (req->phase == EXTPROC_REQUEST_BODY) {
+    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY;
+    r->request_body = b;
+  } else {
+    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY;
+    r->response_body = b;
+  }
+  return &r->base;
+}
+
+static ProcessingResponse *
+new_streamed_immediate(extproc_request *req,
+                       Envoy__Service__ExtProc__V3__StreamedImmediateResponse **out) {
+  ProcessingResponse *r = new_response(req);
+  Envoy__Service__ExtProc__V3__StreamedImmediateResponse *s =
+      arena_alloc(&req->msg_arena, sizeof(*s));
+  if (!r || !s) return NULL;
+  envoy__service__ext_proc__v3__streamed_immediate_response__init(s);
+  r->response_case =
+      ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE;
+  r->streamed_immediate_response = s;
+  *out = s;
+  return r;
+}
+
+ProtobufCMessage *reply_build_streamed_immediate_headers(extproc_request *req, bool end_of_stream) {
+  arena *a = &req->msg_arena;
+  if (!add_chain_header(req)) return NULL;
+  Envoy__Service__ExtProc__V3__StreamedImmediateResponse *s;
+  ProcessingResponse *r = new_streamed_immediate(req, &s);
+  Envoy__Service__ExtProc__V3__HttpHeaders *h = arena_alloc(a, sizeof(*h));
+  Envoy__Config__Core__V3__HeaderMap *map = arena_alloc(a, sizeof(*map));
+  const size_t n = 1 + req->immediate_headers.sets;
+  HeaderValue **values = arena_alloc(a, n * sizeof(*values));
+  HeaderValue *storage = arena_alloc(a, n * sizeof(*storage));
+  char *status = arena_alloc(a, 12);
+  if (!r || !h || !map || !values || !storage || !status) return NULL;
+  envoy__service__ext_proc__v3__http_headers__init(h);
+  envoy__config__core__v3__header_map__init(map);
+  snprintf(status, 12, "%u", req->immediate_status);
+  size_t i = 0;
+  envoy__config__core__v3__header_value__init(&storage[i]);
+  storage[i].key = (char *)":status";
+  storage[i].raw_value.data = (uint8_t *)status;
+  storage[i].raw_value.len = strlen(status);
+  values[i] = &storage[i];
+  for (const header_edit *e = req->immediate_headers.head; e; e = e->next) {
+    if (e->op == HEADER_REMOVE) continue;
+    i++;
+    envoy__config__core__v3__header_value__init(&storage[i]);
+    storage[i].key = e->name;
+    storage[i].raw_value.data = (uint8_t *)e->value;
+    storage[i].raw_value.len = e->value_len;
+    values[i] = &storage[i];
+  }
+  map->n_headers = i + 1;
+  map->headers = values;
+  h->headers = map;
+  h->end_of_stream = end_of_stream;
+  s->response_case =
+      ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_HEADERS_RESPONSE;
+  s->headers_response = h;
+  return &r->base;
+}
+
+ProtobufCMessage *reply_build_streamed_immediate_body(extproc_request *req,
+                                                      const streamed_piece *piece) {
+  Envoy__Service__ExtProc__V3__StreamedImmediateResponse *s;
+  ProcessingResponse *r = new_streamed_immediate(req, &s);
+  if (!r || !(s->body_response = build_streamed_body(&req->msg_arena, piece))) return NULL;
+  s->response_case =
+      ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_BODY_RESPONSE;
+  return &r->base;
+}
+
+ProtobufCMessage *reply_build_timeout_override(extproc_request *req, uint32_t ms) {
+  ProcessingResponse *r = arena_alloc(&req->msg_arena, sizeof(*r));
+  Google__Protobuf__Duration *d = arena_alloc(&req->msg_arena, sizeof(*d));
+  if (!r || !d) return NULL;
+  envoy__service__ext_proc__v3__processing_response__init(r);
+  google__protobuf__duration__init(d);
+  d->seconds = ms / 1000;
+  d->nanos = (int32_t)(ms % 1000) * 1000000;
+  r->override_message_timeout = d;
   return &r->base;
 }
 

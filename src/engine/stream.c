@@ -1,5 +1,6 @@
 #include "engine/stream.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,6 +24,8 @@ extproc_request *stream_open(const extproc_processor *proc, const stream_sink *s
   arena_init(&req->arena);
   arena_init(&req->msg_arena);
   req->info.content_length = -1;
+  req->body_mode[0] = req->body_mode[1] = EXTPROC_BODY_MODE_UNKNOWN;
+  req->protocol.request_body_mode = req->protocol.response_body_mode = EXTPROC_BODY_MODE_UNKNOWN;
   return req;
 }
 
@@ -34,6 +37,8 @@ static void stream_free(extproc_request *req) {
     free(q);
     q = next;
   }
+  free(req->accumulated[0]);
+  free(req->accumulated[1]);
   arena_free(&req->msg_arena);
   arena_free(&req->arena);
   free(req);
@@ -107,6 +112,55 @@ static void record_response_info(extproc_request *req) {
   if (n >= 100 && n <= 999) req->info.response_status = (uint32_t)n;
 }
 
+/* Copies a message into the stream arena, so it outlives the message being processed. */
+static ProtobufCMessage *keep_copy(extproc_request *req, const ProtobufCMessage *m) {
+  const size_t len = protobuf_c_message_get_packed_size(m);
+  uint8_t *buf = arena_alloc(&req->msg_arena, len ? len : 1);
+  if (!buf) return NULL;
+  protobuf_c_message_pack(m, buf);
+  ProtobufCAllocator alloc = arena_protobuf_allocator(&req->arena);
+  return protobuf_c_message_unpack(m->descriptor, &alloc, len, buf);
+}
+
+/* Keeps what Envoy sends once but the processor may want later: the protocol configuration
+ * (first message), attributes (first message of each direction) and metadata. */
+static bool keep_context(extproc_request *req, const ProcessingRequest *msg) {
+  const Envoy__Service__ExtProc__V3__ProtocolConfiguration *pc = msg->protocol_config;
+  if (pc && !req->protocol.known) {
+    req->protocol =
+        (extproc_protocol_config){.known = true,
+                                  .request_body_mode = (extproc_body_mode)pc->request_body_mode,
+                                  .response_body_mode = (extproc_body_mode)pc->response_body_mode,
+                                  .send_body_without_waiting_for_header_response =
+                                      pc->send_body_without_waiting_for_header_response};
+    req->body_mode[0] = req->protocol.request_body_mode;
+    req->body_mode[1] = req->protocol.response_body_mode;
+  }
+  if (msg->metadata_context &&
+      !(req->metadata_context =
+            (Envoy__Config__Core__V3__Metadata *)keep_copy(req, &msg->metadata_context->base)))
+    return false;
+  for (size_t i = 0; i < msg->n_attributes; i++) {
+    const Google__Protobuf__Struct *s = msg->attributes[i]->value;
+    if (!s || s->n_fields == 0) continue;
+    Google__Protobuf__Struct *copy = (Google__Protobuf__Struct *)keep_copy(req, &s->base);
+    if (!copy) return false;
+    if (!req->attributes) {
+      req->attributes = copy;
+      continue;
+    }
+    /* Response attributes join the request ones. */
+    const size_t n = req->attributes->n_fields + copy->n_fields;
+    Google__Protobuf__Struct__FieldsEntry **all = arena_alloc(&req->arena, n * sizeof(*all));
+    if (!all) return false;
+    memcpy(all, req->attributes->fields, req->attributes->n_fields * sizeof(*all));
+    memcpy(all + req->attributes->n_fields, copy->fields, copy->n_fields * sizeof(*all));
+    req->attributes->fields = all;
+    req->attributes->n_fields = n;
+  }
+  return true;
+}
+
 /* Points the request at the decoded message's phase data. Returns false on out-of-memory. */
 static bool load_message(extproc_request *req, const ProcessingRequest *msg) {
   const Envoy__Config__Core__V3__HeaderMap *map = NULL;
@@ -147,7 +201,10 @@ static bool load_message(extproc_request *req, const ProcessingRequest *msg) {
   if (map && !headers_load(&req->msg_arena, map, &req->headers, &req->header_count)) return false;
   if (req->phase == EXTPROC_REQUEST_HEADERS) record_request_info(req);
   if (req->phase == EXTPROC_RESPONSE_HEADERS) record_response_info(req);
-  return true;
+  if (req->phase == EXTPROC_REQUEST_HEADERS || req->phase == EXTPROC_RESPONSE_HEADERS)
+    req->had_content_length[req->phase == EXTPROC_RESPONSE_HEADERS] =
+        extproc_header_get(req, "content-length") != NULL;
+  return keep_context(req, msg);
 }
 
 static void reset_reply(extproc_request *req) {
@@ -164,6 +221,11 @@ static void reset_reply(extproc_request *req) {
   req->immediate_details = NULL;
   req->fail_code = EXTPROC_GRPC_INTERNAL;
   req->fail_message = NULL;
+  req->dynamic_metadata = NULL;
+  req->has_mode_override = false;
+  req->clear_route_cache = false;
+  req->pieces_head = req->pieces_tail = NULL;
+  req->chunk_accumulated = false;
 }
 
 static void send_reply(extproc_request *req, ProtobufCMessage *reply) {
@@ -198,12 +260,119 @@ static uint64_t monotonic_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+static bool is_body_phase(extproc_phase phase) {
+  return phase == EXTPROC_REQUEST_BODY || phase == EXTPROC_RESPONSE_BODY;
+}
+
+/* The direction of a phase: 0 request, 1 response. */
+static int direction_of(extproc_phase phase) { return phase >= EXTPROC_RESPONSE_HEADERS; }
+
+int stream_add_piece(extproc_request *req, const void *data, size_t len, bool end_of_stream) {
+  streamed_piece *p = arena_alloc(&req->msg_arena, sizeof(*p));
+  uint8_t *copy = arena_alloc(&req->msg_arena, len ? len : 1);
+  if (!p || !copy) return EXTPROC_ENOMEM;
+  if (len) memcpy(copy, data, len);
+  *p = (streamed_piece){NULL, copy, len, end_of_stream};
+  if (req->pieces_tail)
+    req->pieces_tail->next = p;
+  else
+    req->pieces_head = p;
+  req->pieces_tail = p;
+  return 0;
+}
+
+int stream_send_extra(extproc_request *req, ProtobufCMessage *reply) {
+  if (!reply) return EXTPROC_ENOMEM;
+  return req->io ? req->sink->send(req->io, reply) : 0;
+}
+
+/* FULL_DUPLEX_STREAMED: this chunk's replies are the pieces the callback sent, else the chunk
+ * itself as replaced, cleared (nothing) or untouched; and the body's last reply always carries
+ * end_of_stream, even when the last chunk is empty or was cleared. */
+static void send_duplex_body(extproc_request *req) {
+  const int dir = direction_of(req->phase);
+  if (!req->pieces_head && req->body_op != BODY_CLEAR && !req->duplex_body_ended[dir]) {
+    const bool replaced = req->body_op == BODY_REPLACE;
+    if (stream_add_piece(req, replaced ? req->body_data : req->body,
+                         replaced ? req->body_data_len : req->body_len, req->end_of_stream)) {
+      stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory building the reply");
+      return;
+    }
+  }
+  bool ended = req->duplex_body_ended[dir];
+  for (const streamed_piece *p = req->pieces_head; p; p = p->next)
+    ended |= p->end_of_stream;
+  if (req->end_of_stream && !ended && stream_add_piece(req, NULL, 0, true)) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory building the reply");
+    return;
+  }
+  for (const streamed_piece *p = req->pieces_head; p && !req->ended; p = p->next) {
+    send_reply(req, reply_build_streamed_body(req, p));
+    if (p->end_of_stream) req->duplex_body_ended[dir] = true;
+  }
+}
+
+/* A streamed immediate response: its headers (when this callback started it), then the pieces
+ * sent so far; the exchange is over once one carries end_of_stream. */
+static void send_streamed_immediate(extproc_request *req) {
+  if (req->streamed_immediate == STREAMED_IMMEDIATE_STARTING) {
+    const bool headers_only = req->streamed_immediate_headers_end;
+    send_reply(req, reply_build_streamed_immediate_headers(req, headers_only));
+    req->streamed_immediate = headers_only ? STREAMED_IMMEDIATE_ENDED : STREAMED_IMMEDIATE_OPEN;
+  }
+  for (const streamed_piece *p = req->pieces_head; p && !req->ended; p = p->next) {
+    send_reply(req, reply_build_streamed_immediate_body(req, p));
+    if (p->end_of_stream) req->streamed_immediate = STREAMED_IMMEDIATE_ENDED;
+  }
+  if (req->streamed_immediate == STREAMED_IMMEDIATE_ENDED) req->ended = true;
+}
+
+/* BUFFERED with headers sent: Envoy keeps content-length and answers 500 when it no longer
+ * matches the body, so a changed body gets its new length (unless the callback set one). */
+static bool fix_content_length(extproc_request *req) {
+  const int dir = direction_of(req->phase);
+  const extproc_body_mode mode = req->body_mode[dir];
+  const bool whole_body =
+      mode == EXTPROC_BODY_BUFFERED || (mode == EXTPROC_BODY_MODE_UNKNOWN && req->end_of_stream);
+  if (!is_body_phase(req->phase) || req->body_op == BODY_KEEP || !whole_body ||
+      !req->had_content_length[dir])
+    return true;
+  for (const header_edit *e = req->edits.head; e; e = e->next)
+    if (strcmp(e->name, "content-length") == 0) return true;
+  char len[24];
+  snprintf(len, sizeof(len), "%zu", req->body_op == BODY_CLEAR ? (size_t)0 : req->body_data_len);
+  return header_edits_add(&req->msg_arena, &req->edits, HEADER_SET, "content-length", len) == 0;
+}
+
+/* Sends what the callback recorded: the phase's one reply, or the streamed replies of a
+ * FULL_DUPLEX_STREAMED body or a streamed immediate response. */
+static void send_replies(extproc_request *req) {
+  if (req->streamed_immediate != STREAMED_IMMEDIATE_NONE) {
+    send_streamed_immediate(req);
+    return;
+  }
+  if (is_body_phase(req->phase) && !req->immediate &&
+      req->body_mode[direction_of(req->phase)] == EXTPROC_BODY_FULL_DUPLEX_STREAMED) {
+    send_duplex_body(req);
+    return;
+  }
+  if (!fix_content_length(req)) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory building the reply");
+    return;
+  }
+  send_reply(req, reply_build(req));
+  if (req->has_mode_override) { /* what Envoy sends next follows the new mode */
+    req->body_mode[0] = req->mode_override.request_body_mode;
+    req->body_mode[1] = req->mode_override.response_body_mode;
+  }
+}
+
 /* The callback's outcome is known: reply (or not) and move on. */
 static void complete_phase(extproc_request *req, extproc_result result) {
   if (result == EXTPROC_FAIL) {
     apply_error_policy(req);
   } else if (!req->observability_mode && !req->ended) {
-    send_reply(req, reply_build(req));
+    send_replies(req);
   }
   if (req->phase_started_ns)
     extproc_log(req, EXTPROC_LOG_DEBUG, "%s in %llu ns",

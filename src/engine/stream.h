@@ -17,7 +17,9 @@
 #include <stdint.h>
 
 #include "engine/arena.h"
+#include "envoy/config/core/v3/base.pb-c.h"
 #include "extproc/extproc.h"
+#include "google/protobuf/struct.pb-c.h"
 
 /* Where the engine's output goes. `io` is the transport's per-stream object. */
 typedef struct stream_sink {
@@ -76,6 +78,22 @@ typedef enum handoff_state {
   HANDOFF_POSTED         /* resumed; the loop will complete the phase */
 } handoff_state;
 
+/* A piece of a FULL_DUPLEX_STREAMED body or of a streamed immediate response, sent after the
+ * callback returns, in order. */
+typedef struct streamed_piece {
+  struct streamed_piece *next;
+  const uint8_t *data;
+  size_t len;
+  bool end_of_stream;
+} streamed_piece;
+
+typedef enum streamed_immediate_state {
+  STREAMED_IMMEDIATE_NONE,
+  STREAMED_IMMEDIATE_STARTING, /* started by this callback: its headers go first */
+  STREAMED_IMMEDIATE_OPEN,     /* headers sent; body pieces may follow */
+  STREAMED_IMMEDIATE_ENDED
+} streamed_immediate_state;
+
 /* A message that arrived while an earlier one was still being answered. */
 typedef struct queued_message {
   struct queued_message *next;
@@ -98,6 +116,19 @@ struct extproc_request {
 
   /* What Envoy has sent so far, for the phase-order check. */
   direction_state direction[2]; /* [0] request, [1] response */
+
+  /* What Envoy said about the exchange; [0] request, [1] response. */
+  extproc_protocol_config protocol;
+  extproc_body_mode body_mode[2];       /* protocol_config, then our own mode_override */
+  bool had_content_length[2];           /* the direction's headers carried content-length */
+  Google__Protobuf__Struct *attributes; /* merged attributes, in the stream arena */
+  Envoy__Config__Core__V3__Metadata *metadata_context; /* latest one, in the stream arena */
+  uint8_t *accumulated[2];                             /* extproc_body_accumulate(); malloc'd */
+  size_t accumulated_len[2], accumulated_cap[2];
+  bool chunk_accumulated;    /* the current chunk is in accumulated[] */
+  bool duplex_body_ended[2]; /* an end_of_stream streamed body was sent */
+  streamed_immediate_state streamed_immediate;
+  bool streamed_immediate_headers_end; /* its headers carry end_of_stream: no body follows */
 
   /* The message being processed. */
   extproc_phase phase;
@@ -123,6 +154,11 @@ struct extproc_request {
   char *immediate_details;
   uint32_t fail_code;
   char *fail_message;
+  Google__Protobuf__Struct *dynamic_metadata;
+  bool has_mode_override;
+  extproc_processing_mode mode_override;
+  bool clear_route_cache;
+  streamed_piece *pieces_head, *pieces_tail; /* duplex body or streamed immediate pieces */
 
   /* Flow. */
   bool deferred;                /* a callback returned EXTPROC_DEFER and has not been resumed */
@@ -161,5 +197,26 @@ ProtobufCMessage *reply_build(extproc_request *req);
 
 /* Builds an ImmediateResponse reply with just a status, for the error policy. (reply.c) */
 ProtobufCMessage *reply_build_error(extproc_request *req, uint32_t http_status);
+
+/* Builds a FULL_DUPLEX_STREAMED body reply carrying one piece as a streamed_response. (reply.c) */
+ProtobufCMessage *reply_build_streamed_body(extproc_request *req, const streamed_piece *piece);
+
+/* Builds the headers part of a streamed immediate response, from immediate_status and
+ * immediate_headers. (reply.c) */
+ProtobufCMessage *reply_build_streamed_immediate_headers(extproc_request *req, bool end_of_stream);
+
+/* Builds a body piece of a streamed immediate response. (reply.c) */
+ProtobufCMessage *reply_build_streamed_immediate_body(extproc_request *req,
+                                                      const streamed_piece *piece);
+
+/* Builds a reply carrying only override_message_timeout. (reply.c) */
+ProtobufCMessage *reply_build_timeout_override(extproc_request *req, uint32_t ms);
+
+/* Appends a piece (data copied) to the reply being built. Returns 0 or EXTPROC_ENOMEM. */
+int stream_add_piece(extproc_request *req, const void *data, size_t len, bool end_of_stream);
+
+/* Sends a reply outside the phase's own reply (override_message_timeout). Returns 0 or a
+ * negative extproc_error. */
+int stream_send_extra(extproc_request *req, ProtobufCMessage *reply);
 
 #endif

@@ -49,6 +49,7 @@ struct h2_client {
   uint32_t goaway_error;
   bool disconnected;
   uint64_t data_frames_sent;
+  uint64_t data_bytes_sent;
   /* Serialized output not yet written. */
   uint8_t *wbuf;
   size_t wlen, woff, wcap;
@@ -283,7 +284,11 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
   (void)session;
   h2_client *c = user_data;
-  if (frame->hd.type == NGHTTP2_DATA) c->data_frames_sent++;
+  if (frame->hd.type != NGHTTP2_DATA) return 0;
+  c->data_frames_sent++;
+  c->data_bytes_sent += frame->hd.length; /* the client never pads */
+  stream_rec *r = find(c, frame->hd.stream_id);
+  if (r) r->pub.data_bytes_sent += frame->hd.length;
   return 0;
 }
 
@@ -506,6 +511,22 @@ int h2_client_wait_disconnect(h2_client *c) {
   return wait_until(c, is_disconnected, 0, 0, "disconnect");
 }
 
+int h2_client_wait_quiet(h2_client *c, int quiet_ms) {
+  const int64_t deadline = now_ms() + c->timeout_ms;
+  for (;;) {
+    const int rv = h2_client_poll(c, quiet_ms);
+    if (rv < 0) {
+      fprintf(stderr, "h2_client: connection ended while waiting for quiet\n");
+      return -1;
+    }
+    if (rv == 0) return 0;
+    if (now_ms() > deadline) {
+      fprintf(stderr, "h2_client: data still moving after %d ms\n", c->timeout_ms);
+      return -1;
+    }
+  }
+}
+
 /* ---- Connection ------------------------------------------------------------------------ */
 
 /* connect() without blocking for longer than the timeout; leaves the socket non-blocking. */
@@ -619,6 +640,17 @@ void h2_client_set_timeout(h2_client *c, int timeout_ms) {
   if (timeout_ms > 0) c->timeout_ms = timeout_ms;
 }
 
+int h2_client_set_initial_window(h2_client *c, uint32_t bytes) {
+  if (c->disconnected) return -1;
+  const nghttp2_settings_entry entry = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, bytes};
+  const int rv = nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, &entry, 1);
+  if (rv != 0) {
+    fprintf(stderr, "h2_client: submit_settings: %s\n", nghttp2_strerror(rv));
+    return -1;
+  }
+  return push_output(c);
+}
+
 void h2_client_close_socket(h2_client *c, bool tcp_reset) {
   if (c->fd < 0) return;
   if (tcp_reset) {
@@ -647,20 +679,25 @@ void h2_client_free(h2_client *c) {
   { (uint8_t *)(name), (uint8_t *)(value), sizeof(name) - 1, strlen(value), NGHTTP2_NV_FLAG_NONE }
 
 int32_t h2_client_open_stream(h2_client *c, const char *path) {
+  return h2_client_open_stream_as(c, path, "POST", "application/grpc");
+}
+
+int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *method,
+                                 const char *content_type) {
   if (c->disconnected) return -1;
   stream_rec *r = calloc(1, sizeof(*r));
   if (!r) return -1;
   r->client = c;
   r->pub.grpc_status = -1;
-  const nghttp2_nv nva[] = {NV(":method", "POST"),
+  const nghttp2_nv nva[] = {NV(":method", method),
                             NV(":scheme", "http"),
                             NV(":authority", "localhost"),
                             NV(":path", path),
-                            NV("content-type", "application/grpc"),
-                            NV("te", "trailers")};
+                            NV("te", "trailers"),
+                            NV("content-type", content_type ? content_type : "")};
+  const size_t nv_count = sizeof(nva) / sizeof(nva[0]) - (content_type ? 0 : 1);
   const nghttp2_data_provider prd = {.source.ptr = r, .read_callback = read_body};
-  const int32_t id =
-      nghttp2_submit_request(c->session, NULL, nva, sizeof(nva) / sizeof(nva[0]), &prd, r);
+  const int32_t id = nghttp2_submit_request(c->session, NULL, nva, nv_count, &prd, r);
   if (id < 0) {
     fprintf(stderr, "h2_client: submit_request: %s\n", nghttp2_strerror(id));
     free(r);
@@ -782,6 +819,23 @@ uint32_t h2_client_max_concurrent_streams(const h2_client *c) {
 
 size_t h2_client_pending_output(const h2_client *c) { return c->wlen - c->woff; }
 
+size_t h2_client_unsent_bytes(const h2_client *c, int32_t id) {
+  const stream_rec *r = find(c, id);
+  size_t n = 0;
+  for (const out_seg *seg = r ? r->out_head : NULL; seg; seg = seg->next)
+    n += seg->len - seg->off;
+  return n;
+}
+
+int64_t h2_client_send_window(const h2_client *c, int32_t id) {
+  const stream_rec *r = find(c, id);
+  if (!r || r->pub.closed) return -1;
+  const int32_t stream = nghttp2_session_get_stream_remote_window_size(c->session, id);
+  const int32_t conn = nghttp2_session_get_remote_window_size(c->session);
+  if (stream < 0 || conn < 0) return -1;
+  return stream < conn ? stream : conn;
+}
+
 bool h2_client_goaway_received(const h2_client *c, uint32_t *error_code) {
   if (error_code) *error_code = c->goaway_error;
   return c->goaway;
@@ -790,3 +844,5 @@ bool h2_client_goaway_received(const h2_client *c, uint32_t *error_code) {
 bool h2_client_disconnected(const h2_client *c) { return c->disconnected; }
 
 uint64_t h2_client_data_frames_sent(const h2_client *c) { return c->data_frames_sent; }
+
+uint64_t h2_client_data_bytes_sent(const h2_client *c) { return c->data_bytes_sent; }

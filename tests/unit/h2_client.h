@@ -48,6 +48,7 @@ typedef struct h2_client_stream {
   uint32_t reset_error; /* its error code */
   bool closed;          /* nghttp2 closed the stream (both ends done, or a reset) */
   uint32_t close_error; /* the error code nghttp2 reported at close (0 = NO_ERROR) */
+  uint64_t data_bytes_sent; /* request DATA payload put on the wire (flow-controlled) so far */
 } h2_client_stream;
 
 /* Connects over TCP to `host` (a numeric IPv4 or IPv6 address, no brackets) and `port`, sends
@@ -60,6 +61,12 @@ h2_client *h2_client_connect_unix(const char *path);
 /* Changes the bound of every later wait (milliseconds, > 0). */
 void h2_client_set_timeout(h2_client *c, int timeout_ms);
 
+/* Sends SETTINGS_INITIAL_WINDOW_SIZE = `bytes` (at most 2^31-1): the window the server may fill
+ * on each stream before the client reads it. 0 keeps the server from sending any DATA; a later
+ * larger value opens every stream's window by the difference (RFC 9113, 6.9.2). The client
+ * otherwise gives window back as it reads, and advertises 1 MiB at connect. */
+int h2_client_set_initial_window(h2_client *c, uint32_t bytes);
+
 /* Closes the socket at once, without flushing or saying GOAWAY; with `tcp_reset`, a TCP
  * connection is closed with RST (SO_LINGER 0). Stream records stay readable until
  * h2_client_free(); every later I/O call fails. */
@@ -71,6 +78,11 @@ void h2_client_free(h2_client *c);
 /* Opens a gRPC stream: HEADERS with POST, `path`, content-type application/grpc and
  * te: trailers, no END_STREAM. Returns the stream id (> 0) or -1. */
 int32_t h2_client_open_stream(h2_client *c, const char *path);
+
+/* The same with another :method and content-type (to test refusals); a NULL content_type sends
+ * none. */
+int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *method,
+                                 const char *content_type);
 
 /* Queues `len` raw bytes on the stream's request body (no gRPC prefix added). With
  * `frame_bytes` > 0 they go in DATA frames of at most that many bytes; 0 lets nghttp2 pack
@@ -116,6 +128,11 @@ int h2_client_wait_closed(h2_client *c, int32_t id);
 /* Waits until the server closes the connection (EOF or error). */
 int h2_client_wait_disconnect(h2_client *c);
 
+/* Runs I/O until nothing moves either way for `quiet_ms` (no byte written or read), e.g. until
+ * flow control stalls the client. Fails only if the connection ends or the client's timeout runs
+ * out while data still moves. */
+int h2_client_wait_quiet(h2_client *c, int quiet_ms);
+
 /* The record of stream `id`, or NULL if unknown or forgotten. */
 const h2_client_stream *h2_client_get_stream(const h2_client *c, int32_t id);
 
@@ -132,12 +149,23 @@ uint32_t h2_client_max_concurrent_streams(const h2_client *c);
 /* Bytes serialized but not yet written to the socket. */
 size_t h2_client_pending_output(const h2_client *c);
 
+/* Request body bytes queued on stream `id` (h2_client_send_*) and not yet put in a DATA frame,
+ * e.g. because the server's flow-control window is closed. 0 for an unknown stream. */
+size_t h2_client_unsent_bytes(const h2_client *c, int32_t id);
+
+/* How many DATA payload bytes the server's windows let the client send now on stream `id`:
+ * the smaller of the stream's and the connection's window. -1 for an unknown or closed stream. */
+int64_t h2_client_send_window(const h2_client *c, int32_t id);
+
 /* True if a GOAWAY frame was ever received on this connection; its error code in *error_code
  * (may be NULL). */
 bool h2_client_goaway_received(const h2_client *c, uint32_t *error_code);
 
 /* DATA frames sent so far on this connection (to check that a message really was split). */
 uint64_t h2_client_data_frames_sent(const h2_client *c);
+
+/* DATA payload bytes sent so far on this connection, over all streams. */
+uint64_t h2_client_data_bytes_sent(const h2_client *c);
 
 /* True once the server closed the connection or the connection failed. */
 bool h2_client_disconnected(const h2_client *c);

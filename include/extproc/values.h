@@ -1,0 +1,95 @@
+/*
+ * libextproc structured values: google.protobuf.Struct and Value, as Envoy uses them for
+ * ProcessingRequest.attributes, metadata_context and ProcessingResponse.dynamic_metadata.
+ *
+ * Reading: an extproc_value is a read-only view of one google.protobuf.Value owned by the
+ * request; it stays valid until the request ends. Every accessor accepts NULL (an absent value)
+ * and then answers "absent": NULL, 0 or false.
+ *
+ * Building: extproc_struct and extproc_list are parts of the reply being built; they are valid
+ * until the callback returns (or, for a deferred phase, until extproc_request_resume). Keys and
+ * strings are copied. Setting a key twice replaces its value. Functions returning int return 0,
+ * EXTPROC_EINVAL (NULL argument, or a number that is not finite) or EXTPROC_ENOMEM.
+ */
+#ifndef EXTPROC_VALUES_H
+#define EXTPROC_VALUES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct extproc_request extproc_request;
+
+/* ---- Reading ---------------------------------------------------------------------------- */
+
+typedef struct extproc_value extproc_value;
+
+typedef enum extproc_value_kind {
+  EXTPROC_VALUE_ABSENT = 0, /* no such value (a NULL extproc_value) */
+  EXTPROC_VALUE_NULL,
+  EXTPROC_VALUE_NUMBER,
+  EXTPROC_VALUE_STRING,
+  EXTPROC_VALUE_BOOL,
+  EXTPROC_VALUE_STRUCT,
+  EXTPROC_VALUE_LIST
+} extproc_value_kind;
+
+/* The attribute `name` Envoy sent for this exchange (ProcessingRequest.attributes, under the
+ * "envoy.filters.http.ext_proc" key, as configured by the filter's request_attributes and
+ * response_attributes, e.g. "request.path", "source.address"), or NULL. Envoy sends request
+ * attributes with the first request message and response attributes with the first response
+ * message; the SDK keeps them for the rest of the exchange. */
+const extproc_value *extproc_request_attribute(const extproc_request *req, const char *name);
+
+/* The value `key` of namespace `ns` in ProcessingRequest.metadata_context.filter_metadata (what
+ * the filter's metadata_options.forwarding_namespaces sends), or NULL. Kept from the latest
+ * message that carried metadata. */
+const extproc_value *extproc_request_metadata(const extproc_request *req, const char *ns,
+                                              const char *key);
+
+extproc_value_kind extproc_value_kind_of(const extproc_value *v);
+/* The string, or NULL if `v` is not a string. NUL-terminated. */
+const char *extproc_value_string(const extproc_value *v);
+/* The number (Envoy encodes integers as numbers too), or 0 if `v` is not a number. */
+double extproc_value_number(const extproc_value *v);
+/* The boolean, or false if `v` is not a boolean. */
+bool extproc_value_bool(const extproc_value *v);
+/* The field `key` of a struct value, or NULL. */
+const extproc_value *extproc_value_field(const extproc_value *v, const char *key);
+/* The number of elements of a list value (0 otherwise), and element `index` (or NULL). */
+size_t extproc_value_list_size(const extproc_value *v);
+const extproc_value *extproc_value_list_at(const extproc_value *v, size_t index);
+
+/* ---- Building (dynamic metadata) -------------------------------------------------------- */
+
+typedef struct extproc_struct extproc_struct;
+typedef struct extproc_list extproc_list;
+
+/* The object for namespace `ns` in this reply's ProcessingResponse.dynamic_metadata, created
+ * on first use. Envoy keeps only namespaces listed in the filter's
+ * metadata_options.receiving_namespaces.untyped, and merges each into the stream's dynamic
+ * metadata (read it in access logs with %DYNAMIC_METADATA(ns:key)%). Returns NULL for a NULL or
+ * empty `ns`, in observability mode (no reply is sent), or on out-of-memory. */
+extproc_struct *extproc_dynamic_metadata(extproc_request *req, const char *ns);
+
+int extproc_struct_set_string(extproc_struct *s, const char *key, const char *value);
+int extproc_struct_set_number(extproc_struct *s, const char *key, double value);
+int extproc_struct_set_bool(extproc_struct *s, const char *key, bool value);
+int extproc_struct_set_null(extproc_struct *s, const char *key);
+/* A nested object or list under `key`; NULL on a NULL argument or out-of-memory. */
+extproc_struct *extproc_struct_set_struct(extproc_struct *s, const char *key);
+extproc_list *extproc_struct_set_list(extproc_struct *s, const char *key);
+
+int extproc_list_add_string(extproc_list *l, const char *value);
+int extproc_list_add_number(extproc_list *l, double value);
+int extproc_list_add_bool(extproc_list *l, bool value);
+extproc_struct *extproc_list_add_struct(extproc_list *l);
+extproc_list *extproc_list_add_list(extproc_list *l);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EXTPROC_VALUES_H */

@@ -1,0 +1,416 @@
+/* The transport's input budgets, over real sockets with the h2_client playing Envoy's side.
+ *
+ * The server never refuses data the peer was allowed to send; it pushes back by holding
+ * flow-control credit (connection.c, may_take_input):
+ *  - incomplete messages buffered over all streams of a connection beyond 2 x max_message_bytes
+ *    are not credited, except on the stream with the most buffered, which still completes;
+ *  - once more than 4 MiB of replies are queued and unread, no stream is credited.
+ * Each test measures how far a client gets before its windows run out, checks it against the
+ * bound the code implies (without the budget the client would send everything it queued), then
+ * lets the exchange finish and checks that nothing deadlocks and every reply arrives. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
+#include "extproc/extproc.h"
+#include "extproc/server.h"
+#include "h2_client.h"
+
+#define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
+typedef Envoy__Service__ExtProc__V3__ProcessingResponse ProcessingResponse;
+
+/* The server's budgets (connection.c). */
+enum { OUTPUT_BUDGET_BYTES = 4 << 20, PARTIAL_BUDGET_FACTOR = 2 };
+enum { GRPC_PREFIX = 5, WAIT_MS = 10000, QUIET_MS = 300, TEST_WATCHDOG_SECONDS = 60 };
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms) {
+  const struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* ---- The processor --------------------------------------------------------------------- */
+
+/* Every request_body reply replaces the chunk with REPLY_BODY_BYTES bytes that start with the
+ * chunk itself: small requests, large replies (so the output budget fills after a few hundred
+ * messages), and each reply says which request it answers. */
+enum { REPLY_BODY_BYTES = 4096 };
+
+static extproc_result amplify_body(extproc_request *req, void *ctx) {
+  (void)ctx;
+  size_t len;
+  const uint8_t *body = extproc_body(req, &len);
+  uint8_t out[REPLY_BODY_BYTES];
+  memset(out, '.', sizeof(out));
+  memcpy(out, body, len < sizeof(out) ? len : sizeof(out));
+  return extproc_body_replace(req, out, sizeof(out)) == 0 ? EXTPROC_CONTINUE : EXTPROC_FAIL;
+}
+
+/* ---- Fixture --------------------------------------------------------------------------- */
+
+typedef struct fixture {
+  extproc_processor *proc;
+  extproc_server *srv;
+  int port;
+  h2_client *client;
+} fixture;
+
+static int setup(void **state) {
+  alarm(TEST_WATCHDOG_SECONDS); /* SIGALRM's default action fails the run */
+  fixture *f = calloc(1, sizeof(*f));
+  if (!f) return -1;
+  f->proc = extproc_processor_new("limits-test");
+  if (!f->proc || extproc_processor_on(f->proc, EXTPROC_REQUEST_BODY, amplify_body) != 0) {
+    extproc_processor_free(f->proc);
+    free(f);
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  h2_client_free(f->client);
+  if (f->srv) {
+    extproc_server_stop(f->srv);
+    extproc_server_wait(f->srv);
+    extproc_server_free(f->srv);
+  }
+  extproc_processor_free(f->proc);
+  free(f);
+  alarm(0);
+  return 0;
+}
+
+/* One worker, so the client's one connection is the only one on its loop. */
+static void start_server(fixture *f, size_t max_message_bytes, uint32_t initial_window_bytes) {
+  extproc_server_options opts;
+  extproc_server_options_init(&opts);
+  opts.workers = 1;
+  opts.max_message_bytes = max_message_bytes;
+  opts.initial_window_bytes = initial_window_bytes;
+  f->srv = extproc_server_create(&opts);
+  assert_non_null(f->srv);
+  const int index = extproc_server_listen(f->srv, "127.0.0.1:0", f->proc);
+  assert_true(index >= 0);
+  f->port = extproc_server_port(f->srv, index);
+  assert_true(f->port > 0);
+  assert_int_equal(extproc_server_start(f->srv), 0);
+  f->client = h2_client_connect_tcp("127.0.0.1", f->port);
+  assert_non_null(f->client);
+}
+
+static void wait_server_idle(const extproc_server *srv) {
+  const int64_t deadline = now_ms() + WAIT_MS;
+  while (extproc_server_open_streams(srv) != 0) {
+    if (now_ms() > deadline)
+      fail_msg("server still has %llu open streams after %d ms",
+               (unsigned long long)extproc_server_open_streams(srv), WAIT_MS);
+    sleep_ms(1);
+  }
+}
+
+/* ---- Messages -------------------------------------------------------------------------- */
+
+/* Appends one gRPC-framed message (prefix and `msg`) at `out`; returns the bytes written. */
+static size_t frame_message(uint8_t *out, const ProtobufCMessage *msg) {
+  const size_t len = protobuf_c_message_get_packed_size(msg);
+  out[0] = 0;
+  out[1] = (uint8_t)(len >> 24), out[2] = (uint8_t)(len >> 16);
+  out[3] = (uint8_t)(len >> 8), out[4] = (uint8_t)len;
+  protobuf_c_message_pack(msg, out + GRPC_PREFIX);
+  return GRPC_PREFIX + len;
+}
+
+static void init_body_request(ProcessingRequest *req, Envoy__Service__ExtProc__V3__HttpBody *hb,
+                              const uint8_t *body, size_t body_len, bool end_of_stream) {
+  envoy__service__ext_proc__v3__http_body__init(hb);
+  hb->body.data = (uint8_t *)body;
+  hb->body.len = body_len;
+  hb->end_of_stream = end_of_stream;
+  envoy__service__ext_proc__v3__processing_request__init(req);
+  req->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY;
+  req->request_body = hb;
+}
+
+/* A framed request_body message (end_of_stream set) whose ProcessingRequest is exactly `size`
+ * bytes, so its prefix announces `size`. Returns a malloc'd buffer of GRPC_PREFIX + size. */
+static uint8_t *framed_body_of_size(size_t size) {
+  uint8_t *body = malloc(size);
+  assert_non_null(body);
+  memset(body, 'b', size);
+  for (size_t body_len = size - 16; body_len < size; body_len++) {
+    ProcessingRequest req;
+    Envoy__Service__ExtProc__V3__HttpBody hb;
+    init_body_request(&req, &hb, body, body_len, true);
+    if (protobuf_c_message_get_packed_size(&req.base) != size) continue;
+    uint8_t *framed = malloc(GRPC_PREFIX + size);
+    assert_non_null(framed);
+    assert_int_equal(frame_message(framed, &req.base), GRPC_PREFIX + size);
+    free(body);
+    return framed;
+  }
+  free(body);
+  fail_msg("no request_body message of exactly %zu bytes", size);
+  return NULL;
+}
+
+/* The request_headers message that opens an exchange (end_of_stream false: a body follows). */
+static size_t frame_request_headers(uint8_t *out) {
+  Envoy__Config__Core__V3__HeaderValue method = ENVOY__CONFIG__CORE__V3__HEADER_VALUE__INIT;
+  method.key = ":method";
+  method.raw_value.data = (uint8_t *)"POST";
+  method.raw_value.len = 4;
+  Envoy__Config__Core__V3__HeaderValue *ptrs[] = {&method};
+  Envoy__Config__Core__V3__HeaderMap map = ENVOY__CONFIG__CORE__V3__HEADER_MAP__INIT;
+  map.headers = ptrs;
+  map.n_headers = 1;
+  Envoy__Service__ExtProc__V3__HttpHeaders hh = ENVOY__SERVICE__EXT_PROC__V3__HTTP_HEADERS__INIT;
+  hh.headers = &map;
+  ProcessingRequest req = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
+  req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS;
+  req.request_headers = &hh;
+  return frame_message(out, &req.base);
+}
+
+/* A small request_body chunk that names itself: "chunk-%08zu" and padding. */
+enum { CHUNK_BYTES = 64, CHUNK_WIRE_MAX = 128 };
+
+static size_t frame_chunk(uint8_t *out, size_t seq, bool end_of_stream) {
+  char body[CHUNK_BYTES + 1];
+  memset(body, 'c', CHUNK_BYTES);
+  snprintf(body, sizeof(body), "chunk-%08zu", seq);
+  body[strlen(body)] = '-';
+  ProcessingRequest req;
+  Envoy__Service__ExtProc__V3__HttpBody hb;
+  init_body_request(&req, &hb, (const uint8_t *)body, CHUNK_BYTES, end_of_stream);
+  assert_true(GRPC_PREFIX + protobuf_c_message_get_packed_size(&req.base) <= CHUNK_WIRE_MAX);
+  return frame_message(out, &req.base);
+}
+
+/* Checks that `m` is the reply to request_body chunk `seq`: CONTINUE, the body replaced by
+ * REPLY_BODY_BYTES starting with the chunk's name. */
+static void check_chunk_reply(const h2_client_msg *m, size_t seq) {
+  ProcessingResponse *r =
+      envoy__service__ext_proc__v3__processing_response__unpack(NULL, m->len, m->data);
+  assert_non_null(r);
+  assert_int_equal(r->response_case,
+                   ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY);
+  const Envoy__Service__ExtProc__V3__CommonResponse *common = r->request_body->response;
+  assert_non_null(common);
+  assert_non_null(common->body_mutation);
+  assert_int_equal(common->body_mutation->mutation_case,
+                   ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_BODY);
+  assert_int_equal(common->body_mutation->body.len, REPLY_BODY_BYTES);
+  char want[32];
+  snprintf(want, sizeof(want), "chunk-%08zu-", seq);
+  if (memcmp(common->body_mutation->body.data, want, strlen(want)) != 0)
+    fail_msg("reply %zu answers %.15s", seq, (const char *)common->body_mutation->body.data);
+  envoy__service__ext_proc__v3__processing_response__free_unpacked(r, NULL);
+}
+
+/* ---- 1. Partial-message budget --------------------------------------------------------- */
+
+enum {
+  PARTIAL_MAX_MESSAGE = 256 * 1024,
+  PARTIAL_STREAMS = 12,
+  PARTIAL_WINDOW = 64 * 1024, /* the server's initial stream window */
+};
+
+/* Twelve streams each announce a 256 KiB message and send all of it but the last byte, as fast
+ * as the server's windows allow. The server credits incomplete-message bytes only while the
+ * connection buffers at most 2 x 256 KiB of them, and past that only the stream with the most
+ * buffered. So a stream receives at most what was credited to it plus its initial window:
+ *   sent <= 2 x max_message (credited under the budget)
+ *         + one whole message but its last byte (credited to the favoured stream)
+ *         + streams x initial window (received, never credited)
+ * where without the budget every stream would send its whole message. Then the last bytes go
+ * out; every message must still complete (nothing may wait on credit that never comes). */
+static void test_partial_message_budget(void **state) {
+  fixture *f = *state;
+  start_server(f, PARTIAL_MAX_MESSAGE, PARTIAL_WINDOW);
+  h2_client *c = f->client;
+  uint8_t *framed = framed_body_of_size(PARTIAL_MAX_MESSAGE);
+  const size_t wire = GRPC_PREFIX + PARTIAL_MAX_MESSAGE;
+
+  int32_t ids[PARTIAL_STREAMS];
+  for (size_t i = 0; i < PARTIAL_STREAMS; i++) {
+    ids[i] = h2_client_open_stream(c, PROCESS_PATH);
+    assert_true(ids[i] > 0);
+    assert_int_equal(h2_client_send_raw(c, ids[i], framed, wire - 1, 0), 0);
+  }
+  const int64_t start = now_ms();
+  assert_int_equal(h2_client_wait_quiet(c, QUIET_MS), 0);
+
+  const uint64_t sent = h2_client_data_bytes_sent(c);
+  size_t whole = 0; /* streams that sent all but the last byte */
+  for (size_t i = 0; i < PARTIAL_STREAMS; i++) {
+    const h2_client_stream *s = h2_client_get_stream(c, ids[i]);
+    assert_non_null(s);
+    assert_int_equal(s->message_count, 0); /* no message is complete yet */
+    assert_false(s->closed);
+    if (h2_client_unsent_bytes(c, ids[i]) == 0) {
+      assert_int_equal(s->data_bytes_sent, wire - 1);
+      whole++;
+    } else {
+      /* Stalled by flow control, not by the client. */
+      assert_int_equal(h2_client_send_window(c, ids[i]), 0);
+    }
+    print_message("stream %d sent %llu bytes\n", ids[i], (unsigned long long)s->data_bytes_sent);
+  }
+  const uint64_t budget = PARTIAL_BUDGET_FACTOR * (uint64_t)PARTIAL_MAX_MESSAGE;
+  const uint64_t bound = budget + (wire - 1) + (uint64_t)PARTIAL_STREAMS * PARTIAL_WINDOW;
+  print_message("sent %llu bytes before stalling (bound %llu, %llu without the budget)\n",
+                (unsigned long long)sent, (unsigned long long)bound,
+                (unsigned long long)PARTIAL_STREAMS * (wire - 1));
+  assert_true(sent <= bound);
+  assert_true(sent > budget); /* the budget itself is credited */
+  assert_true(whole >= 1);    /* the favoured stream was fed to the end */
+  assert_true(whole < PARTIAL_STREAMS);
+
+  /* The last bytes, from the last stream opened to the first: every message completes. */
+  for (size_t i = PARTIAL_STREAMS; i-- > 0;)
+    assert_int_equal(h2_client_send_raw(c, ids[i], framed + wire - 1, 1, 0), 0);
+  for (size_t i = 0; i < PARTIAL_STREAMS; i++) {
+    if (h2_client_wait_messages(c, ids[i], 1) != 0) {
+      size_t done = 0;
+      for (size_t j = 0; j < PARTIAL_STREAMS; j++)
+        done += h2_client_get_stream(c, ids[j])->message_count;
+      fail_msg("stream %d got no reply: %zu of %d messages completed, stream sent %llu of %zu "
+               "bytes, %zu unsent, send window %lld",
+               ids[i], done, PARTIAL_STREAMS,
+               (unsigned long long)h2_client_get_stream(c, ids[i])->data_bytes_sent, wire,
+               h2_client_unsent_bytes(c, ids[i]), (long long)h2_client_send_window(c, ids[i]));
+    }
+  }
+  for (size_t i = 0; i < PARTIAL_STREAMS; i++) {
+    assert_int_equal(h2_client_half_close(c, ids[i]), 0);
+    assert_int_equal(h2_client_wait_closed(c, ids[i]), 0);
+    const h2_client_stream *s = h2_client_get_stream(c, ids[i]);
+    assert_int_equal(s->grpc_status, 0);
+    assert_int_equal(s->message_count, 1);
+    assert_int_equal(s->data_bytes_sent, wire);
+  }
+  wait_server_idle(f->srv);
+  assert_false(h2_client_goaway_received(c, NULL));
+  free(framed);
+  print_message("%d messages of %d bytes in %lld ms\n", PARTIAL_STREAMS, PARTIAL_MAX_MESSAGE,
+                (long long)(now_ms() - start));
+}
+
+/* ---- 2. Output budget ------------------------------------------------------------------ */
+
+enum {
+  OUTPUT_WINDOW = 64 * 1024, /* the server's initial stream window */
+  OUTPUT_CHUNKS = 8000,      /* far more than the budget lets through before the stall */
+};
+
+/* A client that never lets the server send (its SETTINGS_INITIAL_WINDOW_SIZE is 0) streams
+ * small body chunks, each answered by a 4 KiB reply that can only queue. Once more than 4 MiB
+ * of replies wait, the server credits nothing more, so the client gets at most
+ *   (chunks whose replies fit in the budget, plus the one that crosses it) x chunk size
+ *   + the stream's initial window (received, never credited)
+ * onto the wire; without the budget it would send all 8,000 chunks. Then the client opens its
+ * window: every reply arrives, in order, and the client goes on to the end of the exchange. */
+static void test_output_budget(void **state) {
+  fixture *f = *state;
+  start_server(f, 0, OUTPUT_WINDOW);
+  h2_client *c = f->client;
+  assert_int_equal(h2_client_set_initial_window(c, 0), 0);
+  const int32_t id = h2_client_open_stream(c, PROCESS_PATH);
+  assert_true(id > 0);
+
+  uint8_t *input = malloc(256 + (size_t)OUTPUT_CHUNKS * CHUNK_WIRE_MAX);
+  assert_non_null(input);
+  size_t len = frame_request_headers(input);
+  const size_t headers_wire = len;
+  size_t chunk_wire = 0;
+  for (size_t i = 0; i < OUTPUT_CHUNKS; i++) {
+    const size_t n = frame_chunk(input + len, i, false);
+    assert_true(chunk_wire == 0 || n == chunk_wire); /* all chunks are the same size */
+    chunk_wire = n;
+    len += n;
+  }
+  const size_t total_input = len;
+  assert_int_equal(h2_client_send_raw(c, id, input, len, 0), 0);
+  free(input);
+  const int64_t start = now_ms();
+  assert_int_equal(h2_client_wait_quiet(c, QUIET_MS), 0);
+
+  const h2_client_stream *s = h2_client_get_stream(c, id);
+  const uint64_t sent = s->data_bytes_sent;
+  assert_true(s->headers_received); /* HEADERS are not flow-controlled; DATA is */
+  assert_int_equal(s->message_count, 0);
+  assert_true(h2_client_unsent_bytes(c, id) > 0);
+  assert_int_equal(h2_client_send_window(c, id), 0); /* stalled by the server, not the client */
+
+  /* Open the window: replies flow, the server credits again, the rest goes out. */
+  assert_int_equal(h2_client_set_initial_window(c, 1 << 20), 0);
+  assert_int_equal(h2_client_wait_messages(c, id, 1 + OUTPUT_CHUNKS), 0);
+  s = h2_client_get_stream(c, id);
+  assert_int_equal(s->message_count, 1 + OUTPUT_CHUNKS);
+  ProcessingResponse *first = envoy__service__ext_proc__v3__processing_response__unpack(
+      NULL, s->messages[0].len, s->messages[0].data);
+  assert_non_null(first);
+  assert_int_equal(first->response_case,
+                   ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS);
+  envoy__service__ext_proc__v3__processing_response__free_unpacked(first, NULL);
+  size_t reply_wire = SIZE_MAX;
+  for (size_t i = 0; i < OUTPUT_CHUNKS; i++) {
+    check_chunk_reply(&s->messages[1 + i], i);
+    if (GRPC_PREFIX + s->messages[1 + i].len < reply_wire)
+      reply_wire = GRPC_PREFIX + s->messages[1 + i].len;
+  }
+
+  /* Replies past the budget are never credited for: at most budget / reply + 1 chunks, plus
+   * the window, plus the headers message. */
+  const uint64_t bound =
+      headers_wire + (OUTPUT_BUDGET_BYTES / reply_wire + 1) * chunk_wire + OUTPUT_WINDOW;
+  print_message("sent %llu bytes before stalling (bound %llu, %zu without the budget; "
+                "chunk %zu bytes, reply %zu bytes)\n",
+                (unsigned long long)sent, (unsigned long long)bound, total_input, chunk_wire, reply_wire);
+  assert_true(sent <= bound);
+  assert_true(sent < total_input);
+  /* The budget itself was credited: the client got past its first window. */
+  assert_true(sent > OUTPUT_WINDOW);
+
+  /* The exchange goes on: a last chunk, the half-close, OK. */
+  uint8_t last[CHUNK_WIRE_MAX];
+  const size_t last_len = frame_chunk(last, OUTPUT_CHUNKS, true);
+  assert_int_equal(h2_client_send_raw(c, id, last, last_len, 0), 0);
+  assert_int_equal(h2_client_half_close(c, id), 0);
+  assert_int_equal(h2_client_wait_closed(c, id), 0);
+  s = h2_client_get_stream(c, id);
+  assert_int_equal(s->grpc_status, 0);
+  assert_int_equal(s->message_count, 2 + OUTPUT_CHUNKS);
+  check_chunk_reply(&s->messages[1 + OUTPUT_CHUNKS], OUTPUT_CHUNKS);
+  wait_server_idle(f->srv);
+  print_message("%d chunks and their replies in %lld ms\n", OUTPUT_CHUNKS,
+                (long long)(now_ms() - start));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_partial_message_budget, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_output_budget, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
