@@ -46,6 +46,7 @@ extproc_processor *digest_processor_create(void);
 extproc_processor *decorated_processor_create(void);
 extproc_processor *echo_processor_create(void);
 extproc_processor *ctx_processor_create(void);
+extproc_processor *protocol_processor_create(void);
 
 /* ---- The request digest shared by Digest and Decorated --------------------------------- */
 

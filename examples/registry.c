@@ -19,6 +19,8 @@ const example examples[] = {
      decorated_processor_create},
     {"CtxExtProcService", "context", "checks x-context-id against the body and the response",
      ctx_processor_create},
+    {"ProtocolExtProcService", "protocol", "every body mode and reply field, driven by x-test-*",
+     protocol_processor_create},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 
