@@ -43,6 +43,21 @@ void extproc_harness_set_observability_mode(extproc_harness *h, bool on);
 /* How long a call waits for a deferred phase to be resumed, in milliseconds. Default 5000. */
 void extproc_harness_set_timeout_ms(extproc_harness *h, uint32_t ms);
 
+/* The body modes Envoy announces in the first message's protocol_config (by default none is
+ * sent, as by an Envoy that does not). Call before the first message. */
+void extproc_harness_set_protocol_config(extproc_harness *h, extproc_body_mode request_body_mode,
+                                         extproc_body_mode response_body_mode);
+
+/* Adds a string attribute (e.g. "request.path") to the next message, as Envoy sends the
+ * filter's request_attributes / response_attributes. Copied. Returns 0 or a negative error. */
+int extproc_harness_add_attribute(extproc_harness *h, const char *name, const char *value);
+
+/* Sets metadata_context.filter_metadata[ns][key] = value (a string) on every following message,
+ * as the filter's metadata_options.forwarding_namespaces would. Copied. Returns 0 or a negative
+ * error. */
+int extproc_harness_add_metadata(extproc_harness *h, const char *ns, const char *key,
+                                 const char *value);
+
 /* Sends request_headers, response_headers, request_trailers or response_trailers (`phase`),
  * with `headers` a NULL-terminated array of name, value, name, value... (names as Envoy sends
  * them: lower case, pseudo-headers included). `end_of_stream` is HttpHeaders.end_of_stream
@@ -77,8 +92,10 @@ typedef struct extproc_harness_header_write {
 } extproc_harness_header_write;
 
 typedef enum extproc_harness_reply_kind {
-  EXTPROC_HARNESS_PHASE_REPLY = 0, /* HeadersResponse, BodyResponse or TrailersResponse */
-  EXTPROC_HARNESS_IMMEDIATE = 1    /* ImmediateResponse */
+  EXTPROC_HARNESS_PHASE_REPLY = 0,        /* HeadersResponse, BodyResponse or TrailersResponse */
+  EXTPROC_HARNESS_IMMEDIATE = 1,          /* ImmediateResponse */
+  EXTPROC_HARNESS_STREAMED_IMMEDIATE = 2, /* a part of a StreamedImmediateResponse */
+  EXTPROC_HARNESS_TIMEOUT_OVERRIDE = 3    /* only override_message_timeout */
 } extproc_harness_reply_kind;
 
 typedef enum extproc_harness_body_change {
@@ -97,8 +114,14 @@ typedef struct extproc_harness_reply {
   const char *const *header_removes;
   size_t header_remove_count;
   extproc_harness_body_change body_change;
-  const uint8_t *body; /* the replacement body, or the immediate response's body */
+  const uint8_t *body; /* the replacement body, a streamed piece, or the immediate body */
   size_t body_len;
+  bool streamed_body; /* body is a StreamedBodyResponse piece (FULL_DUPLEX_STREAMED body, or
+                         a streamed immediate response's body) */
+  bool end_of_stream; /* that piece's end_of_stream, or the streamed headers' */
+  bool has_mode_override;
+  extproc_processing_mode mode_override;
+  uint32_t override_message_timeout_ms;
   uint32_t immediate_status; /* HTTP status of an immediate response */
   bool has_grpc_status;
   uint32_t grpc_status; /* ImmediateResponse.grpc_status */
@@ -115,6 +138,10 @@ const extproc_harness_reply *extproc_harness_reply_at(const extproc_harness *h, 
 /* The reply to the last message sent, or NULL if that message got none (observability mode,
  * or the stream ended instead). */
 const extproc_harness_reply *extproc_harness_last_reply(const extproc_harness *h);
+
+/* Namespace `ns` of the reply's dynamic_metadata (a struct value: read its keys with
+ * extproc_value_field), or NULL. Valid as long as the reply. */
+const extproc_value *extproc_harness_reply_metadata(const extproc_harness_reply *r, const char *ns);
 
 /* The value a reply writes for header `name` (the last write wins), or NULL. */
 const char *extproc_harness_reply_header(const extproc_harness_reply *r, const char *name);

@@ -29,6 +29,12 @@ typedef struct stored_reply {
   extproc_harness_header_write *writes;
 } stored_reply;
 
+/* String entries for attributes and metadata, kept until sent. */
+typedef struct kv_list {
+  char **ns, **keys, **values; /* ns unused for attributes */
+  size_t count;
+} kv_list;
+
 struct extproc_harness {
   const extproc_processor *proc;
   extproc_request *req;
@@ -43,6 +49,10 @@ struct extproc_harness {
   header_list upstream, client;
   size_t immediate_index; /* valid when has_immediate */
   bool has_immediate;
+  bool send_protocol_config, protocol_config_sent;
+  extproc_body_mode protocol_request_mode, protocol_response_mode;
+  kv_list attributes;    /* sent with the next message, then cleared */
+  kv_list metadata;      /* sent with every message */
   bool failed_to_record; /* out of memory while recording a reply */
 
   pthread_mutex_t lock; /* guards `posted`: deferred phases come back from any thread */
@@ -186,14 +196,82 @@ static bool record_common(extproc_harness *h, stored_reply *s, extproc_phase pha
   } else if (bm && bm->mutation_case ==
                        ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_CLEAR_BODY) {
     r->body_change = EXTPROC_HARNESS_BODY_CLEARED;
+  } else if (bm && bm->mutation_case ==
+                       ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE) {
+    r->streamed_body = true;
+    r->body =
+        bm->streamed_response->body.data ? bm->streamed_response->body.data : (const uint8_t *)"";
+    r->body_len = bm->streamed_response->body.len;
+    r->end_of_stream = bm->streamed_response->end_of_stream;
   }
   return fill_writes(s, c->header_mutation, view_of(h, phase));
+}
+
+static void record_mode_override(extproc_harness_reply *r, const ProcessingResponse *m) {
+  const Envoy__Extensions__Filters__Http__ExtProc__V3__ProcessingMode *pm = m->mode_override;
+  if (!pm) return;
+  r->has_mode_override = true;
+  r->mode_override = (extproc_processing_mode){(extproc_header_mode)pm->request_header_mode,
+                                               (extproc_header_mode)pm->response_header_mode,
+                                               (extproc_body_mode)pm->request_body_mode,
+                                               (extproc_body_mode)pm->response_body_mode,
+                                               (extproc_header_mode)pm->request_trailer_mode,
+                                               (extproc_header_mode)pm->response_trailer_mode};
+}
+
+static bool record_streamed_immediate(extproc_harness *h, stored_reply *s) {
+  const Envoy__Service__ExtProc__V3__StreamedImmediateResponse *si =
+      s->msg->streamed_immediate_response;
+  extproc_harness_reply *r = &s->pub;
+  r->kind = EXTPROC_HARNESS_STREAMED_IMMEDIATE;
+  r->phase = h->req->phase;
+  if (si->response_case ==
+      ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_BODY_RESPONSE) {
+    r->streamed_body = true;
+    r->body = si->body_response->body.data ? si->body_response->body.data : (const uint8_t *)"";
+    r->body_len = si->body_response->body.len;
+    r->end_of_stream = si->body_response->end_of_stream;
+    return true;
+  }
+  if (si->response_case !=
+      ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_HEADERS_RESPONSE)
+    return true;
+  /* The headers: the client's view becomes them; they read as header writes. */
+  const Envoy__Config__Core__V3__HeaderMap *map = si->headers_response->headers;
+  r->end_of_stream = si->headers_response->end_of_stream;
+  list_clear(&h->client);
+  const size_t n = map ? map->n_headers : 0;
+  s->writes = calloc(n ? n : 1, sizeof(*s->writes));
+  if (!s->writes) return false;
+  for (size_t i = 0; i < n; i++) {
+    extproc_harness_header_write *w = &s->writes[i];
+    w->name = map->headers[i]->key ? map->headers[i]->key : "";
+    w->value_len = map->headers[i]->raw_value.len;
+    char *v = malloc(w->value_len + 1);
+    if (!v) return false;
+    if (w->value_len) memcpy(v, map->headers[i]->raw_value.data, w->value_len);
+    v[w->value_len] = '\0';
+    w->value = v;
+    r->header_write_count = i + 1;
+    if (strcmp(w->name, ":status") == 0) r->immediate_status = (uint32_t)strtoul(v, NULL, 10);
+    if (!list_add(&h->client, w->name, v)) return false;
+  }
+  r->header_writes = s->writes;
+  return true;
 }
 
 static bool record_reply(extproc_harness *h, stored_reply *s) {
   const ProcessingResponse *m = s->msg;
   extproc_harness_reply *r = &s->pub;
+  record_mode_override(r, m);
+  if (m->override_message_timeout) {
+    r->kind = EXTPROC_HARNESS_TIMEOUT_OVERRIDE;
+    r->override_message_timeout_ms = (uint32_t)(m->override_message_timeout->seconds * 1000 +
+                                                m->override_message_timeout->nanos / 1000000);
+  }
   switch (m->response_case) {
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE:
+    return record_streamed_immediate(h, s);
   case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS:
     return record_common(h, s, EXTPROC_REQUEST_HEADERS, m->request_headers->response);
   case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_HEADERS:
@@ -304,6 +382,134 @@ void extproc_harness_set_timeout_ms(extproc_harness *h, uint32_t ms) {
   if (h) h->timeout_ms = ms;
 }
 
+void extproc_harness_set_protocol_config(extproc_harness *h, extproc_body_mode request_body_mode,
+                                         extproc_body_mode response_body_mode) {
+  if (!h) return;
+  h->send_protocol_config = true;
+  h->protocol_request_mode = request_body_mode;
+  h->protocol_response_mode = response_body_mode;
+}
+
+static void kv_clear(kv_list *l) {
+  for (size_t i = 0; i < l->count; i++) {
+    free(l->ns[i]);
+    free(l->keys[i]);
+    free(l->values[i]);
+  }
+  free(l->ns);
+  free(l->keys);
+  free(l->values);
+  memset(l, 0, sizeof(*l));
+}
+
+static int kv_add(kv_list *l, const char *ns, const char *key, const char *value) {
+  if (!key || !value) return EXTPROC_EINVAL;
+  const size_t n = l->count + 1;
+  char **a = realloc(l->ns, n * sizeof(*a));
+  if (a) l->ns = a;
+  char **b = realloc(l->keys, n * sizeof(*b));
+  if (b) l->keys = b;
+  char **c = realloc(l->values, n * sizeof(*c));
+  if (c) l->values = c;
+  if (!a || !b || !c) return EXTPROC_ENOMEM;
+  l->ns[l->count] = strdup(ns ? ns : "");
+  l->keys[l->count] = strdup(key);
+  l->values[l->count] = strdup(value);
+  l->count++;
+  return (l->ns[n - 1] && l->keys[n - 1] && l->values[n - 1]) ? 0 : EXTPROC_ENOMEM;
+}
+
+int extproc_harness_add_attribute(extproc_harness *h, const char *name, const char *value) {
+  return h ? kv_add(&h->attributes, NULL, name, value) : EXTPROC_EINVAL;
+}
+
+int extproc_harness_add_metadata(extproc_harness *h, const char *ns, const char *key,
+                                 const char *value) {
+  return (h && ns) ? kv_add(&h->metadata, ns, key, value) : EXTPROC_EINVAL;
+}
+
+/* A google.protobuf.Struct of string fields, allocated in `a` (an arena the caller frees). */
+static Google__Protobuf__Struct *string_struct(arena *a, char *const *keys, char *const *values,
+                                               const size_t *index, size_t n) {
+  Google__Protobuf__Struct *s = arena_alloc(a, sizeof(*s));
+  Google__Protobuf__Struct__FieldsEntry **fields = arena_alloc(a, (n ? n : 1) * sizeof(*fields));
+  if (!s || !fields) return NULL;
+  google__protobuf__struct__init(s);
+  for (size_t i = 0; i < n; i++) {
+    Google__Protobuf__Struct__FieldsEntry *e = arena_alloc(a, sizeof(*e));
+    Google__Protobuf__Value *v = arena_alloc(a, sizeof(*v));
+    if (!e || !v) return NULL;
+    google__protobuf__struct__fields_entry__init(e);
+    google__protobuf__value__init(v);
+    v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+    v->string_value = values[index[i]];
+    e->key = keys[index[i]];
+    e->value = v;
+    fields[i] = e;
+  }
+  s->n_fields = n;
+  s->fields = fields;
+  return s;
+}
+
+/* Adds protocol_config, attributes and metadata_context to an outgoing message. */
+static bool add_context(extproc_harness *h, arena *a, ProcessingRequest *msg) {
+  if (h->send_protocol_config && !h->protocol_config_sent) {
+    Envoy__Service__ExtProc__V3__ProtocolConfiguration *pc = arena_alloc(a, sizeof(*pc));
+    if (!pc) return false;
+    envoy__service__ext_proc__v3__protocol_configuration__init(pc);
+    pc->request_body_mode = (int)h->protocol_request_mode;
+    pc->response_body_mode = (int)h->protocol_response_mode;
+    msg->protocol_config = pc;
+    h->protocol_config_sent = true;
+  }
+  size_t *index = arena_alloc(a, (h->attributes.count + h->metadata.count + 1) * sizeof(*index));
+  if (!index) return false;
+  if (h->attributes.count) {
+    for (size_t i = 0; i < h->attributes.count; i++)
+      index[i] = i;
+    Envoy__Service__ExtProc__V3__ProcessingRequest__AttributesEntry *e = arena_alloc(a, sizeof(*e));
+    Envoy__Service__ExtProc__V3__ProcessingRequest__AttributesEntry **entries =
+        arena_alloc(a, sizeof(*entries));
+    if (!e || !entries) return false;
+    envoy__service__ext_proc__v3__processing_request__attributes_entry__init(e);
+    e->key = (char *)"envoy.filters.http.ext_proc";
+    e->value =
+        string_struct(a, h->attributes.keys, h->attributes.values, index, h->attributes.count);
+    if (!e->value) return false;
+    entries[0] = e;
+    msg->n_attributes = 1;
+    msg->attributes = entries;
+  }
+  if (h->metadata.count) {
+    Envoy__Config__Core__V3__Metadata *m = arena_alloc(a, sizeof(*m));
+    Envoy__Config__Core__V3__Metadata__FilterMetadataEntry **entries =
+        arena_alloc(a, h->metadata.count * sizeof(*entries));
+    if (!m || !entries) return false;
+    envoy__config__core__v3__metadata__init(m);
+    /* One entry per namespace, holding all its keys. */
+    for (size_t i = 0; i < h->metadata.count; i++) {
+      size_t seen = 0;
+      while (seen < m->n_filter_metadata && strcmp(entries[seen]->key, h->metadata.ns[i]) != 0)
+        seen++;
+      if (seen < m->n_filter_metadata) continue;
+      size_t n = 0;
+      for (size_t k = 0; k < h->metadata.count; k++)
+        if (strcmp(h->metadata.ns[k], h->metadata.ns[i]) == 0) index[n++] = k;
+      Envoy__Config__Core__V3__Metadata__FilterMetadataEntry *e = arena_alloc(a, sizeof(*e));
+      if (!e) return false;
+      envoy__config__core__v3__metadata__filter_metadata_entry__init(e);
+      e->key = h->metadata.ns[i];
+      e->value = string_struct(a, h->metadata.keys, h->metadata.values, index, n);
+      if (!e->value) return false;
+      entries[m->n_filter_metadata++] = e;
+    }
+    m->filter_metadata = entries;
+    msg->metadata_context = m;
+  }
+  return true;
+}
+
 /* Waits for a deferred phase to be resumed and completes it, as the server's loop would. */
 static int wait_for_deferred(extproc_harness *h) {
   while (stream_busy(h->req)) {
@@ -331,10 +537,18 @@ static int wait_for_deferred(extproc_harness *h) {
 static int send_request(extproc_harness *h, ProcessingRequest *msg) {
   if (h->ended) return EXTPROC_ESTATE;
   msg->observability_mode = h->observability_mode;
+  arena a;
+  arena_init(&a);
+  if (!add_context(h, &a, msg)) {
+    arena_free(&a);
+    return EXTPROC_ENOMEM;
+  }
   const size_t len = protobuf_c_message_get_packed_size(&msg->base);
   uint8_t *buf = malloc(len ? len : 1);
+  if (buf) protobuf_c_message_pack(&msg->base, buf);
+  arena_free(&a);
+  kv_clear(&h->attributes); /* Envoy sends attributes once per direction */
   if (!buf) return EXTPROC_ENOMEM;
-  protobuf_c_message_pack(&msg->base, buf);
   h->replies_before_send = h->reply_count;
   stream_on_message(h->req, buf, len);
   free(buf);
@@ -443,6 +657,8 @@ void extproc_harness_free(extproc_harness *h) {
   free(h->message);
   list_free(&h->upstream);
   list_free(&h->client);
+  kv_clear(&h->attributes);
+  kv_clear(&h->metadata);
   pthread_mutex_destroy(&h->lock);
   pthread_cond_destroy(&h->cond);
   free(h);
@@ -459,6 +675,17 @@ const extproc_harness_reply *extproc_harness_reply_at(const extproc_harness *h, 
 const extproc_harness_reply *extproc_harness_last_reply(const extproc_harness *h) {
   if (!h || h->reply_count == h->replies_before_send) return NULL;
   return &h->replies[h->reply_count - 1].pub;
+}
+
+const extproc_value *extproc_harness_reply_metadata(const extproc_harness_reply *r,
+                                                    const char *ns) {
+  if (!r || !ns) return NULL;
+  /* pub is the first member of stored_reply, so the reply leads back to its message. */
+  const stored_reply *s = (const stored_reply *)r;
+  const Google__Protobuf__Struct *md = s->msg->dynamic_metadata;
+  for (size_t i = 0; md && i < md->n_fields; i++)
+    if (strcmp(md->fields[i]->key, ns) == 0) return (const extproc_value *)md->fields[i]->value;
+  return NULL;
 }
 
 const char *extproc_harness_reply_header(const extproc_harness_reply *r, const char *name) {
