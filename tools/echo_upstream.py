@@ -11,8 +11,16 @@ Every request, whatever its method, gets `200 OK` with a JSON body describing wh
   has its values joined with ", " (the HTTP list syntax), so every value is a plain string and
   tests can compare without caring about repetition.
 - `body` is the request body decoded as UTF-8 (undecodable bytes become U+FFFD). Bodies are
-  read by Content-Length or by chunked transfer coding; chunked trailers are read and dropped.
+  read by Content-Length or by chunked transfer coding.
+- `trailers` appears only when a chunked body ended with trailer fields: a dict like `headers`
+  (so a test can see trailers a proxy forwarded, or added); without trailers the key is absent.
 - `message` is always "echo", so a test can tell the echo answered and not something else.
+- A request header `x-echo-response-chunks: N` (1 to 64) makes the answer use chunked transfer
+  coding instead of Content-Length, the JSON split into N pieces of about equal size sent 50 ms
+  apart, so that a proxy sees (and a test of streamed response bodies gets) N separate chunks.
+- A request header `x-echo-response-headers: NAME=VALUE;NAME=VALUE...` adds those headers to
+  the answer, in order (a name given twice is sent twice), so a test can give a processor
+  response headers to set, append to, keep or remove.
 
 Keep-alive is on (HTTP/1.1 semantics; Envoy pools upstream connections), each connection is
 served by its own thread, and nothing is remembered between requests.
@@ -27,6 +35,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MESSAGE = "echo"
@@ -62,11 +71,14 @@ class EchoHandler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline()  # the CRLF after each chunk
         # Trailer fields (if any) end with an empty line.
-        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-            pass
+        while (line := self.rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            key, value = name.strip().lower(), value.strip()
+            self.trailers[key] = f"{self.trailers[key]}, {value}" if key in self.trailers else value
         return b"".join(parts)
 
     def _echo(self):
+        self.trailers = {}
         try:
             body = self._read_body()
         except (ValueError, ConnectionError):
@@ -77,19 +89,47 @@ class EchoHandler(BaseHTTPRequestHandler):
         for name, value in self.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        payload = json.dumps({
+        doc = {
             "method": self.command,
             "path": self.path,
             "headers": headers,
             "body": body.decode("utf-8", errors="replace"),
             "message": MESSAGE,
-        }).encode()
+        }
+        if self.trailers:
+            doc["trailers"] = self.trailers
+        payload = json.dumps(doc).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+        for item in filter(None, self.headers.get("x-echo-response-headers", "").split(";")):
+            name, _, value = item.partition("=")
+            self.send_header(name.strip(), value.strip())
+        chunks = self._response_chunks()
+        if chunks:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        if self.command != "HEAD":  # HEAD gets the length but never a body
+        if self.command == "HEAD":  # HEAD gets the length but never a body
+            return
+        if not chunks:
             self.wfile.write(payload)
+            return
+        step = -(-len(payload) // chunks)  # ceiling division: at most `chunks` pieces
+        for start in range(0, len(payload), step):
+            piece = payload[start:start + step]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+            time.sleep(0.05)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _response_chunks(self):
+        """N from x-echo-response-chunks (1..64), else 0: answer with Content-Length."""
+        try:
+            n = int(self.headers.get("x-echo-response-chunks", "0"))
+        except ValueError:
+            return 0
+        return n if 1 <= n <= 64 else 0
 
     def log_message(self, format, *args):
         # Access logs are off by default: a 500-request test would bury useful output.

@@ -353,7 +353,8 @@ int extproc_header_remove(extproc_request *req, const char *name);
  *    content-length, the SDK also sets content-length to the new size (Envoy answers 500 for a
  *    stale one); in the other modes Envoy has already removed it.
  *  - in a headers phase, the whole body, with CommonResponse status CONTINUE_AND_REPLACE: Envoy
- *    takes this body and sends no more body or trailers of that direction to the processor.
+ *    takes this body and expects no body or trailer reply for that direction any more; any such
+ *    message already on its way is dropped unanswered, without a callback.
  * Returns 0, EXTPROC_ESTATE in a trailers phase or after an immediate response,
  * EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
 int extproc_body_replace(extproc_request *req, const void *data, size_t len);
@@ -413,10 +414,10 @@ int extproc_immediate_details(extproc_request *req, const char *details);
  * immediate response, but its body may be sent in pieces, over this and later callbacks. Start
  * it in request_headers (Envoy requires request headers SEND) with the status; headers set with
  * extproc_immediate_header_set() in the same callback go with it. Then send body pieces with
- * extproc_streamed_immediate_body(), the last with end_of_stream (Envoy supports a body only when
- * the request body mode is NONE or FULL_DUPLEX_STREAMED). Later messages of the exchange get no
- * reply of their own. Returns 0, EXTPROC_EINVAL, EXTPROC_ESTATE (not in request_headers, or in
- * observability mode), or EXTPROC_ENOMEM. */
+ * extproc_streamed_immediate_body(), the last with end_of_stream. Envoy accepts one only when the
+ * request body mode is NONE or FULL_DUPLEX_STREAMED. Later messages of the exchange get no
+ * reply of their own. Returns 0, EXTPROC_EINVAL, EXTPROC_ESTATE (not in request_headers, in
+ * observability mode, or in another request body mode), or EXTPROC_ENOMEM. */
 int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_status,
                                         bool end_of_stream);
 /* Sends a body piece of a started streamed immediate response. Returns 0, EXTPROC_ESTATE (none

@@ -253,6 +253,12 @@ int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_stat
   if (req->phase != EXTPROC_REQUEST_HEADERS || req->observability_mode || req->immediate ||
       req->streamed_immediate != STREAMED_IMMEDIATE_NONE)
     return refuse(req, "a streamed immediate response must start once, in request_headers");
+  /* Envoy answers 500 for one while it still expects request body replies. */
+  const extproc_body_mode mode = req->body_mode[0];
+  if (mode != EXTPROC_BODY_MODE_UNKNOWN && mode != EXTPROC_BODY_NONE &&
+      mode != EXTPROC_BODY_FULL_DUPLEX_STREAMED)
+    return refuse(req, "a streamed immediate response needs request body mode NONE or "
+                       "FULL_DUPLEX_STREAMED");
   req->streamed_immediate = STREAMED_IMMEDIATE_STARTING;
   req->streamed_immediate_headers_end = end_of_stream;
   req->immediate_status = http_status;

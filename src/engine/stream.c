@@ -361,6 +361,8 @@ static void send_replies(extproc_request *req) {
     return;
   }
   send_reply(req, reply_build(req));
+  if (!is_body_phase(req->phase) && req->body_op != BODY_KEEP)
+    req->body_replaced[direction_of(req->phase)] = true;
   if (req->has_mode_override) { /* what Envoy sends next follows the new mode */
     req->body_mode[0] = req->mode_override.request_body_mode;
     req->body_mode[1] = req->mode_override.response_body_mode;
@@ -454,6 +456,16 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
   if (order_error) {
     extproc_log(req, EXTPROC_LOG_WARN, "unexpected phase: %s", order_error);
     stream_fail(req, EXTPROC_GRPC_FAILED_PRECONDITION, order_error);
+    arena_reset(&req->msg_arena);
+    return;
+  }
+
+  /* After CONTINUE_AND_REPLACE Envoy takes no reply for that direction's body or trailers, but
+   * in FULL_DUPLEX_STREAMED (or without waiting for the headers reply) some may already be on
+   * their way: they are dropped unanswered, or Envoy would count the replies as spurious. */
+  if (phase != EXTPROC_REQUEST_HEADERS && phase != EXTPROC_RESPONSE_HEADERS &&
+      req->body_replaced[direction_of(phase)]) {
+    extproc_log(req, EXTPROC_LOG_DEBUG, "after CONTINUE_AND_REPLACE: dropped unanswered");
     arena_reset(&req->msg_arena);
     return;
   }

@@ -127,6 +127,7 @@ struct extproc_request {
   size_t accumulated_len[2], accumulated_cap[2];
   bool chunk_accumulated;    /* the current chunk is in accumulated[] */
   bool duplex_body_ended[2]; /* an end_of_stream streamed body was sent */
+  bool body_replaced[2];     /* CONTINUE_AND_REPLACE sent: Envoy expects no body or trailer reply */
   streamed_immediate_state streamed_immediate;
   bool streamed_immediate_headers_end; /* its headers carry end_of_stream: no body follows */
 

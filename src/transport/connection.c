@@ -219,6 +219,28 @@ static void give_back_window(h2_stream *s) {
   s->held_bytes = 0;
 }
 
+/* The stream with the most of an incomplete message buffered, or NULL: over the partial budget
+ * it alone is fed, so it completes and frees its share, then the next one is picked. */
+static h2_stream *most_buffered(const connection *c) {
+  h2_stream *best = NULL;
+  size_t best_bytes = 0;
+  for (h2_stream *s = c->streams; s; s = s->next) {
+    const size_t n = grpc_reader_buffered(&s->reader);
+    if (n > best_bytes) {
+      best = s;
+      best_bytes = n;
+    }
+  }
+  return best;
+}
+
+/* The favoured stream is done (message complete, or stream gone): hand the role on, and let the
+ * release pass give the new one its held credit, or the connection would stall. */
+static void pass_favour(connection *c) {
+  c->favoured = most_buffered(c);
+  if (c->favoured) c->input_held = true;
+}
+
 /* Gives back what streams held once the reason is gone. Runs after each event while anything
  * is held for budget reasons, so the common path never walks the streams. */
 static void release_held_input(connection *c) {
@@ -328,7 +350,8 @@ static void stream_release(h2_stream *s) {
   /* Bytes we held back still count against the connection window. */
   if (s->held_bytes && !c->closing) nghttp2_session_consume_connection(c->session, s->held_bytes);
   c->partial_bytes -= grpc_reader_buffered(&s->reader);
-  if (c->favoured == s) c->favoured = NULL;
+  grpc_reader_free(&s->reader);
+  if (c->favoured == s) pass_favour(c); /* s is already unlinked */
   for (out_chunk *ch = s->out_head; ch; ch = ch->next)
     c->queued_out_bytes -= ch->len - ch->off;
   if (s->engine) stream_close(s->engine);
@@ -337,7 +360,6 @@ static void stream_release(h2_stream *s) {
     free(s->out_head);
     s->out_head = next;
   }
-  grpc_reader_free(&s->reader);
   free(s->message);
   free(s);
   atomic_fetch_sub(&c->w->srv->open_streams, 1);
@@ -435,7 +457,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
   if (!s->discard_input) feed_input(s, data, len);
   const size_t after = grpc_reader_buffered(&s->reader);
   c->partial_bytes = c->partial_bytes + after - before;
-  if (c->favoured == s && after == 0) c->favoured = NULL; /* its message is complete */
+  if (c->favoured == s && after == 0) pass_favour(c); /* its message is complete */
   if (after > 0 && (!c->favoured || after > grpc_reader_buffered(&c->favoured->reader)))
     c->favoured = s;
   s->held_bytes += len;

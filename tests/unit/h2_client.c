@@ -689,12 +689,10 @@ int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *met
   if (!r) return -1;
   r->client = c;
   r->pub.grpc_status = -1;
-  const nghttp2_nv nva[] = {NV(":method", method),
-                            NV(":scheme", "http"),
-                            NV(":authority", "localhost"),
-                            NV(":path", path),
-                            NV("te", "trailers"),
-                            NV("content-type", content_type ? content_type : "")};
+  const nghttp2_nv nva[] = {
+      NV(":method", method),         NV(":scheme", "http"),
+      NV(":authority", "localhost"), NV(":path", path),
+      NV("te", "trailers"),          NV("content-type", content_type ? content_type : "")};
   const size_t nv_count = sizeof(nva) / sizeof(nva[0]) - (content_type ? 0 : 1);
   const nghttp2_data_provider prd = {.source.ptr = r, .read_callback = read_body};
   const int32_t id = nghttp2_submit_request(c->session, NULL, nva, nv_count, &prd, r);

@@ -43,11 +43,11 @@ typedef struct h2_client_stream {
   char *grpc_message;     /* grpc-message, percent-decoded; NULL if absent */
   h2_client_msg *messages;
   size_t message_count;
-  bool framing_error;   /* the server's gRPC framing was malformed (e.g. compressed flag) */
-  bool reset_received;  /* the server sent RST_STREAM */
-  uint32_t reset_error; /* its error code */
-  bool closed;          /* nghttp2 closed the stream (both ends done, or a reset) */
-  uint32_t close_error; /* the error code nghttp2 reported at close (0 = NO_ERROR) */
+  bool framing_error;       /* the server's gRPC framing was malformed (e.g. compressed flag) */
+  bool reset_received;      /* the server sent RST_STREAM */
+  uint32_t reset_error;     /* its error code */
+  bool closed;              /* nghttp2 closed the stream (both ends done, or a reset) */
+  uint32_t close_error;     /* the error code nghttp2 reported at close (0 = NO_ERROR) */
   uint64_t data_bytes_sent; /* request DATA payload put on the wire (flow-controlled) so far */
 } h2_client_stream;
 

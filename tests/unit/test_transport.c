@@ -2,7 +2,11 @@
  * (h2_client) playing Envoy's side. Covers the Process round trip over TCP, IPv6 and unix
  * sockets, message reassembly from 1-byte DATA frames, unknown methods, message-size limits,
  * malformed and out-of-order messages, health checks, Envoy-style stream resets at volume, and
- * clients that vanish mid-stream. Leaks are caught by running the suite under ASan/LSan. */
+ * clients that vanish mid-stream; also the hardening: non-POST and non-protobuf requests refused
+ * at the HTTP level, unary health checks, no body after headers that ended the stream, unix
+ * socket paths that are not sockets left alone and our socket file removed, and hostile Struct
+ * nesting refused over the wire. Leaks are caught by running the suite under ASan/LSan. (The
+ * flow-control budgets are in test_limits.c.) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,12 +14,14 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
 #include <nghttp2/nghttp2.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -475,6 +481,67 @@ static void test_address_in_use(void **state) {
   extproc_server_free(second);
 }
 
+/* A path that holds a regular file is an error, and the file is left exactly as it was; the
+ * socket file a server creates is removed by extproc_server_free. */
+static void test_unix_socket_files(void **state) {
+  fixture *f = *state;
+  char path[108], address[128];
+  snprintf(path, sizeof(path), "/tmp/extproc-test-%ld-regular.sock", (long)getpid());
+  snprintf(address, sizeof(address), "unix:%s", path);
+  static const char contents[] = "not a socket\n";
+  FILE *file = fopen(path, "w");
+  assert_non_null(file);
+  assert_int_equal(fputs(contents, file) >= 0, 1);
+  assert_int_equal(fclose(file), 0);
+  extproc_server *srv = extproc_server_create(NULL);
+  assert_non_null(srv);
+  const int rv = extproc_server_listen(srv, address, f->proc);
+  extproc_server_free(srv);
+  struct stat st;
+  const int stat_rv = lstat(path, &st);
+  char read_back[64] = {0};
+  file = fopen(path, "r");
+  if (file) {
+    const size_t n = fread(read_back, 1, sizeof(read_back) - 1, file);
+    read_back[n] = '\0';
+    fclose(file);
+  }
+  unlink(path);
+  assert_int_equal(rv, EXTPROC_EIO);
+  assert_int_equal(stat_rv, 0);
+  assert_true(S_ISREG(st.st_mode));
+  assert_string_equal(read_back, contents);
+
+  /* A server's own socket file lives as long as the server. */
+  snprintf(f->unix_path, sizeof(f->unix_path), "/tmp/extproc-test-%ld-owned.sock", (long)getpid());
+  snprintf(address, sizeof(address), "unix:%s", f->unix_path);
+  unlink(f->unix_path);
+  srv = extproc_server_create(NULL);
+  assert_non_null(srv);
+  assert_true(extproc_server_listen(srv, address, f->proc) >= 0);
+  assert_int_equal(lstat(f->unix_path, &st), 0);
+  assert_true(S_ISSOCK(st.st_mode));
+  assert_int_equal(extproc_server_start(srv), 0);
+  h2_client *c = track(f, h2_client_connect_unix(f->unix_path));
+  round_trip(c, 0);
+  untrack(f, c);
+  extproc_server_stop(srv);
+  extproc_server_wait(srv);
+  assert_int_equal(lstat(f->unix_path, &st), 0); /* still there until free */
+  extproc_server_free(srv);
+  errno = 0;
+  assert_int_equal(lstat(f->unix_path, &st), -1);
+  assert_int_equal(errno, ENOENT);
+
+  /* Likewise for a server that listened but never started. */
+  srv = extproc_server_create(NULL);
+  assert_non_null(srv);
+  assert_true(extproc_server_listen(srv, address, f->proc) >= 0);
+  assert_int_equal(lstat(f->unix_path, &st), 0);
+  extproc_server_free(srv);
+  assert_int_equal(lstat(f->unix_path, &st), -1);
+}
+
 /* ---- 3. Unknown method ----------------------------------------------------------------- */
 
 static void test_unknown_path(void **state) {
@@ -496,6 +563,63 @@ static void test_unknown_path(void **state) {
   wait_server_idle(f->srv);
   /* The connection goes on serving. */
   round_trip(c, 0);
+  assert_false(h2_client_goaway_received(c, NULL));
+  wait_server_idle(f->srv);
+}
+
+/* Opens a stream with `method` and `content_type` and expects a bare HTTP refusal: one
+ * HEADERS frame with END_STREAM and `http_status`, no gRPC status, no message. */
+static void expect_http_refusal(h2_client *c, const char *path, const char *method,
+                                const char *content_type, int http_status) {
+  const int32_t id = h2_client_open_stream_as(c, path, method, content_type);
+  assert_true(id > 0);
+  assert_int_equal(h2_client_wait_headers(c, id), 0);
+  const h2_client_stream *s = h2_client_get_stream(c, id);
+  assert_true(s->headers_received);
+  if (s->http_status != http_status)
+    fail_msg("%s %s with content-type %s: HTTP status %d, expected %d", method, path,
+             content_type ? content_type : "(none)", s->http_status, http_status);
+  assert_true(s->trailers_only);
+  /* The server ends the exchange at once: it resets the client's side too. */
+  assert_int_equal(h2_client_wait_closed(c, id), 0);
+  assert_true(s->reset_received);
+  assert_int_equal(s->grpc_status, -1);
+  assert_int_equal(s->message_count, 0);
+  assert_int_equal(h2_client_forget_stream(c, id), 0);
+}
+
+/* One request_headers exchange on a stream opened with `content_type`: reply, then OK. */
+static void exchange_with_content_type(h2_client *c, const char *content_type) {
+  const int32_t id = h2_client_open_stream_as(c, PROCESS_PATH, "POST", content_type);
+  assert_true(id > 0);
+  send_packed(c, id, pack_request_headers(), 0);
+  assert_int_equal(h2_client_wait_messages(c, id, 1), 0);
+  check_headers_reply(&h2_client_get_stream(c, id)->messages[0], false);
+  assert_int_equal(h2_client_half_close(c, id), 0);
+  assert_int_equal(h2_client_wait_closed(c, id), 0);
+  const h2_client_stream *s = h2_client_get_stream(c, id);
+  check_grpc_response_headers(s);
+  assert_int_equal(s->grpc_status, 0);
+  assert_int_equal(s->message_count, 1);
+}
+
+/* gRPC is POST only (405 otherwise), and protobuf-encoded only: content-type application/grpc
+ * or application/grpc+proto; anything else, +json included, is 415. */
+static void test_http_refusals(void **state) {
+  fixture *f = *state;
+  start_tcp_server(f, 0);
+  h2_client *c = connect_tcp(f, "127.0.0.1");
+  expect_http_refusal(c, PROCESS_PATH, "GET", "application/grpc", 405);
+  expect_http_refusal(c, PROCESS_PATH, "PUT", "application/grpc", 405);
+  expect_http_refusal(c, HEALTH_PATH, "GET", "application/grpc", 405);
+  expect_http_refusal(c, PROCESS_PATH, "POST", "application/grpc+json", 415);
+  expect_http_refusal(c, HEALTH_PATH, "POST", "application/grpc+json", 415);
+  expect_http_refusal(c, PROCESS_PATH, "POST", "application/json", 415);
+  expect_http_refusal(c, PROCESS_PATH, "POST", NULL, 415);
+  wait_server_idle(f->srv);
+  assert_int_equal(extproc_server_total_streams(f->srv), 7);
+  exchange_with_content_type(c, "application/grpc");
+  exchange_with_content_type(c, "application/grpc+proto");
   assert_false(h2_client_goaway_received(c, NULL));
   wait_server_idle(f->srv);
 }
@@ -617,6 +741,53 @@ static void test_malformed_messages(void **state) {
   wait_server_idle(f->srv);
 }
 
+/* Headers with end_of_stream say nothing else follows in that direction: a body chunk after
+ * them fails the stream with FAILED_PRECONDITION, after the headers' own reply. */
+static void expect_body_after_ended_headers(h2_client *c, bool response) {
+  const int32_t id = h2_client_open_stream(c, PROCESS_PATH);
+  assert_true(id > 0);
+  size_t replies = 0;
+  if (response) { /* the request side first, complete */
+    send_packed(c, id, pack_headers(false, REQUEST_HEADERS, 3, true), 0);
+    assert_int_equal(h2_client_wait_messages(c, id, ++replies), 0);
+  }
+  send_packed(
+      c, id,
+      pack_headers(response, response ? RESPONSE_HEADERS : REQUEST_HEADERS, response ? 2 : 3, true),
+      0);
+  assert_int_equal(h2_client_wait_messages(c, id, ++replies), 0);
+  check_headers_reply(&h2_client_get_stream(c, id)->messages[replies - 1], response);
+
+  Envoy__Service__ExtProc__V3__HttpBody hb = ENVOY__SERVICE__EXT_PROC__V3__HTTP_BODY__INIT;
+  hb.body.data = (uint8_t *)"late";
+  hb.body.len = 4;
+  hb.end_of_stream = true;
+  ProcessingRequest req = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
+  if (response) {
+    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY;
+    req.response_body = &hb;
+  } else {
+    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY;
+    req.request_body = &hb;
+  }
+  send_packed(c, id, pack(&req.base), 0);
+  const h2_client_stream *s = expect_status(c, id, 9 /* FAILED_PRECONDITION */);
+  assert_int_equal(s->message_count, replies); /* no reply to the body chunk */
+  assert_non_null(s->grpc_message);
+  if (!s->closed) assert_int_equal(h2_client_reset(c, id, NGHTTP2_CANCEL), 0);
+  assert_int_equal(h2_client_wait_closed(c, id), 0);
+}
+
+static void test_body_after_end_of_stream(void **state) {
+  fixture *f = *state;
+  start_tcp_server(f, 0);
+  h2_client *c = connect_tcp(f, "127.0.0.1");
+  expect_body_after_ended_headers(c, false);
+  expect_body_after_ended_headers(c, true);
+  round_trip(c, 0);
+  wait_server_idle(f->srv);
+}
+
 /* A stream that ends inside a message is an error, not a silent success. */
 static void test_half_close_inside_message(void **state) {
   fixture *f = *state;
@@ -669,6 +840,56 @@ static void test_health(void **state) {
   health_check(c, "envoy.service.ext_proc.v3.ExternalProcessor", 0,
                GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
   health_check(c, "no.such.Service", 5 /* NOT_FOUND */, -1);
+  round_trip(c, 0);
+  wait_server_idle(f->srv);
+}
+
+/* Check is unary: the reply and grpc-status 0 come after the one request, without waiting for
+ * the client's half-close; a stream half-closed without a request is INVALID_ARGUMENT. */
+static void test_health_unary(void **state) {
+  fixture *f = *state;
+  start_tcp_server(f, 0);
+  h2_client *c = connect_tcp(f, "127.0.0.1");
+  h2_client_set_timeout(c, 3000); /* the old, streaming behaviour never answers: fail fast */
+  const int32_t id = h2_client_open_stream(c, HEALTH_PATH);
+  assert_true(id > 0);
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  assert_int_equal(h2_client_send_pb(c, id, &req.base, 0), 0);
+  const h2_client_stream *s = expect_status(c, id, 0);
+  check_grpc_response_headers(s);
+  assert_false(s->trailers_only);
+  assert_null(s->grpc_message);
+  assert_int_equal(s->message_count, 1);
+  Grpc__Health__V1__HealthCheckResponse *resp = grpc__health__v1__health_check_response__unpack(
+      NULL, s->messages[0].len, s->messages[0].data);
+  assert_non_null(resp);
+  assert_int_equal(resp->status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+  grpc__health__v1__health_check_response__free_unpacked(resp, NULL);
+  /* The server ended its side first: it resets the rest of the stream. */
+  assert_int_equal(h2_client_wait_closed(c, id), 0);
+  s = h2_client_get_stream(c, id);
+  assert_true(s->reset_received);
+  assert_int_equal(s->reset_error, NGHTTP2_NO_ERROR);
+  assert_int_equal(s->message_count, 1);
+
+  /* Two requests in one go: one answer, the second is dropped. */
+  const int32_t twice = h2_client_open_stream(c, HEALTH_PATH);
+  assert_true(twice > 0);
+  assert_int_equal(h2_client_send_pb(c, twice, &req.base, 0), 0);
+  assert_int_equal(h2_client_send_pb(c, twice, &req.base, 0), 0);
+  s = expect_status(c, twice, 0);
+  assert_int_equal(h2_client_wait_closed(c, twice), 0);
+  assert_int_equal(h2_client_get_stream(c, twice)->message_count, 1);
+
+  /* Half-closed with no request. */
+  const int32_t empty = h2_client_open_stream(c, HEALTH_PATH);
+  assert_true(empty > 0);
+  assert_int_equal(h2_client_half_close(c, empty), 0);
+  s = expect_status(c, empty, 3 /* INVALID_ARGUMENT */);
+  assert_int_equal(s->message_count, 0);
+  assert_non_null(s->grpc_message);
+  assert_int_equal(h2_client_wait_closed(c, empty), 0);
+
   round_trip(c, 0);
   wait_server_idle(f->srv);
 }
@@ -796,6 +1017,92 @@ static void test_abrupt_close(void **state) { abrupt_disconnect(*state, false); 
 
 static void test_abrupt_tcp_reset(void **state) { abrupt_disconnect(*state, true); }
 
+/* ---- 9. Hostile nesting --------------------------------------------------------------- */
+
+/* Writes `v` as a varint before `*p` (the buffer is built back to front). */
+static void put_varint_back(uint8_t **p, uint64_t v) {
+  uint8_t tmp[10];
+  size_t n = 0;
+  do {
+    tmp[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    v >>= 7;
+  } while (v);
+  *p -= n;
+  memcpy(*p, tmp, n);
+}
+
+/* A ProcessingRequest with a request_headers phase whose attributes["k"] is a Struct holding a
+ * Value -> ListValue -> Value chain `depth` levels deep: small on the wire, but protobuf-c
+ * would unpack it by recursion `depth` frames deep. Returns a malloc'd buffer; the message is
+ * its last *len bytes, from *start. */
+static uint8_t *nested_attributes(unsigned depth, uint8_t **start, size_t *len) {
+  const size_t cap = 16 * (size_t)depth + 64;
+  uint8_t *buf = malloc(cap), *end = buf + cap, *p = end;
+  assert_non_null(buf);
+  for (unsigned i = 0; i < depth; i++) {
+    put_varint_back(&p, (uint64_t)(end - p)); /* ListValue.values (1) = the inner Value */
+    *--p = 0x0a;
+    put_varint_back(&p, (uint64_t)(end - p)); /* Value.list_value (6) = that ListValue */
+    *--p = 0x32;
+  }
+  put_varint_back(&p, (uint64_t)(end - p)); /* Struct.fields entry: value (2) */
+  *--p = 0x12;
+  *--p = 'k';
+  *--p = 1;
+  *--p = 0x0a; /* key (1) = "k" */
+  put_varint_back(&p, (uint64_t)(end - p));
+  *--p = 0x0a; /* Struct.fields (1) */
+  put_varint_back(&p, (uint64_t)(end - p));
+  *--p = 0x12; /* attributes entry: value (2) = the Struct */
+  *--p = 'k';
+  *--p = 1;
+  *--p = 0x0a; /* key (1) */
+  put_varint_back(&p, (uint64_t)(end - p));
+  *--p = 0x4a; /* ProcessingRequest.attributes (9) */
+  *--p = 0;    /* request_headers (2): an empty HttpHeaders */
+  *--p = 0x12;
+  *start = p;
+  *len = (size_t)(end - p);
+  return buf;
+}
+
+static void test_deep_nesting(void **state) {
+  fixture *f = *state;
+  start_tcp_server(f, 0);
+  h2_client *c = connect_tcp(f, "127.0.0.1");
+
+  /* A shallow one is an ordinary request. */
+  uint8_t *start;
+  size_t len;
+  int32_t id = h2_client_open_stream(c, PROCESS_PATH);
+  assert_true(id > 0);
+  uint8_t *buf = nested_attributes(8, &start, &len);
+  int rv = h2_client_send_message(c, id, start, len, 0);
+  free(buf);
+  assert_int_equal(rv, 0);
+  assert_int_equal(h2_client_wait_messages(c, id, 1), 0);
+  assert_int_equal(h2_client_half_close(c, id), 0);
+  expect_status(c, id, 0);
+
+  id = h2_client_open_stream(c, PROCESS_PATH);
+  assert_true(id > 0);
+  buf = nested_attributes(5000, &start, &len);
+  rv = h2_client_send_message(c, id, start, len, 0);
+  free(buf);
+  assert_int_equal(rv, 0);
+  const h2_client_stream *s = expect_status(c, id, 8 /* RESOURCE_EXHAUSTED */);
+  assert_int_equal(s->message_count, 0);
+  assert_non_null(s->grpc_message);
+  if (!s->closed) assert_int_equal(h2_client_reset(c, id, NGHTTP2_CANCEL), 0);
+  assert_int_equal(h2_client_wait_closed(c, id), 0);
+
+  /* The server goes on, on this connection and on a new one. */
+  round_trip(c, 0);
+  assert_false(h2_client_goaway_received(c, NULL));
+  round_trip(connect_tcp(f, "127.0.0.1"), 0);
+  wait_server_idle(f->srv);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_round_trip_tcp, setup, teardown),
@@ -803,14 +1110,19 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_round_trip_ipv6, setup, teardown),
       cmocka_unit_test_setup_teardown(test_round_trip_unix, setup, teardown),
       cmocka_unit_test_setup_teardown(test_address_in_use, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unix_socket_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_path, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_http_refusals, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oversize_message, setup, teardown),
       cmocka_unit_test_setup_teardown(test_malformed_messages, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_body_after_end_of_stream, setup, teardown),
       cmocka_unit_test_setup_teardown(test_half_close_inside_message, setup, teardown),
       cmocka_unit_test_setup_teardown(test_health, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_health_unary, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rapid_resets, setup, teardown),
       cmocka_unit_test_setup_teardown(test_abrupt_close, setup, teardown),
       cmocka_unit_test_setup_teardown(test_abrupt_tcp_reset, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_deep_nesting, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
