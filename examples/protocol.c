@@ -15,6 +15,11 @@
  *                            plus "phase" and a nested object and list
  *   x-test-streamed-immediate: BODY  a streamed immediate 200 at request_headers, BODY sent in
  *                            two pieces
+ *   x-test-mode-override: BODY_MODE  at request_headers, overrides the response body mode
+ *                            (e.g. BUFFERED), starting from the mode in effect
+ *   x-test-slow: MS          at request_headers, asks Envoy for MS + 2000 ms more
+ *                            (override_message_timeout), answers MS ms later from another
+ *                            thread (EXTPROC_DEFER), with upstream header x-test-slow-done
  *
  * Every response that reaches response_headers reports what the processor saw, for tests:
  *   x-test-request-body: none | empty | N   (no body: GET; empty: content-length 0; N bytes)
@@ -22,9 +27,11 @@
  *   x-test-modes: REQUEST_MODE,RESPONSE_MODE   (protocol_config, e.g. BUFFERED,STREAMED)
  *   x-test-attribute-path: request.path attribute, when Envoy sends it
  * and the response body (when the mode lets a body reply change it) is transformed as asked. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "examples.h"
 
@@ -115,6 +122,48 @@ static bool decided(extproc_request *req, const protocol_ctx *p, unsigned chunk,
   return false;
 }
 
+static extproc_result override_response_mode(extproc_request *req, const char *name) {
+  extproc_processing_mode mode;
+  extproc_request_processing_mode(req, &mode);
+  for (int m = EXTPROC_BODY_NONE; m <= EXTPROC_BODY_GRPC; m++) {
+    if (strcmp(name, mode_name((extproc_body_mode)m)) != 0) continue;
+    mode.response_body_mode = (extproc_body_mode)m;
+    return extproc_mode_override(req, &mode) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
+  }
+  return EXTPROC_FAIL;
+}
+
+typedef struct slow_answer {
+  extproc_request *req;
+  long ms;
+} slow_answer;
+
+/* Slow work elsewhere: the loop thread goes on serving meanwhile. */
+static void *answer_later(void *arg) {
+  slow_answer *a = arg;
+  struct timespec pause = {a->ms / 1000, (a->ms % 1000) * 1000000L};
+  nanosleep(&pause, NULL);
+  const extproc_result result =
+      extproc_header_set(a->req, "x-test-slow-done", "yes") ? EXTPROC_FAIL : EXTPROC_CONTINUE;
+  extproc_request_resume(a->req, result);
+  free(a);
+  return NULL;
+}
+
+static extproc_result answer_slowly(extproc_request *req, long ms) {
+  slow_answer *a = malloc(sizeof(*a));
+  pthread_t thread;
+  if (!a) return EXTPROC_FAIL;
+  *a = (slow_answer){req, ms};
+  if (extproc_override_message_timeout(req, (uint32_t)ms + 2000) ||
+      pthread_create(&thread, NULL, answer_later, a) != 0) {
+    free(a);
+    return EXTPROC_FAIL;
+  }
+  pthread_detach(thread);
+  return EXTPROC_DEFER;
+}
+
 static extproc_result on_request_headers(extproc_request *req, void *ctx) {
   protocol_ctx *p = ctx;
   p->body_op = extproc_request_strdup(req, extproc_header_get(req, "x-test-body"));
@@ -139,7 +188,12 @@ static extproc_result on_request_headers(extproc_request *req, void *ctx) {
       extproc_body_replace(req, "replaced by the processor", 25))
     return EXTPROC_FAIL;
   if (add_metadata(req, p) != EXTPROC_CONTINUE) return EXTPROC_FAIL;
-  return apply_header_ops(req, extproc_header_get(req, "x-test-header-op"));
+  const char *override = extproc_header_get(req, "x-test-mode-override");
+  if (override && override_response_mode(req, override) != EXTPROC_CONTINUE) return EXTPROC_FAIL;
+  if (apply_header_ops(req, extproc_header_get(req, "x-test-header-op")) != EXTPROC_CONTINUE)
+    return EXTPROC_FAIL;
+  const char *slow = extproc_header_get(req, "x-test-slow");
+  return slow ? answer_slowly(req, strtol(slow, NULL, 10)) : EXTPROC_CONTINUE;
 }
 
 /* Uppercases or doubles a body chunk, as x-test-body asks. */

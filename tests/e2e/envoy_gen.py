@@ -57,6 +57,9 @@ LISTENERS = {
     "trailers_streamed": dict(body="STREAMED", trailers="SEND", allow=False, buffer=None),
     # failure_mode_allow true: a failed processor stream lets the request through unprocessed.
     "allow": dict(body="NONE", trailers="SKIP", allow=True, buffer=None),
+    # allow_mode_override, and a short message_timeout that override_message_timeout may extend
+    # up to max_message_timeout.
+    "override": dict(body="NONE", trailers="SKIP", allow=False, buffer=None, override=True),
 }
 
 
@@ -80,8 +83,9 @@ def _ext_proc_filter(name, mode):
             "grpc_service": {"envoy_grpc": {"cluster_name": PROCESSOR_CLUSTER}},
             "stat_prefix": name,
             "failure_mode_allow": mode["allow"],
-            "message_timeout": "2s",
-            "allow_mode_override": False,
+            "message_timeout": "0.3s" if mode.get("override") else "2s",
+            "max_message_timeout": "10s" if mode.get("override") else "0s",
+            "allow_mode_override": bool(mode.get("override")),
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND",

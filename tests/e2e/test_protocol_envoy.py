@@ -714,3 +714,29 @@ def test_zz_whole_module_no_unexpected_warning_and_no_spurious_message(proto):
                              for n in envoy_gen.LISTENERS}, spurious
     # ...and none counted anything.
     assert not {k: v for k, v in spurious.items() if v}, spurious
+
+
+# ---------------------------------------------------------------- mode_override and timeouts
+
+
+def test_mode_override_asks_for_the_response_body(proto):
+    port = proto.ports["override"]
+    plain = send(port, "GET", "/override", headers={"x-test-body": "upper"})
+    assert plain.status == 200
+    assert json.loads(plain.raw)["message"] == "echo"  # bodies are NONE: left alone
+    r = send(port, "GET", "/override", headers={"x-test-body": "upper",
+                                                "x-test-mode-override": "BUFFERED"})
+    assert r.status == 200, r.raw
+    doc = json.loads(r.raw.lower())  # the processor uppercased the whole response body
+    assert r.raw == r.raw.upper() and doc["message"] == "echo"
+
+
+@pytest.mark.parametrize("slow_ms", [600])
+def test_override_message_timeout_gives_slow_work_time(proto, slow_ms):
+    # message_timeout is 0.3 s on this listener: the slow answer only makes it thanks to the
+    # override (up to max_message_timeout 10 s), while the loop keeps serving others.
+    r = send(proto.ports["override"], "GET", "/slow", headers={"x-test-slow": str(slow_ms)})
+    assert r.status == 200, (r.status, r.raw)
+    assert r.echo["headers"]["x-test-slow-done"] == "yes"
+    assert r.elapsed >= slow_ms / 1000
+    assert stat(proto, "http.override.ext_proc.override.override_message_timeout_received") >= 1
