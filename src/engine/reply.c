@@ -199,6 +199,23 @@ static ProcessingResponse *new_response(extproc_request *req) {
   return r;
 }
 
+/* Wraps `common` in the BodyResponse answering the current body phase. */
+static ProtobufCMessage *attach_body_response(extproc_request *req, ProcessingResponse *r,
+                                              CommonResponse *common) {
+  Envoy__Service__ExtProc__V3__BodyResponse *b = arena_alloc(&req->msg_arena, sizeof(*b));
+  if (!b) return NULL;
+  envoy__service__ext_proc__v3__body_response__init(b);
+  b->response = common;
+  if (req->phase == EXTPROC_REQUEST_BODY) {
+    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY;
+    r->request_body = b;
+  } else {
+    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY;
+    r->response_body = b;
+  }
+  return &r->base;
+}
+
 ProtobufCMessage *reply_build(extproc_request *req) {
   arena *a = &req->msg_arena;
   if (!add_chain_header(req)) return NULL;
@@ -244,18 +261,7 @@ ProtobufCMessage *reply_build(extproc_request *req) {
     }
     return &r->base;
   }
-  Envoy__Service__ExtProc__V3__BodyResponse *b = arena_alloc(a, sizeof(*b));
-  if (!b) return NULL;
-  envoy__service__ext_proc__v3__body_response__init(b);
-  b->response = common;
-  if (req->phase == EXTPROC_REQUEST_BODY) {
-    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY;
-    r->request_body = b;
-  } else {
-    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY;
-    r->response_body = b;
-  }
-  return &r->base;
+  return attach_body_response(req, r, common);
 }
 
 static Envoy__Service__ExtProc__V3__StreamedBodyResponse *
@@ -272,25 +278,15 @@ build_streamed_body(arena *a, const streamed_piece *piece) {
 ProtobufCMessage *reply_build_streamed_body(extproc_request *req, const streamed_piece *piece) {
   arena *a = &req->msg_arena;
   ProcessingResponse *r = new_response(req);
-  Envoy__Service__ExtProc__V3__BodyResponse *b = arena_alloc(a, sizeof(*b));
   Envoy__Service__ExtProc__V3__CommonResponse *c = arena_alloc(a, sizeof(*c));
   Envoy__Service__ExtProc__V3__BodyMutation *bm = arena_alloc(a, sizeof(*bm));
-  if (!r || !b || !c || !bm) return NULL;
-  envoy__service__ext_proc__v3__body_response__init(b);
+  if (!r || !c || !bm) return NULL;
   envoy__service__ext_proc__v3__common_response__init(c);
   envoy__service__ext_proc__v3__body_mutation__init(bm);
   bm->mutation_case = ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE;
   if (!(bm->streamed_response = build_streamed_body(a, piece))) return NULL;
   c->body_mutation = bm;
-  b->response = c;
-  if (req->phase == EXTPROC_REQUEST_BODY) {
-    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY;
-    r->request_body = b;
-  } else {
-    r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY;
-    r->response_body = b;
-  }
-  return &r->base;
+  return attach_body_response(req, r, c);
 }
 
 static ProcessingResponse *
