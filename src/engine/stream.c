@@ -13,6 +13,14 @@
 
 typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
 
+/* Small, so an idle stream costs little: it holds the request facts and the context. */
+enum { STREAM_ARENA_FIRST_BLOCK = 1024 };
+
+/* Frees the message and its reply; the blocks go to this thread's cache for the next one. */
+static void reset_message_memory(extproc_request *req) {
+  arena_reset(&req->msg_arena, ARENA_CACHED_BLOCK);
+}
+
 extproc_request *stream_open(const extproc_processor *proc, const stream_sink *sink, void *io,
                              const stream_poster *poster) {
   extproc_request *req = calloc(1, sizeof(*req));
@@ -21,8 +29,8 @@ extproc_request *stream_open(const extproc_processor *proc, const stream_sink *s
   req->sink = sink;
   req->io = io;
   if (poster) req->poster = *poster;
-  arena_init(&req->arena);
-  arena_init(&req->msg_arena);
+  arena_init(&req->arena, STREAM_ARENA_FIRST_BLOCK);
+  arena_init(&req->msg_arena, ARENA_CACHED_BLOCK);
   req->info.content_length = -1;
   req->body_mode[0] = req->body_mode[1] = EXTPROC_BODY_MODE_UNKNOWN;
   req->protocol.request_body_mode = req->protocol.response_body_mode = EXTPROC_BODY_MODE_UNKNOWN;
@@ -84,24 +92,29 @@ static const char *advance_direction(extproc_request *req, extproc_phase phase) 
 
 static void record_request_info(extproc_request *req) {
   extproc_request_info *info = &req->info;
+  /* Compared by length first: this runs for every header of every request. */
+  const struct {
+    const char *name;
+    size_t len;
+    const char **slot;
+  } facts[] = {{":method", 7, &info->method},
+               {":path", 5, &info->path},
+               {":scheme", 7, &info->scheme},
+               {":authority", 10, &info->authority},
+               {"x-request-id", 12, &info->request_id},
+               {"content-type", 12, &info->content_type},
+               {"content-length", 14, NULL}};
   for (size_t i = 0; i < req->header_count; i++) {
     const extproc_header *h = &req->headers[i];
-    const char **slot = NULL;
-    if (header_name_equal(h->name, ":method"))
-      slot = &info->method;
-    else if (header_name_equal(h->name, ":path"))
-      slot = &info->path;
-    else if (header_name_equal(h->name, ":scheme"))
-      slot = &info->scheme;
-    else if (header_name_equal(h->name, ":authority"))
-      slot = &info->authority;
-    else if (header_name_equal(h->name, "x-request-id"))
-      slot = &info->request_id;
-    else if (header_name_equal(h->name, "content-type"))
-      slot = &info->content_type;
-    else if (header_name_equal(h->name, "content-length"))
-      info->content_length = header_parse_length(h->value, h->value_len);
-    if (slot && !*slot) *slot = arena_strndup(&req->arena, h->value, h->value_len);
+    for (size_t f = 0; f < sizeof(facts) / sizeof(facts[0]); f++) {
+      if (h->name_len != facts[f].len || !header_name_equal(h->name, facts[f].name)) continue;
+      if (!facts[f].slot) {
+        info->content_length = header_parse_length(h->value, h->value_len);
+      } else if (!*facts[f].slot) {
+        *facts[f].slot = arena_strndup(&req->arena, h->value, h->value_len);
+      }
+      break;
+    }
   }
 }
 
@@ -382,7 +395,7 @@ static void complete_phase(extproc_request *req, extproc_result result) {
                 : req->immediate       ? "answered immediately"
                                        : "handled",
                 (unsigned long long)(monotonic_ns() - req->phase_started_ns));
-  arena_reset(&req->msg_arena);
+  reset_message_memory(req);
 }
 
 static bool start_context(extproc_request *req) {
@@ -432,12 +445,12 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
     log_line(EXTPROC_LOG_WARN, "processor=%s: malformed ProcessingRequest (%zu bytes)",
              req->proc->name, len);
     stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "malformed ProcessingRequest");
-    arena_reset(&req->msg_arena);
+    reset_message_memory(req);
     return;
   }
   if (msg->request_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST__NOT_SET) {
     stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "ProcessingRequest carries no phase");
-    arena_reset(&req->msg_arena);
+    reset_message_memory(req);
     return;
   }
   const extproc_phase phase = phase_of(msg->request_case);
@@ -449,14 +462,14 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
   reset_reply(req);
   if (!load_message(req, msg)) {
     stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory decoding the request");
-    arena_reset(&req->msg_arena);
+    reset_message_memory(req);
     return;
   }
   const char *order_error = advance_direction(req, phase);
   if (order_error) {
     extproc_log(req, EXTPROC_LOG_WARN, "unexpected phase: %s", order_error);
     stream_fail(req, EXTPROC_GRPC_FAILED_PRECONDITION, order_error);
-    arena_reset(&req->msg_arena);
+    reset_message_memory(req);
     return;
   }
 
@@ -466,7 +479,7 @@ static void process_message(extproc_request *req, const uint8_t *data, size_t le
   if (phase != EXTPROC_REQUEST_HEADERS && phase != EXTPROC_RESPONSE_HEADERS &&
       req->body_replaced[direction_of(phase)]) {
     extproc_log(req, EXTPROC_LOG_DEBUG, "after CONTINUE_AND_REPLACE: dropped unanswered");
-    arena_reset(&req->msg_arena);
+    reset_message_memory(req);
     return;
   }
 

@@ -14,6 +14,13 @@ typedef struct frame {
   const uint8_t *end;
 } frame;
 
+/* A message with no message-typed field (HeaderValue, say) cannot nest: its bytes need no walk. */
+static bool is_leaf(const ProtobufCMessageDescriptor *desc) {
+  for (unsigned i = 0; i < desc->n_fields; i++)
+    if (desc->fields[i].type == PROTOBUF_C_TYPE_MESSAGE) return false;
+  return true;
+}
+
 static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
   uint64_t v = 0;
   for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
@@ -63,7 +70,10 @@ wire_check_result wire_check(const ProtobufCMessageDescriptor *desc, const uint8
       if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
         if (++messages > max_messages) return WIRE_TOO_MANY_MESSAGES;
         if (depth + 1 > max_depth) return WIRE_TOO_DEEP;
-        stack[++depth] = (frame){f->descriptor, p + n};
+        if (is_leaf(f->descriptor))
+          p += n;
+        else
+          stack[++depth] = (frame){f->descriptor, p + n};
       } else {
         p += n;
       }

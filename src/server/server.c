@@ -154,6 +154,7 @@ static void on_wakeup(uv_async_t *async) {
 static void worker_main(void *arg) {
   worker *w = arg;
   uv_run(&w->loop, UV_RUN_DEFAULT);
+  arena_cache_release();
 }
 
 static int worker_init(worker *w) {
@@ -218,6 +219,7 @@ void extproc_server_wait(extproc_server *srv) {
     uv_thread_join(&w->thread);
     uv_run(&w->loop, UV_RUN_DEFAULT); /* let the last close callbacks run */
     uv_loop_close(&w->loop);
+    arena_cache_release(); /* what those callbacks freed on this thread */
     uv_mutex_destroy(&w->lock);
     free(w->completed);
     w->completed = NULL;

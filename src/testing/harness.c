@@ -538,7 +538,7 @@ static int send_request(extproc_harness *h, ProcessingRequest *msg) {
   if (h->ended) return EXTPROC_ESTATE;
   msg->observability_mode = h->observability_mode;
   arena a;
-  arena_init(&a);
+  arena_init(&a, ARENA_CACHED_BLOCK);
   if (!add_context(h, &a, msg)) {
     arena_free(&a);
     return EXTPROC_ENOMEM;

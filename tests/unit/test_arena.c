@@ -12,7 +12,7 @@
 static void test_alignment_and_strings(void **state) {
   (void)state;
   arena a;
-  arena_init(&a);
+  arena_init(&a, 1024);
   for (size_t size = 1; size < 100; size += 7) {
     void *p = arena_alloc(&a, size);
     assert_non_null(p);
@@ -30,7 +30,7 @@ static void test_alignment_and_strings(void **state) {
 static void test_growth_keeps_earlier_data(void **state) {
   (void)state;
   arena a;
-  arena_init(&a);
+  arena_init(&a, 1024);
   char *first = arena_strndup(&a, "first", 5);
   /* Far more than one block in small pieces, then a giant one-off. */
   for (int i = 0; i < 10000; i++)
@@ -44,28 +44,30 @@ static void test_growth_keeps_earlier_data(void **state) {
   arena_free(&a);
 }
 
-static void test_reset_reuses_and_drops_giants(void **state) {
+static void test_reset_reuses_cached_blocks(void **state) {
   (void)state;
   arena a;
-  arena_init(&a);
+  arena_init(&a, ARENA_CACHED_BLOCK);
   void *p1 = arena_alloc(&a, 16);
-  arena_reset(&a);
+  arena_reset(&a, ARENA_CACHED_BLOCK);
+  assert_null(a.head); /* an emptied arena holds no memory */
   void *p2 = arena_alloc(&a, 16);
-  assert_ptr_equal(p1, p2); /* the first block is kept for reuse */
+  assert_ptr_equal(p1, p2); /* the block came back from this thread's cache */
   arena_free(&a);
 
-  arena_init(&a);
-  assert_non_null(arena_alloc(&a, 8u << 20)); /* a giant first allocation */
-  arena_reset(&a);
-  assert_null(a.head); /* not held on to */
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  assert_non_null(arena_alloc(&a, 8u << 20)); /* a giant one is freed, not cached */
+  arena_reset(&a, ARENA_CACHED_BLOCK);
+  assert_null(a.head);
   assert_non_null(arena_alloc(&a, 16));
   arena_free(&a);
+  arena_cache_release();
 }
 
 static void test_protobuf_allocator(void **state) {
   (void)state;
   arena a;
-  arena_init(&a);
+  arena_init(&a, 1024);
   ProtobufCAllocator al = arena_protobuf_allocator(&a);
   void *p = al.alloc(al.allocator_data, 100);
   assert_non_null(p);
@@ -77,7 +79,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_alignment_and_strings),
       cmocka_unit_test(test_growth_keeps_earlier_data),
-      cmocka_unit_test(test_reset_reuses_and_drops_giants),
+      cmocka_unit_test(test_reset_reuses_cached_blocks),
       cmocka_unit_test(test_protobuf_allocator),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -30,7 +30,7 @@ static void test_load_prefers_raw_value(void **state) {
   map.headers = ptrs;
 
   arena a;
-  arena_init(&a);
+  arena_init(&a, 1024);
   extproc_header *h;
   size_t n;
   assert_true(headers_load(&a, &map, &h, &n));
