@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,17 +36,6 @@ typedef Envoy__Service__ExtProc__V3__ProcessingResponse ProcessingResponse;
 /* The server's budgets (connection.c). */
 enum { OUTPUT_BUDGET_BYTES = 4 << 20, PARTIAL_BUDGET_FACTOR = 2 };
 enum { GRPC_PREFIX = 5, WAIT_MS = 10000, QUIET_MS = 300, TEST_WATCHDOG_SECONDS = 60 };
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms) {
-  const struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
 
 /* ---- The processor --------------------------------------------------------------------- */
 

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
 #include <pthread.h>
@@ -43,17 +45,6 @@ typedef Envoy__Config__Core__V3__HeaderValue HeaderValue;
 enum { MAX_CLIENTS = 4, WAIT_MS = 10000 };
 
 /* ---- Time ------------------------------------------------------------------------------ */
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms) {
-  const struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
 
 /* ---- The processor --------------------------------------------------------------------- */
 
@@ -1018,53 +1009,6 @@ static void test_abrupt_close(void **state) { abrupt_disconnect(*state, false); 
 static void test_abrupt_tcp_reset(void **state) { abrupt_disconnect(*state, true); }
 
 /* ---- 9. Hostile nesting --------------------------------------------------------------- */
-
-/* Writes `v` as a varint before `*p` (the buffer is built back to front). */
-static void put_varint_back(uint8_t **p, uint64_t v) {
-  uint8_t tmp[10];
-  size_t n = 0;
-  do {
-    tmp[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-    v >>= 7;
-  } while (v);
-  *p -= n;
-  memcpy(*p, tmp, n);
-}
-
-/* A ProcessingRequest with a request_headers phase whose attributes["k"] is a Struct holding a
- * Value -> ListValue -> Value chain `depth` levels deep: small on the wire, but protobuf-c
- * would unpack it by recursion `depth` frames deep. Returns a malloc'd buffer; the message is
- * its last *len bytes, from *start. */
-static uint8_t *nested_attributes(unsigned depth, uint8_t **start, size_t *len) {
-  const size_t cap = 16 * (size_t)depth + 64;
-  uint8_t *buf = malloc(cap), *end = buf + cap, *p = end;
-  assert_non_null(buf);
-  for (unsigned i = 0; i < depth; i++) {
-    put_varint_back(&p, (uint64_t)(end - p)); /* ListValue.values (1) = the inner Value */
-    *--p = 0x0a;
-    put_varint_back(&p, (uint64_t)(end - p)); /* Value.list_value (6) = that ListValue */
-    *--p = 0x32;
-  }
-  put_varint_back(&p, (uint64_t)(end - p)); /* Struct.fields entry: value (2) */
-  *--p = 0x12;
-  *--p = 'k';
-  *--p = 1;
-  *--p = 0x0a; /* key (1) = "k" */
-  put_varint_back(&p, (uint64_t)(end - p));
-  *--p = 0x0a; /* Struct.fields (1) */
-  put_varint_back(&p, (uint64_t)(end - p));
-  *--p = 0x12; /* attributes entry: value (2) = the Struct */
-  *--p = 'k';
-  *--p = 1;
-  *--p = 0x0a; /* key (1) */
-  put_varint_back(&p, (uint64_t)(end - p));
-  *--p = 0x4a; /* ProcessingRequest.attributes (9) */
-  *--p = 0;    /* request_headers (2): an empty HttpHeaders */
-  *--p = 0x12;
-  *start = p;
-  *len = (size_t)(end - p);
-  return buf;
-}
 
 static void test_deep_nesting(void **state) {
   fixture *f = *state;

@@ -10,54 +10,11 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "engine/stream.h"
 #include "engine/wire_check.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
-
-/* Writes `v` as a varint before `*p` (the buffer is built back to front). */
-static void put_varint_back(uint8_t **p, uint64_t v) {
-  uint8_t tmp[10];
-  size_t n = 0;
-  do {
-    tmp[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-    v >>= 7;
-  } while (v);
-  *p -= n;
-  memcpy(*p, tmp, n);
-}
-
-/* A ProcessingRequest whose attributes["k"] is a Struct holding a Value -> ListValue -> Value
- * chain `depth` levels deep. Returns a malloc'd buffer (its start in *start). */
-static uint8_t *nested_attributes(unsigned depth, uint8_t **start, size_t *len) {
-  const size_t cap = 16 * (size_t)depth + 64;
-  uint8_t *buf = malloc(cap), *end = buf + cap, *p = end;
-  for (unsigned i = 0; i < depth; i++) {
-    put_varint_back(&p, (uint64_t)(end - p)); /* ListValue.values (1) = the inner Value */
-    *--p = 0x0a;
-    put_varint_back(&p, (uint64_t)(end - p)); /* Value.list_value (6) = that ListValue */
-    *--p = 0x32;
-  }
-  put_varint_back(&p, (uint64_t)(end - p)); /* Struct.fields entry: value (2) */
-  *--p = 0x12;
-  *--p = 'k';
-  *--p = 1;
-  *--p = 0x0a; /* key (1) = "k" */
-  put_varint_back(&p, (uint64_t)(end - p));
-  *--p = 0x0a; /* Struct.fields (1) */
-  put_varint_back(&p, (uint64_t)(end - p));
-  *--p = 0x12; /* attributes entry: value (2) = the Struct */
-  *--p = 'k';
-  *--p = 1;
-  *--p = 0x0a; /* key (1) */
-  put_varint_back(&p, (uint64_t)(end - p));
-  *--p = 0x4a; /* ProcessingRequest.attributes (9) */
-  /* ...and a request_headers (2) phase with an empty HttpHeaders. */
-  *--p = 0;
-  *--p = 0x12;
-  *start = p;
-  *len = (size_t)(end - p);
-  return buf;
-}
 
 static const ProtobufCMessageDescriptor *const REQUEST =
     &envoy__service__ext_proc__v3__processing_request__descriptor;
