@@ -317,6 +317,50 @@ static void test_context(void **state) {
   extproc_processor_free(p);
 }
 
+/* ---- Protocol ----------------------------------------------------------------------------- */
+
+static void test_protocol_example(void **state) {
+  (void)state;
+  extproc_processor *p = make("protocol");
+  const char *const post[] = {":method",
+                              "POST",
+                              ":path",
+                              "/p",
+                              "content-length",
+                              "3",
+                              "x-a",
+                              "old",
+                              "x-test-header-op",
+                              "set:x-a=new;remove:x-b",
+                              "x-test-body",
+                              "upper",
+                              "x-b",
+                              "gone",
+                              NULL};
+  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness_set_protocol_config(h, EXTPROC_BODY_BUFFERED, EXTPROC_BODY_BUFFERED);
+  send_headers(h, EXTPROC_REQUEST_HEADERS, post, false);
+  assert_string_equal(extproc_harness_upstream_header(h, "x-a"), "new");
+  assert_null(extproc_harness_upstream_header(h, "x-b"));
+  send_body(h, EXTPROC_REQUEST_BODY, "abc");
+  assert_memory_equal(extproc_harness_last_reply(h)->body, "ABC", 3);
+  send_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE_200, true);
+  assert_string_equal(extproc_harness_client_header(h, "x-test-request-body"), "3");
+  assert_string_equal(extproc_harness_client_header(h, "x-test-modes"), "BUFFERED,BUFFERED");
+  extproc_harness_free(h);
+
+  const char *const deny[] = {":method",         "GET", ":path", "/p", "x-test-immediate",
+                              "request_headers", NULL};
+  h = extproc_harness_new(p);
+  send_headers(h, EXTPROC_REQUEST_HEADERS, deny, true);
+  const extproc_harness_reply *im = extproc_harness_immediate_response(h);
+  assert_non_null(im);
+  assert_int_equal(im->immediate_status, 403);
+  assert_memory_equal(im->body, "denied at request_headers", 25);
+  extproc_harness_free(h);
+  extproc_processor_free(p);
+}
+
 /* ---- The harness itself ----------------------------------------------------------------- */
 
 static void *resume_later(void *arg) {
@@ -409,6 +453,7 @@ int main(void) {
       cmocka_unit_test(test_decorated),
       cmocka_unit_test(test_echo),
       cmocka_unit_test(test_context),
+      cmocka_unit_test(test_protocol_example),
       cmocka_unit_test(test_harness_waits_for_deferred_answers),
       cmocka_unit_test(test_harness_times_out),
       cmocka_unit_test(test_harness_observability_mode),
