@@ -240,7 +240,8 @@ void extproc_processor_free(extproc_processor *proc);
 
 /* ---- Reading the request -------------------------------------------------------------- */
 
-/* The phase being processed. */
+/* The phase being processed (EXTPROC_PHASE_COUNT for a NULL request). The getters below accept
+ * NULL and then answer "nothing": NULL, false, -1 or unknown. */
 extproc_phase extproc_request_phase(const extproc_request *req);
 
 /* The facts extracted so far; owned by the request, valid until it ends. */
@@ -296,8 +297,9 @@ const extproc_protocol_config *extproc_request_protocol_config(const extproc_req
 extproc_body_mode extproc_request_body_mode(const extproc_request *req);
 
 /* The processing mode in effect, as far as Envoy told: body modes as above (unknown ones as
- * NONE), header and trailer modes EXTPROC_HEADER_DEFAULT ("as configured"). The starting point
- * for extproc_mode_override(). */
+ * NONE: without protocol_config, set both body modes yourself before overriding, or the override
+ * turns a body off), header and trailer modes EXTPROC_HEADER_DEFAULT ("as configured"). The
+ * starting point for extproc_mode_override(). */
 void extproc_request_processing_mode(const extproc_request *req, extproc_processing_mode *mode);
 
 /* True when Envoy sent this message in observability mode: it expects no reply, and none is
@@ -376,8 +378,10 @@ int extproc_streamed_body_send(extproc_request *req, const void *data, size_t le
 /* Overrides the processing mode for the rest of the exchange (ProcessingResponse.mode_override),
  * e.g. to ask for the response body after seeing the request. Start from
  * extproc_request_processing_mode(). Envoy honours it only in a headers reply, with the filter's
- * allow_mode_override set, and never for FULL_DUPLEX_STREAMED filters. Returns 0, EXTPROC_EINVAL,
- * or EXTPROC_ESTATE outside a headers phase. */
+ * allow_mode_override set, and never for FULL_DUPLEX_STREAMED filters; the SDK cannot see that
+ * setting and answers the following phases as if the override took effect, so only override
+ * where the filter allows it. Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE outside a headers
+ * phase. */
 int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode);
 
 /* Sets CommonResponse.clear_route_cache in a headers or body reply (Envoy acts on it for request

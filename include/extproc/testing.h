@@ -76,7 +76,9 @@ int extproc_harness_body(extproc_harness *h, extproc_phase phase, const void *da
 /* Half-closes the stream as Envoy does once it has sent everything. Returns 0. */
 int extproc_harness_end(extproc_harness *h);
 
-/* Frees the harness and ends the exchange (as a reset if it was still open). NULL is ignored. */
+/* Frees the harness and ends the exchange (as a reset if it was still open). A deferred phase is
+ * waited for (see extproc_harness_set_timeout_ms); if it is still not resumed, its request is
+ * freed when the resume comes, whose answer is dropped. NULL is ignored. */
 void extproc_harness_free(extproc_harness *h);
 
 /* ---- What the processor answered ------------------------------------------------------ */

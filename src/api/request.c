@@ -7,19 +7,24 @@
 #include "api/processor.h"
 #include "engine/stream.h"
 
-extproc_phase extproc_request_phase(const extproc_request *req) { return req->phase; }
-
-const extproc_request_info *extproc_request_get_info(const extproc_request *req) {
-  return &req->info;
+extproc_phase extproc_request_phase(const extproc_request *req) {
+  return req ? req->phase : EXTPROC_PHASE_COUNT;
 }
 
-void *extproc_request_user_data(const extproc_request *req) { return req->proc->user_data; }
+const extproc_request_info *extproc_request_get_info(const extproc_request *req) {
+  static const extproc_request_info none = {.content_length = -1};
+  return req ? &req->info : &none;
+}
+
+void *extproc_request_user_data(const extproc_request *req) {
+  return req ? req->proc->user_data : NULL;
+}
 
 const char *extproc_request_processor_name(const extproc_request *req) { return req->proc->name; }
 
-bool extproc_request_end_of_stream(const extproc_request *req) { return req->end_of_stream; }
+bool extproc_request_end_of_stream(const extproc_request *req) { return req && req->end_of_stream; }
 
-void *extproc_request_context(const extproc_request *req) { return req->ctx; }
+void *extproc_request_context(const extproc_request *req) { return req ? req->ctx : NULL; }
 
 void *extproc_request_alloc(extproc_request *req, size_t size) {
   return req ? arena_alloc(&req->arena, size) : NULL;
@@ -52,21 +57,25 @@ static extproc_body_mode current_body_mode(const extproc_request *req) {
 }
 
 const extproc_protocol_config *extproc_request_protocol_config(const extproc_request *req) {
-  return &req->protocol;
+  static const extproc_protocol_config unknown = {.request_body_mode = EXTPROC_BODY_MODE_UNKNOWN,
+                                                  .response_body_mode = EXTPROC_BODY_MODE_UNKNOWN};
+  return req ? &req->protocol : &unknown;
 }
 
 extproc_body_mode extproc_request_body_mode(const extproc_request *req) {
-  return current_body_mode(req);
+  return req ? current_body_mode(req) : EXTPROC_BODY_MODE_UNKNOWN;
 }
 
 void extproc_request_processing_mode(const extproc_request *req, extproc_processing_mode *mode) {
+  if (!mode) return;
   *mode = (extproc_processing_mode){0};
+  if (!req) return;
   mode->request_body_mode = req->body_mode[0] < 0 ? EXTPROC_BODY_NONE : req->body_mode[0];
   mode->response_body_mode = req->body_mode[1] < 0 ? EXTPROC_BODY_NONE : req->body_mode[1];
 }
 
 bool extproc_request_observability_mode(const extproc_request *req) {
-  return req->observability_mode;
+  return req && req->observability_mode;
 }
 
 const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {

@@ -304,6 +304,13 @@ new_streamed_immediate(extproc_request *req,
   return r;
 }
 
+/* Immediate-response headers have overwrite semantics: a later set of the same name wins. */
+static bool overwritten_later(const header_edit *e) {
+  for (const header_edit *later = e->next; later; later = later->next)
+    if (later->op != HEADER_REMOVE && strcmp(later->name, e->name) == 0) return true;
+  return false;
+}
+
 ProtobufCMessage *reply_build_streamed_immediate_headers(extproc_request *req, bool end_of_stream) {
   arena *a = &req->msg_arena;
   if (!add_chain_header(req)) return NULL;
@@ -326,7 +333,7 @@ ProtobufCMessage *reply_build_streamed_immediate_headers(extproc_request *req, b
   storage[i].raw_value.len = strlen(status);
   values[i] = &storage[i];
   for (const header_edit *e = req->immediate_headers.head; e; e = e->next) {
-    if (e->op == HEADER_REMOVE) continue;
+    if (e->op == HEADER_REMOVE || overwritten_later(e)) continue;
     i++;
     envoy__config__core__v3__header_value__init(&storage[i]);
     storage[i].key = e->name;

@@ -135,6 +135,43 @@ static ProtobufCMessage *keep_copy(extproc_request *req, const ProtobufCMessage 
   return protobuf_c_message_unpack(m->descriptor, &alloc, len, buf);
 }
 
+/* True when two messages encode to the same bytes. */
+static bool same_message(extproc_request *req, const ProtobufCMessage *a,
+                         const ProtobufCMessage *b) {
+  const size_t len = protobuf_c_message_get_packed_size(a);
+  if (len != protobuf_c_message_get_packed_size(b)) return false;
+  uint8_t *x = arena_alloc(&req->msg_arena, len ? len : 1);
+  uint8_t *y = arena_alloc(&req->msg_arena, len ? len : 1);
+  if (!x || !y) return false;
+  protobuf_c_message_pack(a, x);
+  protobuf_c_message_pack(b, y);
+  return memcmp(x, y, len) == 0;
+}
+
+/* Adds `copy`'s attributes to the kept ones; a name sent again takes its new value. */
+static bool merge_attributes(extproc_request *req, Google__Protobuf__Struct *copy) {
+  if (!req->attributes) {
+    req->attributes = copy;
+    return true;
+  }
+  Google__Protobuf__Struct *kept = req->attributes;
+  Google__Protobuf__Struct__FieldsEntry **all =
+      arena_alloc(&req->arena, (kept->n_fields + copy->n_fields) * sizeof(*all));
+  if (!all) return false;
+  memcpy(all, kept->fields, kept->n_fields * sizeof(*all));
+  size_t n = kept->n_fields;
+  for (size_t i = 0; i < copy->n_fields; i++) {
+    size_t k = 0;
+    while (k < n && strcmp(all[k]->key, copy->fields[i]->key) != 0)
+      k++;
+    all[k] = copy->fields[i];
+    if (k == n) n++;
+  }
+  kept->fields = all;
+  kept->n_fields = n;
+  return true;
+}
+
 /* Keeps what Envoy sends once but the processor may want later: the protocol configuration
  * (first message), attributes (first message of each direction) and metadata. */
 static bool keep_context(extproc_request *req, const ProcessingRequest *msg) {
@@ -149,27 +186,19 @@ static bool keep_context(extproc_request *req, const ProcessingRequest *msg) {
     req->body_mode[0] = req->protocol.request_body_mode;
     req->body_mode[1] = req->protocol.response_body_mode;
   }
-  if (msg->metadata_context &&
-      !(req->metadata_context =
-            (Envoy__Config__Core__V3__Metadata *)keep_copy(req, &msg->metadata_context->base)))
-    return false;
+  /* Envoy may send the same metadata with every message: keep a new copy only when it
+   * changed, so a long streamed body does not grow the stream's memory. */
+  const Envoy__Config__Core__V3__Metadata *md = msg->metadata_context;
+  if (md &&
+      !(req->metadata_context && same_message(req, &md->base, &req->metadata_context->base))) {
+    req->metadata_context = (Envoy__Config__Core__V3__Metadata *)keep_copy(req, &md->base);
+    if (!req->metadata_context) return false;
+  }
   for (size_t i = 0; i < msg->n_attributes; i++) {
     const Google__Protobuf__Struct *s = msg->attributes[i]->value;
     if (!s || s->n_fields == 0) continue;
     Google__Protobuf__Struct *copy = (Google__Protobuf__Struct *)keep_copy(req, &s->base);
-    if (!copy) return false;
-    if (!req->attributes) {
-      req->attributes = copy;
-      continue;
-    }
-    /* Response attributes join the request ones. */
-    const size_t n = req->attributes->n_fields + copy->n_fields;
-    Google__Protobuf__Struct__FieldsEntry **all = arena_alloc(&req->arena, n * sizeof(*all));
-    if (!all) return false;
-    memcpy(all, req->attributes->fields, req->attributes->n_fields * sizeof(*all));
-    memcpy(all + req->attributes->n_fields, copy->fields, copy->n_fields * sizeof(*all));
-    req->attributes->fields = all;
-    req->attributes->n_fields = n;
+    if (!copy || !merge_attributes(req, copy)) return false;
   }
   return true;
 }
@@ -259,7 +288,12 @@ static void apply_error_policy(extproc_request *req) {
   extproc_log(req, EXTPROC_LOG_ERROR, "%s (grpc-status %u, policy %s)", why, req->fail_code,
               req->proc->on_error == EXTPROC_ON_ERROR_FAIL_STREAM ? "fail_stream"
                                                                   : "immediate_response");
-  if (req->observability_mode) return; /* nothing may be sent; Envoy does not wait */
+  /* No reply is possible in observability mode, nor once a streamed immediate response is
+   * under way: the stream ends with the error status, and no later callback runs. */
+  if (req->observability_mode || req->streamed_immediate != STREAMED_IMMEDIATE_NONE) {
+    stream_fail(req, req->fail_code, why);
+    return;
+  }
   if (req->proc->on_error == EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE) {
     send_reply(req, reply_build_error(req, req->proc->error_http_status));
     return;

@@ -59,6 +59,7 @@ struct extproc_harness {
   pthread_cond_t cond;
   extproc_request *posted;
   size_t deferred;
+  bool orphaned; /* freed by the test while a phase was deferred */
 };
 
 /* ---- Header lists ---------------------------------------------------------------------- */
@@ -350,6 +351,14 @@ static const stream_sink harness_sink = {
 static void harness_post(void *data, extproc_request *req) {
   extproc_harness *h = data;
   pthread_mutex_lock(&h->lock);
+  if (h->orphaned) { /* freed while this phase was deferred: finish the request here */
+    pthread_mutex_unlock(&h->lock);
+    stream_resume_on_loop(req); /* the exchange is closed: this only frees the request */
+    pthread_mutex_destroy(&h->lock);
+    pthread_cond_destroy(&h->cond);
+    free(h);
+    return;
+  }
   h->posted = req;
   pthread_cond_signal(&h->cond);
   pthread_mutex_unlock(&h->lock);
@@ -645,6 +654,19 @@ int extproc_harness_end(extproc_harness *h) {
 void extproc_harness_free(extproc_harness *h) {
   if (!h) return;
   if (stream_busy(h->req)) wait_for_deferred(h);
+  /* A phase still deferred after the wait keeps the request, and this struct (its poster), alive
+   * until the late resume, which then frees both (harness_post). */
+  pthread_mutex_lock(&h->lock);
+  const bool orphaned = stream_busy(h->req) && !h->posted;
+  if (h->posted) { /* the resume came just now */
+    extproc_request *req = h->posted;
+    h->posted = NULL;
+    pthread_mutex_unlock(&h->lock);
+    stream_resume_on_loop(req);
+  } else {
+    h->orphaned = orphaned;
+    pthread_mutex_unlock(&h->lock);
+  }
   stream_close(h->req);
   for (size_t i = 0; i < h->reply_count; i++) {
     stored_reply *s = &h->replies[i];
@@ -659,6 +681,8 @@ void extproc_harness_free(extproc_harness *h) {
   list_free(&h->client);
   kv_clear(&h->attributes);
   kv_clear(&h->metadata);
+  arena_cache_release(); /* this thread may be a test's own, about to exit */
+  if (orphaned) return;
   pthread_mutex_destroy(&h->lock);
   pthread_cond_destroy(&h->cond);
   free(h);

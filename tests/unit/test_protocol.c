@@ -404,6 +404,129 @@ static void test_observability_mode(void **state) {
   extproc_processor_free(p);
 }
 
+/* ---- Corner cases found in review ------------------------------------------------------ */
+
+static extproc_request *parked;
+
+static extproc_result park(extproc_request *req, void *ctx) {
+  (void)ctx;
+  parked = req;
+  return EXTPROC_DEFER;
+}
+
+static void test_harness_freed_while_deferred(void **state) {
+  (void)state;
+  extproc_processor *p = processor("parker", EXTPROC_REQUEST_HEADERS, park);
+  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness_set_timeout_ms(h, 20);
+  assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true),
+                   EXTPROC_ETIMEDOUT);
+  extproc_harness_free(h);
+  /* The late answer finds no harness: it is dropped and everything freed (ASan checks). */
+  assert_int_equal(extproc_request_resume(parked, EXTPROC_CONTINUE), 0);
+  extproc_processor_free(p);
+}
+
+static int later_calls;
+
+static extproc_result fail_first(extproc_request *req, void *ctx) {
+  (void)ctx;
+  if (extproc_request_phase(req) == EXTPROC_REQUEST_HEADERS) return EXTPROC_FAIL;
+  later_calls++;
+  return EXTPROC_CONTINUE;
+}
+
+static void test_failure_in_observability_mode_ends_the_stream(void **state) {
+  (void)state;
+  extproc_processor *p = processor("failing-observer", EXTPROC_REQUEST_HEADERS, fail_first);
+  extproc_processor_on(p, EXTPROC_RESPONSE_HEADERS, fail_first);
+  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness_set_observability_mode(h, true);
+  later_calls = 0;
+  extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true);
+  uint32_t status = 0;
+  assert_true(extproc_harness_stream_ended(h, &status, NULL));
+  assert_int_equal(status, EXTPROC_GRPC_INTERNAL);
+  assert_int_equal(extproc_harness_reply_count(h), 0);
+  assert_int_equal(extproc_harness_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE, true),
+                   EXTPROC_ESTATE);
+  assert_int_equal(later_calls, 0);
+  extproc_harness_free(h);
+  extproc_processor_free(p);
+}
+
+static extproc_result stream_with_duplicate_header(extproc_request *req, void *ctx) {
+  (void)ctx;
+  assert_int_equal(extproc_streamed_immediate_response(req, 200, false), 0);
+  assert_int_equal(extproc_immediate_header_set(req, "x-a", "1"), 0);
+  assert_int_equal(extproc_immediate_header_set(req, "x-a", "2"), 0);
+  return EXTPROC_CONTINUE;
+}
+
+static extproc_result fail_body(extproc_request *req, void *ctx) {
+  (void)req, (void)ctx;
+  return EXTPROC_FAIL;
+}
+
+static void test_streamed_immediate_then_failure(void **state) {
+  (void)state;
+  extproc_processor *p =
+      processor("stream-fail", EXTPROC_REQUEST_HEADERS, stream_with_duplicate_header);
+  extproc_processor_on(p, EXTPROC_REQUEST_BODY, fail_body);
+  extproc_processor_set_error_policy(p, EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE, 503);
+  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness_set_protocol_config(h, EXTPROC_BODY_FULL_DUPLEX_STREAMED, EXTPROC_BODY_NONE);
+  extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
+  const char *values[4];
+  assert_int_equal(extproc_harness_client_header_all(h, "x-a", values, 4), 1); /* overwrite */
+  assert_string_equal(values[0], "2");
+  const size_t before = extproc_harness_reply_count(h);
+  extproc_harness_body(h, EXTPROC_REQUEST_BODY, "x", 1, true);
+  /* No ImmediateResponse after the streamed one began: the stream ends with the error. */
+  assert_int_equal(extproc_harness_reply_count(h), before);
+  uint32_t status = 0;
+  assert_true(extproc_harness_stream_ended(h, &status, NULL));
+  assert_int_equal(status, EXTPROC_GRPC_INTERNAL);
+  extproc_harness_free(h);
+  extproc_processor_free(p);
+}
+
+static extproc_result read_path(extproc_request *req, void *ctx) {
+  (void)ctx;
+  const char *path = extproc_value_string(extproc_request_attribute(req, "request.path"));
+  return extproc_header_set(req, "x-path", path ? path : "-") ? EXTPROC_FAIL : EXTPROC_CONTINUE;
+}
+
+static void test_attribute_sent_again_takes_its_new_value(void **state) {
+  (void)state;
+  extproc_processor *p = processor("attrs", EXTPROC_REQUEST_HEADERS, read_path);
+  extproc_processor_on(p, EXTPROC_RESPONSE_HEADERS, read_path);
+  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness_add_attribute(h, "request.path", "/first");
+  extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true);
+  assert_string_equal(extproc_harness_upstream_header(h, "x-path"), "/first");
+  extproc_harness_add_attribute(h, "request.path", "/second");
+  extproc_harness_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE, true);
+  assert_string_equal(extproc_harness_client_header(h, "x-path"), "/second");
+  extproc_harness_free(h);
+  extproc_processor_free(p);
+}
+
+static void test_getters_accept_null(void **state) {
+  (void)state;
+  assert_int_equal(extproc_request_phase(NULL), EXTPROC_PHASE_COUNT);
+  assert_int_equal(extproc_request_get_info(NULL)->content_length, -1);
+  assert_null(extproc_request_user_data(NULL));
+  assert_false(extproc_request_end_of_stream(NULL));
+  assert_null(extproc_request_context(NULL));
+  assert_false(extproc_request_protocol_config(NULL)->known);
+  assert_int_equal(extproc_request_body_mode(NULL), EXTPROC_BODY_MODE_UNKNOWN);
+  assert_false(extproc_request_observability_mode(NULL));
+  extproc_processing_mode mode = {.request_body_mode = EXTPROC_BODY_STREAMED};
+  extproc_request_processing_mode(NULL, &mode);
+  assert_int_equal(mode.request_body_mode, EXTPROC_BODY_NONE);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buffered_body_change_sets_content_length),
@@ -416,6 +539,11 @@ int main(void) {
       cmocka_unit_test(test_trailers),
       cmocka_unit_test(test_accumulate_chunks),
       cmocka_unit_test(test_observability_mode),
+      cmocka_unit_test(test_harness_freed_while_deferred),
+      cmocka_unit_test(test_failure_in_observability_mode_ends_the_stream),
+      cmocka_unit_test(test_streamed_immediate_then_failure),
+      cmocka_unit_test(test_attribute_sent_again_takes_its_new_value),
+      cmocka_unit_test(test_getters_accept_null),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
