@@ -88,16 +88,28 @@ def envoy_config(template, listen_port, admin_port, echo_port, processors):
     return text
 
 
+_handed_out = set()  # every port free_ports() has returned in this test run
+
+
 def free_ports(n):
-    """n distinct free loopback ports. All are held until all are chosen, so none repeats;
-    once released, the kernel does not hand them out again right away."""
-    socks = [socket.socket() for _ in range(n)]
+    """n distinct free loopback ports, never one handed out before in this run.
+
+    A port is only free until someone binds it, and two of our servers bound to one port would
+    not even fail: Envoy and our processor both use SO_REUSEPORT, and the kernel would split the
+    traffic between them. So each port chosen here is chosen once."""
+    chosen, held = [], []
     try:
-        for s in socks:
+        while len(chosen) < n:
+            s = socket.socket()
+            held.append(s)  # held until all are chosen, so the kernel picks new ones
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+            port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                chosen.append(port)
+        return chosen
     finally:
-        for s in socks:
+        for s in held:
             s.close()
 
 
