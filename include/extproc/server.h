@@ -66,7 +66,8 @@ extproc_server *extproc_server_create(const extproc_server_options *opts);
  * that created the server. */
 int extproc_server_listen(extproc_server *srv, const char *address, const extproc_processor *proc);
 
-/* The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index. */
+/* The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index.
+ * Thread-safe once the listener exists. */
 int extproc_server_port(const extproc_server *srv, int index);
 
 /* Starts the worker threads and returns. Sets SIGPIPE to be ignored, process-wide, so a peer
@@ -91,7 +92,8 @@ int extproc_server_run(extproc_server *srv);
 /* Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */
 uint64_t extproc_server_open_streams(const extproc_server *srv);
 
-/* Number of gRPC streams served since start (Process and health), over all loops. */
+/* Number of gRPC streams served since start (Process and health), over all loops.
+ * Thread-safe. */
 uint64_t extproc_server_total_streams(const extproc_server *srv);
 
 /* Frees a stopped (or never started) server. NULL is ignored. */

@@ -314,18 +314,24 @@ static bool is_body_phase(extproc_phase phase) {
 /* The direction of a phase: 0 request, 1 response. */
 static int direction_of(extproc_phase phase) { return phase >= EXTPROC_RESPONSE_HEADERS; }
 
-int stream_add_piece(extproc_request *req, const void *data, size_t len, bool end_of_stream) {
+/* Appends a piece whose bytes already live in the message arena (no copy). */
+static int append_piece(extproc_request *req, const uint8_t *data, size_t len, bool end_of_stream) {
   streamed_piece *p = arena_alloc(&req->msg_arena, sizeof(*p));
-  uint8_t *copy = arena_alloc(&req->msg_arena, len ? len : 1);
-  if (!p || !copy) return EXTPROC_ENOMEM;
-  if (len) memcpy(copy, data, len);
-  *p = (streamed_piece){NULL, copy, len, end_of_stream};
+  if (!p) return EXTPROC_ENOMEM;
+  *p = (streamed_piece){NULL, data, len, end_of_stream};
   if (req->pieces_tail)
     req->pieces_tail->next = p;
   else
     req->pieces_head = p;
   req->pieces_tail = p;
   return 0;
+}
+
+int stream_add_piece(extproc_request *req, const void *data, size_t len, bool end_of_stream) {
+  uint8_t *copy = arena_alloc(&req->msg_arena, len ? len : 1);
+  if (!copy) return EXTPROC_ENOMEM;
+  if (len) memcpy(copy, data, len);
+  return append_piece(req, copy, len, end_of_stream);
 }
 
 int stream_send_extra(extproc_request *req, ProtobufCMessage *reply) {
@@ -340,8 +346,9 @@ static void send_duplex_body(extproc_request *req) {
   const int dir = direction_of(req->phase);
   if (!req->pieces_head && req->body_op != BODY_CLEAR && !req->duplex_body_ended[dir]) {
     const bool replaced = req->body_op == BODY_REPLACE;
-    if (stream_add_piece(req, replaced ? req->body_data : req->body,
-                         replaced ? req->body_data_len : req->body_len, req->end_of_stream)) {
+    /* The chunk and a replacement are already in the message arena: no copy. */
+    if (append_piece(req, replaced ? req->body_data : req->body,
+                     replaced ? req->body_data_len : req->body_len, req->end_of_stream)) {
       stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory building the reply");
       return;
     }
@@ -349,7 +356,7 @@ static void send_duplex_body(extproc_request *req) {
   bool ended = req->duplex_body_ended[dir];
   for (const streamed_piece *p = req->pieces_head; p; p = p->next)
     ended |= p->end_of_stream;
-  if (req->end_of_stream && !ended && stream_add_piece(req, NULL, 0, true)) {
+  if (req->end_of_stream && !ended && append_piece(req, (const uint8_t *)"", 0, true)) {
     stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory building the reply");
     return;
   }

@@ -144,6 +144,17 @@ static bool list_apply(header_list *l, const extproc_harness_header_write *w, bo
 
 /* ---- Recording replies ----------------------------------------------------------------- */
 
+/* raw_value is bytes, not a C string: keeps a NUL-terminated copy for the test's author. */
+static bool copy_raw_value(extproc_harness_header_write *w, const ProtobufCBinaryData *raw) {
+  w->value_len = raw ? raw->len : 0;
+  char *v = malloc(w->value_len + 1);
+  if (!v) return false;
+  if (w->value_len) memcpy(v, raw->data, w->value_len);
+  v[w->value_len] = '\0';
+  w->value = v;
+  return true;
+}
+
 static bool fill_writes(stored_reply *s, const HeaderMutation *m, header_list *view) {
   extproc_harness_reply *r = &s->pub;
   if (!m) return true;
@@ -152,17 +163,11 @@ static bool fill_writes(stored_reply *s, const HeaderMutation *m, header_list *v
   for (size_t i = 0; i < m->n_set_headers; i++) {
     const Envoy__Config__Core__V3__HeaderValueOption *o = m->set_headers[i];
     extproc_harness_header_write *w = &s->writes[i];
-    /* raw_value is bytes, not a C string: keep a NUL-terminated copy for the author. */
     w->name = o->header && o->header->key ? o->header->key : "";
     w->value_field_set = o->header && o->header->value && o->header->value[0];
     w->append = o->append && o->append->value;
     w->append_action = (int)o->append_action;
-    w->value_len = o->header ? o->header->raw_value.len : 0;
-    char *v = malloc(w->value_len + 1);
-    if (!v) return false;
-    if (w->value_len) memcpy(v, o->header->raw_value.data, w->value_len);
-    v[w->value_len] = '\0';
-    w->value = v;
+    if (!copy_raw_value(w, o->header ? &o->header->raw_value : NULL)) return false;
     r->header_write_count = i + 1;
     if (view && !list_apply(view, w, o->append != NULL)) return false;
   }
@@ -247,15 +252,11 @@ static bool record_streamed_immediate(extproc_harness *h, stored_reply *s) {
   for (size_t i = 0; i < n; i++) {
     extproc_harness_header_write *w = &s->writes[i];
     w->name = map->headers[i]->key ? map->headers[i]->key : "";
-    w->value_len = map->headers[i]->raw_value.len;
-    char *v = malloc(w->value_len + 1);
-    if (!v) return false;
-    if (w->value_len) memcpy(v, map->headers[i]->raw_value.data, w->value_len);
-    v[w->value_len] = '\0';
-    w->value = v;
+    if (!copy_raw_value(w, &map->headers[i]->raw_value)) return false;
     r->header_write_count = i + 1;
-    if (strcmp(w->name, ":status") == 0) r->immediate_status = (uint32_t)strtoul(v, NULL, 10);
-    if (!list_add(&h->client, w->name, v)) return false;
+    if (strcmp(w->name, ":status") == 0)
+      r->immediate_status = (uint32_t)strtoul(w->value, NULL, 10);
+    if (!list_add(&h->client, w->name, w->value)) return false;
   }
   r->header_writes = s->writes;
   return true;
