@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/headers.h"
-#include "api/processor.h"
+#include "engine/headers.h"
+#include "engine/processor.h"
 #include "engine/stream.h"
 
 extproc_phase extproc_request_phase(const extproc_request *req) {
@@ -105,6 +105,30 @@ const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {
 const uint8_t *extproc_body(const extproc_request *req, size_t *len) {
   if (len) *len = req ? req->body_len : 0;
   return req ? req->body : NULL;
+}
+
+/* ---- Headers of the current phase ------------------------------------------------------ */
+
+const extproc_header *extproc_headers(const extproc_request *req, size_t *count) {
+  if (count) *count = req ? req->header_count : 0;
+  return req ? req->headers : NULL;
+}
+
+const char *extproc_header_get(const extproc_request *req, const char *name) {
+  if (!req || !name) return NULL;
+  return headers_find(req->headers, req->header_count, name);
+}
+
+size_t extproc_header_get_all(const extproc_request *req, const char *name, const char **values,
+                              size_t max) {
+  if (!req || !name) return 0;
+  size_t n = 0;
+  for (size_t i = 0; i < req->header_count; i++) {
+    if (!header_name_equal(req->headers[i].name, name)) continue;
+    if (n < max && values) values[n] = req->headers[i].value;
+    n++;
+  }
+  return n;
 }
 
 /* ---- Header edits ---------------------------------------------------------------------- */

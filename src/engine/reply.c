@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "api/headers.h"
-#include "api/processor.h"
+#include "engine/headers.h"
+#include "engine/processor.h"
 #include "engine/stream.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
@@ -160,7 +160,7 @@ static bool add_chain_header(extproc_request *req) {
     return header_edits_add(&req->msg_arena, &req->immediate_headers, HEADER_SET, header, name) ==
            0;
   if (req->phase != EXTPROC_RESPONSE_HEADERS) return true;
-  const char *earlier = extproc_header_get(req, header);
+  const char *earlier = headers_find(req->headers, req->header_count, header);
   if (!earlier || !*earlier)
     return header_edits_add(&req->msg_arena, &req->edits, HEADER_SET, header, name) == 0;
   const size_t name_len = strlen(name), earlier_len = strlen(earlier);

@@ -5,11 +5,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "api/headers.h"
-#include "api/processor.h"
+#include "base/log.h"
+#include "engine/headers.h"
+#include "engine/processor.h"
 #include "engine/wire_check.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
-#include "server/log.h"
 
 typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
 
@@ -119,7 +119,7 @@ static void record_request_info(extproc_request *req) {
 }
 
 static void record_response_info(extproc_request *req) {
-  const char *status = extproc_header_get(req, ":status");
+  const char *status = headers_find(req->headers, req->header_count, ":status");
   if (!status) return;
   int64_t n = header_parse_length(status, strlen(status));
   if (n >= 100 && n <= 999) req->info.response_status = (uint32_t)n;
@@ -245,7 +245,7 @@ static bool load_message(extproc_request *req, const ProcessingRequest *msg) {
   if (req->phase == EXTPROC_RESPONSE_HEADERS) record_response_info(req);
   if (req->phase == EXTPROC_REQUEST_HEADERS || req->phase == EXTPROC_RESPONSE_HEADERS)
     req->had_content_length[req->phase == EXTPROC_RESPONSE_HEADERS] =
-        extproc_header_get(req, "content-length") != NULL;
+        headers_find(req->headers, req->header_count, "content-length") != NULL;
   return keep_context(req, msg);
 }
 

@@ -16,7 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/arena.h"
+#include "base/arena.h"
+#include "engine/headers.h"
 #include "envoy/config/core/v3/base.pb-c.h"
 #include "extproc/extproc.h"
 #include "google/protobuf/struct.pb-c.h"
@@ -41,22 +42,6 @@ typedef struct stream_poster {
   void *data;
   size_t *deferred; /* counts deferred, unresumed requests; touched on the loop thread only */
 } stream_poster;
-
-/* A header write recorded by a callback, in call order. */
-typedef enum header_op { HEADER_SET, HEADER_APPEND, HEADER_ADD_IF_ABSENT, HEADER_REMOVE } header_op;
-
-typedef struct header_edit {
-  struct header_edit *next;
-  header_op op;
-  char *name;  /* lower case, NUL-terminated */
-  char *value; /* NUL-terminated; NULL for HEADER_REMOVE */
-  size_t value_len;
-} header_edit;
-
-typedef struct header_edits {
-  header_edit *head, *tail;
-  size_t sets, removes;
-} header_edits;
 
 typedef enum body_op { BODY_KEEP, BODY_REPLACE, BODY_CLEAR } body_op;
 

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "server/log.h"
+#include "base/log.h"
 #include "transport/listener.h"
 #include "transport/transport.h"
 

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "api/headers.h"
+#include "engine/headers.h"
 #include "engine/stream.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 

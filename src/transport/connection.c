@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/log.h"
 #include "grpc/health/v1/health.pb-c.h"
-#include "server/log.h"
 #include "transport/grpc_frame.h"
 #include "transport/transport.h"
 

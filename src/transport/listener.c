@@ -15,7 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "server/log.h"
+#include "base/log.h"
 
 enum { LISTEN_BACKLOG = 1024 };
 

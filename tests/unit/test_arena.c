@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "engine/arena.h"
+#include "base/arena.h"
 
 static void test_alignment_and_strings(void **state) {
   (void)state;

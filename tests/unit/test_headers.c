@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "api/headers.h"
+#include "engine/headers.h"
 
 static void test_load_prefers_raw_value(void **state) {
   (void)state;

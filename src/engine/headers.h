@@ -7,10 +7,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/arena.h"
-#include "engine/stream.h"
+#include "base/arena.h"
 #include "envoy/config/core/v3/base.pb-c.h"
 #include "extproc/extproc.h"
+
+/* A header write recorded by a callback, in call order. */
+typedef enum header_op { HEADER_SET, HEADER_APPEND, HEADER_ADD_IF_ABSENT, HEADER_REMOVE } header_op;
+
+typedef struct header_edit {
+  struct header_edit *next;
+  header_op op;
+  char *name;  /* lower case, NUL-terminated */
+  char *value; /* NUL-terminated; NULL for HEADER_REMOVE */
+  size_t value_len;
+} header_edit;
+
+typedef struct header_edits {
+  header_edit *head, *tail;
+  size_t sets, removes;
+} header_edits;
 
 /* Copies `map` into an array of NUL-terminated name/value pairs in `a`, reading each value
  * from raw_value and falling back to value (Envoy fills raw_value; older senders fill value).
@@ -33,6 +48,9 @@ bool header_value_valid(const char *value, size_t len);
  * Returns 0, EXTPROC_EINVAL for a bad name or value, or EXTPROC_ENOMEM. */
 int header_edits_add(arena *a, header_edits *edits, header_op op, const char *name,
                      const char *value);
+
+/* The first value of header `name` (ASCII case-insensitive) among `count` headers, or NULL. */
+const char *headers_find(const extproc_header *headers, size_t count, const char *name);
 
 /* Parses a non-negative decimal integer of `len` bytes (surrounding spaces allowed). Returns -1
  * if it is empty, malformed or above 2^62. */

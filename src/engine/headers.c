@@ -1,8 +1,6 @@
-#include "api/headers.h"
+#include "engine/headers.h"
 
 #include <string.h>
-
-#include "engine/stream.h"
 
 bool headers_load(arena *a, const Envoy__Config__Core__V3__HeaderMap *map, extproc_header **out,
                   size_t *count) {
@@ -116,28 +114,8 @@ int header_edits_add(arena *a, header_edits *edits, header_op op, const char *na
   return 0;
 }
 
-/* ---- Public read API ------------------------------------------------------------------- */
-
-const extproc_header *extproc_headers(const extproc_request *req, size_t *count) {
-  if (count) *count = req ? req->header_count : 0;
-  return req ? req->headers : NULL;
-}
-
-const char *extproc_header_get(const extproc_request *req, const char *name) {
-  if (!req || !name) return NULL;
-  for (size_t i = 0; i < req->header_count; i++)
-    if (header_name_equal(req->headers[i].name, name)) return req->headers[i].value;
+const char *headers_find(const extproc_header *headers, size_t count, const char *name) {
+  for (size_t i = 0; i < count; i++)
+    if (header_name_equal(headers[i].name, name)) return headers[i].value;
   return NULL;
-}
-
-size_t extproc_header_get_all(const extproc_request *req, const char *name, const char **values,
-                              size_t max) {
-  if (!req || !name) return 0;
-  size_t n = 0;
-  for (size_t i = 0; i < req->header_count; i++) {
-    if (!header_name_equal(req->headers[i].name, name)) continue;
-    if (n < max && values) values[n] = req->headers[i].value;
-    n++;
-  }
-  return n;
 }

@@ -1,4 +1,4 @@
-#include "server/log.h"
+#include "base/log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -6,8 +6,6 @@
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
-
-#include "engine/stream.h"
 
 static atomic_int log_threshold = EXTPROC_LOG_INFO;
 
@@ -39,7 +37,7 @@ bool log_enabled(extproc_log_level level) {
   return level < EXTPROC_LOG_OFF && (int)level >= atomic_load(&log_threshold);
 }
 
-static void log_vline(extproc_log_level level, const char *prefix, const char *fmt, va_list ap) {
+void log_linev(extproc_log_level level, const char *prefix, const char *fmt, va_list ap) {
   char line[2048];
   struct timeval tv;
   struct tm tm;
@@ -65,21 +63,6 @@ void log_line(extproc_log_level level, const char *fmt, ...) {
   if (!log_enabled(level)) return;
   va_list ap;
   va_start(ap, fmt);
-  log_vline(level, "", fmt, ap);
-  va_end(ap);
-}
-
-void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt, ...) {
-  if (!log_enabled(level)) return;
-  char prefix[512] = "";
-  if (req) {
-    const char *rid = req->info.request_id ? req->info.request_id : "-";
-    snprintf(prefix, sizeof(prefix),
-             "processor=%s phase=%s request_id=%s: ", extproc_processor_name(req->proc),
-             extproc_phase_name(req->phase), rid);
-  }
-  va_list ap;
-  va_start(ap, fmt);
-  log_vline(level, prefix, fmt, ap);
+  log_linev(level, "", fmt, ap);
   va_end(ap);
 }

@@ -1,4 +1,4 @@
-#include "engine/arena.h"
+#include "base/arena.h"
 
 #include <stdalign.h>
 #include <stdlib.h>
