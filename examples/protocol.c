@@ -155,10 +155,16 @@ static extproc_result answer_slowly(extproc_request *req, long ms) {
   pthread_t thread;
   if (!a) return EXTPROC_FAIL;
   *a = (slow_answer){req, ms};
-  if (extproc_override_message_timeout(req, (uint32_t)ms + 2000) ||
-      pthread_create(&thread, NULL, answer_later, a) != 0) {
+  if (extproc_override_message_timeout(req, (uint32_t)ms + 2000) != 0) {
     free(a);
     return EXTPROC_FAIL;
+  }
+  /* Declared before the thread exists, so its resume can never come too early. */
+  extproc_request_defer(req);
+  if (pthread_create(&thread, NULL, answer_later, a) != 0) {
+    free(a);
+    extproc_request_resume(req, EXTPROC_FAIL);
+    return EXTPROC_DEFER;
   }
   pthread_detach(thread);
   return EXTPROC_DEFER;

@@ -87,9 +87,9 @@ typedef enum extproc_result {
   EXTPROC_CONTINUE = 0,
   /* The callback failed: the processor's error policy applies (see extproc_error_policy). */
   EXTPROC_FAIL = 1,
-  /* The answer comes later: the callback (or a thread it handed the request to) will call
-   * extproc_request_resume() exactly once. No reply is sent and no later message of this stream
-   * is dispatched until then. */
+  /* The answer comes later: the callback called extproc_request_defer() and it (or a thread it
+   * handed the request to) will call extproc_request_resume() exactly once. No reply is sent and no
+   * later message of this stream is dispatched until then. */
   EXTPROC_DEFER = 2
 } extproc_result;
 
@@ -436,10 +436,20 @@ int extproc_streamed_immediate_body(extproc_request *req, const void *data, size
  * Returns 0 or EXTPROC_EINVAL. */
 int extproc_request_fail(extproc_request *req, extproc_grpc_code code, const char *message);
 
+/* Declares that the current phase will be answered later, through extproc_request_resume().
+ * Call it in the callback before the request can reach another thread (or a timer, or an
+ * asynchronous client), then return EXTPROC_DEFER. From this call on the phase is deferred
+ * whatever the callback returns, so a resume that comes before the callback returns is never
+ * lost. Only from the callback itself (the loop thread); calling it twice is harmless.
+ * Returns 0, EXTPROC_EINVAL for NULL, or EXTPROC_ESTATE (with a log line) outside a callback. */
+int extproc_request_defer(extproc_request *req);
+
 /* Finishes a deferred phase, as if its callback had returned `result` (EXTPROC_CONTINUE or
  * EXTPROC_FAIL). Thread-safe: call it from any thread, exactly once per deferral. It may come
- * before the callback has even returned (a quick worker thread, or the callback itself), as
- * long as the callback then returns EXTPROC_DEFER; the reply is then sent when it returns.
+ * before the callback has even returned, if the callback called extproc_request_defer() first;
+ * the reply is then sent when the callback returns. A callback that returns EXTPROC_DEFER
+ * without extproc_request_defer() is deferred too, but then a resume before it returns is
+ * refused.
  *
  * Ownership while deferred: from the moment the callback hands `req` to another thread until
  * that thread calls this function, only that thread may use `req` (to read it and record the
@@ -447,8 +457,9 @@ int extproc_request_fail(extproc_request *req, extproc_grpc_code code, const cha
  * message_timeout ran out), the answer is dropped with a warning and the request freed. Every
  * deferred request must be resumed before its server is freed.
  *
- * Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or EXTPROC_ESTATE (no phase of
- * this request is waiting for a resume, e.g. a second call). */
+ * Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or EXTPROC_ESTATE with a log
+ * line (no phase of this request is waiting for a resume: not deferred, not declared with
+ * extproc_request_defer(), or already resumed). */
 int extproc_request_resume(extproc_request *req, extproc_result result);
 
 /* ---- Logging --------------------------------------------------------------------------- */

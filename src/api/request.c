@@ -3,12 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/headers.h"
-#include "engine/processor.h"
-#include "engine/stream.h"
+#include "engine/request.h"
 
 extproc_phase extproc_request_phase(const extproc_request *req) {
-  return req ? req->phase : EXTPROC_PHASE_COUNT;
+  return req ? req->msg.phase : EXTPROC_PHASE_COUNT;
 }
 
 const extproc_request_info *extproc_request_get_info(const extproc_request *req) {
@@ -20,9 +18,13 @@ void *extproc_request_user_data(const extproc_request *req) {
   return req ? req->proc->user_data : NULL;
 }
 
-const char *extproc_request_processor_name(const extproc_request *req) { return req->proc->name; }
+const char *extproc_request_processor_name(const extproc_request *req) {
+  return req ? req->proc->name : NULL;
+}
 
-bool extproc_request_end_of_stream(const extproc_request *req) { return req && req->end_of_stream; }
+bool extproc_request_end_of_stream(const extproc_request *req) {
+  return req && req->msg.end_of_stream;
+}
 
 void *extproc_request_context(const extproc_request *req) { return req ? req->ctx : NULL; }
 
@@ -35,15 +37,15 @@ char *extproc_request_strdup(extproc_request *req, const char *s) {
 }
 
 static bool in_body_phase(const extproc_request *req) {
-  return req->phase == EXTPROC_REQUEST_BODY || req->phase == EXTPROC_RESPONSE_BODY;
+  return req->msg.phase == EXTPROC_REQUEST_BODY || req->msg.phase == EXTPROC_RESPONSE_BODY;
 }
 
 static bool in_headers_phase(const extproc_request *req) {
-  return req->phase == EXTPROC_REQUEST_HEADERS || req->phase == EXTPROC_RESPONSE_HEADERS;
+  return req->msg.phase == EXTPROC_REQUEST_HEADERS || req->msg.phase == EXTPROC_RESPONSE_HEADERS;
 }
 
 static bool in_trailers_phase(const extproc_request *req) {
-  return req->phase == EXTPROC_REQUEST_TRAILERS || req->phase == EXTPROC_RESPONSE_TRAILERS;
+  return req->msg.phase == EXTPROC_REQUEST_TRAILERS || req->msg.phase == EXTPROC_RESPONSE_TRAILERS;
 }
 
 /* An author's call that would make a reply Envoy does not expect: refused, and said so. */
@@ -53,7 +55,7 @@ static int refuse(const extproc_request *req, const char *what) {
 }
 
 static extproc_body_mode current_body_mode(const extproc_request *req) {
-  return req->body_mode[req->phase >= EXTPROC_RESPONSE_HEADERS];
+  return req->body_mode[req->msg.phase >= EXTPROC_RESPONSE_HEADERS];
 }
 
 const extproc_protocol_config *extproc_request_protocol_config(const extproc_request *req) {
@@ -75,15 +77,15 @@ void extproc_request_processing_mode(const extproc_request *req, extproc_process
 }
 
 bool extproc_request_observability_mode(const extproc_request *req) {
-  return req && req->observability_mode;
+  return req && req->msg.observability_mode;
 }
 
 const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {
   if (len) *len = 0;
   if (!req || !in_body_phase(req)) return NULL;
-  const int dir = req->phase == EXTPROC_RESPONSE_BODY;
-  if (!req->chunk_accumulated) {
-    const size_t need = req->accumulated_len[dir] + req->body_len;
+  const int dir = req->msg.phase == EXTPROC_RESPONSE_BODY;
+  if (!req->msg.chunk_accumulated) {
+    const size_t need = req->accumulated_len[dir] + req->msg.body_len;
     if (need > req->accumulated_cap[dir]) {
       size_t cap = req->accumulated_cap[dir] ? req->accumulated_cap[dir] : 4096;
       while (cap < need)
@@ -93,39 +95,39 @@ const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {
       req->accumulated[dir] = grown;
       req->accumulated_cap[dir] = cap;
     }
-    if (req->body_len)
-      memcpy(req->accumulated[dir] + req->accumulated_len[dir], req->body, req->body_len);
+    if (req->msg.body_len)
+      memcpy(req->accumulated[dir] + req->accumulated_len[dir], req->msg.body, req->msg.body_len);
     req->accumulated_len[dir] = need;
-    req->chunk_accumulated = true;
+    req->msg.chunk_accumulated = true;
   }
   if (len) *len = req->accumulated_len[dir];
   return req->accumulated[dir] ? req->accumulated[dir] : (const uint8_t *)"";
 }
 
 const uint8_t *extproc_body(const extproc_request *req, size_t *len) {
-  if (len) *len = req ? req->body_len : 0;
-  return req ? req->body : NULL;
+  if (len) *len = req ? req->msg.body_len : 0;
+  return req ? req->msg.body : NULL;
 }
 
 /* ---- Headers of the current phase ------------------------------------------------------ */
 
 const extproc_header *extproc_headers(const extproc_request *req, size_t *count) {
-  if (count) *count = req ? req->header_count : 0;
-  return req ? req->headers : NULL;
+  if (count) *count = req ? req->msg.header_count : 0;
+  return req ? req->msg.headers : NULL;
 }
 
 const char *extproc_header_get(const extproc_request *req, const char *name) {
   if (!req || !name) return NULL;
-  return headers_find(req->headers, req->header_count, name);
+  return headers_find(req->msg.headers, req->msg.header_count, name);
 }
 
 size_t extproc_header_get_all(const extproc_request *req, const char *name, const char **values,
                               size_t max) {
   if (!req || !name) return 0;
   size_t n = 0;
-  for (size_t i = 0; i < req->header_count; i++) {
-    if (!header_name_equal(req->headers[i].name, name)) continue;
-    if (n < max && values) values[n] = req->headers[i].value;
+  for (size_t i = 0; i < req->msg.header_count; i++) {
+    if (!header_name_equal(req->msg.headers[i].name, name)) continue;
+    if (n < max && values) values[n] = req->msg.headers[i].value;
     n++;
   }
   return n;
@@ -135,8 +137,8 @@ size_t extproc_header_get_all(const extproc_request *req, const char *name, cons
 
 static int record_edit(extproc_request *req, header_op op, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
-  if (req->immediate) return EXTPROC_ESTATE;
-  return header_edits_add(&req->msg_arena, &req->edits, op, name, value);
+  if (req->reply.immediate) return EXTPROC_ESTATE;
+  return header_edits_add(&req->msg_arena, &req->reply.edits, op, name, value);
 }
 
 int extproc_header_set(extproc_request *req, const char *name, const char *value) {
@@ -166,23 +168,23 @@ int extproc_header_remove(extproc_request *req, const char *name) {
 int extproc_body_replace(extproc_request *req, const void *data, size_t len) {
   if (!req || (!data && len)) return EXTPROC_EINVAL;
   if (in_trailers_phase(req)) return refuse(req, "a body write in a trailers phase");
-  if (req->immediate) return refuse(req, "a body write after an immediate response");
+  if (req->reply.immediate) return refuse(req, "a body write after an immediate response");
   uint8_t *copy = arena_alloc(&req->msg_arena, len);
   if (!copy) return EXTPROC_ENOMEM;
   if (len) memcpy(copy, data, len);
-  req->body_op = BODY_REPLACE;
-  req->body_data = copy;
-  req->body_data_len = len;
+  req->reply.body_op = BODY_REPLACE;
+  req->reply.body_data = copy;
+  req->reply.body_data_len = len;
   return 0;
 }
 
 int extproc_body_clear(extproc_request *req) {
   if (!req) return EXTPROC_EINVAL;
   if (in_trailers_phase(req)) return refuse(req, "a body write in a trailers phase");
-  if (req->immediate) return refuse(req, "a body write after an immediate response");
-  req->body_op = BODY_CLEAR;
-  req->body_data = NULL;
-  req->body_data_len = 0;
+  if (req->reply.immediate) return refuse(req, "a body write after an immediate response");
+  req->reply.body_op = BODY_CLEAR;
+  req->reply.body_data = NULL;
+  req->reply.body_data_len = 0;
   return 0;
 }
 
@@ -191,11 +193,10 @@ int extproc_streamed_body_send(extproc_request *req, const void *data, size_t le
   if (!req || (!data && len)) return EXTPROC_EINVAL;
   if (!in_body_phase(req) || current_body_mode(req) != EXTPROC_BODY_FULL_DUPLEX_STREAMED)
     return refuse(req, "a streamed body reply outside a FULL_DUPLEX_STREAMED body phase");
-  if (req->immediate || req->duplex_body_ended[req->phase == EXTPROC_RESPONSE_BODY])
+  if (req->reply.immediate || req->duplex_body_ended[req->msg.phase == EXTPROC_RESPONSE_BODY])
     return refuse(req, "a streamed body reply after the body was ended");
-  for (const streamed_piece *p = req->pieces_head; p; p = p->next)
-    if (p->end_of_stream) return refuse(req, "a streamed body reply after end_of_stream");
-  return stream_add_piece(req, data, len, end_of_stream);
+  if (send_pieces_ended(req)) return refuse(req, "a streamed body reply after end_of_stream");
+  return send_add_piece(req, data, len, end_of_stream);
 }
 
 /* ---- Other reply fields ----------------------------------------------------------------- */
@@ -216,75 +217,78 @@ int extproc_mode_override(extproc_request *req, const extproc_processing_mode *m
       !valid_header_mode(mode->response_trailer_mode))
     return EXTPROC_EINVAL;
   if (!in_headers_phase(req)) return refuse(req, "mode_override outside a headers phase");
-  req->has_mode_override = true;
-  req->mode_override = *mode;
+  req->reply.has_mode_override = true;
+  req->reply.mode_override = *mode;
   return 0;
 }
 
 int extproc_clear_route_cache(extproc_request *req) {
   if (!req) return EXTPROC_EINVAL;
   if (in_trailers_phase(req)) return refuse(req, "clear_route_cache in a trailers phase");
-  req->clear_route_cache = true;
+  req->reply.clear_route_cache = true;
   return 0;
 }
 
 int extproc_override_message_timeout(extproc_request *req, uint32_t ms) {
   if (!req || ms == 0) return EXTPROC_EINVAL;
-  if (atomic_load(&req->handoff) != HANDOFF_IN_CALLBACK || req->observability_mode || req->ended)
+  const int handoff = atomic_load(&req->handoff);
+  if ((handoff != HANDOFF_IN_CALLBACK && handoff != HANDOFF_DEFER_DECLARED) ||
+      req->msg.observability_mode || req->ended)
     return refuse(req, "override_message_timeout outside a callback, or with no reply due");
-  return stream_send_extra(req, reply_build_timeout_override(req, ms));
+  return send_extra(req, reply_build_timeout_override(req, ms));
 }
 
 /* ---- Immediate response ---------------------------------------------------------------- */
 
 int extproc_immediate_response(extproc_request *req, uint32_t http_status) {
   if (!req || http_status < 100 || http_status > 599) return EXTPROC_EINVAL;
-  if (req->observability_mode) return refuse(req, "an immediate response in observability mode");
+  if (req->msg.observability_mode)
+    return refuse(req, "an immediate response in observability mode");
   if (req->streamed_immediate != STREAMED_IMMEDIATE_NONE)
     return refuse(req, "an immediate response after a streamed immediate response");
-  req->immediate = true;
-  req->immediate_status = http_status;
+  req->reply.immediate = true;
+  req->reply.immediate_status = http_status;
   return 0;
 }
 
 int extproc_immediate_header_set(extproc_request *req, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
-  if (!req->immediate && req->streamed_immediate != STREAMED_IMMEDIATE_STARTING)
+  if (!req->reply.immediate && req->streamed_immediate != STREAMED_IMMEDIATE_STARTING)
     return EXTPROC_ESTATE;
-  return header_edits_add(&req->msg_arena, &req->immediate_headers, HEADER_SET, name, value);
+  return header_edits_add(&req->msg_arena, &req->reply.immediate_headers, HEADER_SET, name, value);
 }
 
 int extproc_immediate_body(extproc_request *req, const void *data, size_t len) {
   if (!req || (!data && len)) return EXTPROC_EINVAL;
-  if (!req->immediate) return EXTPROC_ESTATE;
+  if (!req->reply.immediate) return EXTPROC_ESTATE;
   uint8_t *copy = arena_alloc(&req->msg_arena, len);
   if (!copy) return EXTPROC_ENOMEM;
   if (len) memcpy(copy, data, len);
-  req->immediate_body = copy;
-  req->immediate_body_len = len;
+  req->reply.immediate_body = copy;
+  req->reply.immediate_body_len = len;
   return 0;
 }
 
 int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code) {
   if (!req || (unsigned)code > EXTPROC_GRPC_UNAUTHENTICATED) return EXTPROC_EINVAL;
-  if (!req->immediate) return EXTPROC_ESTATE;
-  req->immediate_has_grpc_status = true;
-  req->immediate_grpc_status = (uint32_t)code;
+  if (!req->reply.immediate) return EXTPROC_ESTATE;
+  req->reply.immediate_has_grpc_status = true;
+  req->reply.immediate_grpc_status = (uint32_t)code;
   return 0;
 }
 
 int extproc_immediate_details(extproc_request *req, const char *details) {
   if (!req || !details) return EXTPROC_EINVAL;
-  if (!req->immediate) return EXTPROC_ESTATE;
-  req->immediate_details = arena_strndup(&req->msg_arena, details, strlen(details));
-  return req->immediate_details ? 0 : EXTPROC_ENOMEM;
+  if (!req->reply.immediate) return EXTPROC_ESTATE;
+  req->reply.immediate_details = arena_strndup(&req->msg_arena, details, strlen(details));
+  return req->reply.immediate_details ? 0 : EXTPROC_ENOMEM;
 }
 
 int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_status,
                                         bool end_of_stream) {
   if (!req || http_status < 200 || http_status > 599) return EXTPROC_EINVAL;
-  if (req->phase != EXTPROC_REQUEST_HEADERS || req->observability_mode || req->immediate ||
-      req->streamed_immediate != STREAMED_IMMEDIATE_NONE)
+  if (req->msg.phase != EXTPROC_REQUEST_HEADERS || req->msg.observability_mode ||
+      req->reply.immediate || req->streamed_immediate != STREAMED_IMMEDIATE_NONE)
     return refuse(req, "a streamed immediate response must start once, in request_headers");
   /* Envoy answers 500 for one while it still expects request body replies. */
   const extproc_body_mode mode = req->body_mode[0];
@@ -294,7 +298,7 @@ int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_stat
                        "FULL_DUPLEX_STREAMED");
   req->streamed_immediate = STREAMED_IMMEDIATE_STARTING;
   req->streamed_immediate_headers_end = end_of_stream;
-  req->immediate_status = http_status;
+  req->reply.immediate_status = http_status;
   return 0;
 }
 
@@ -304,9 +308,8 @@ int extproc_streamed_immediate_body(extproc_request *req, const void *data, size
   if (req->streamed_immediate == STREAMED_IMMEDIATE_NONE ||
       req->streamed_immediate == STREAMED_IMMEDIATE_ENDED || req->streamed_immediate_headers_end)
     return refuse(req, "a streamed immediate body with no open streamed immediate response");
-  for (const streamed_piece *p = req->pieces_head; p; p = p->next)
-    if (p->end_of_stream) return refuse(req, "a streamed immediate body after end_of_stream");
-  return stream_add_piece(req, data, len, end_of_stream);
+  if (send_pieces_ended(req)) return refuse(req, "a streamed immediate body after end_of_stream");
+  return send_add_piece(req, data, len, end_of_stream);
 }
 
 /* ---- Failure --------------------------------------------------------------------------- */
@@ -314,7 +317,8 @@ int extproc_streamed_immediate_body(extproc_request *req, const void *data, size
 int extproc_request_fail(extproc_request *req, extproc_grpc_code code, const char *message) {
   if (!req || code == EXTPROC_GRPC_OK || (unsigned)code > EXTPROC_GRPC_UNAUTHENTICATED)
     return EXTPROC_EINVAL;
-  req->fail_code = (uint32_t)code;
-  req->fail_message = message ? arena_strndup(&req->msg_arena, message, strlen(message)) : NULL;
+  req->reply.fail_code = (uint32_t)code;
+  req->reply.fail_message =
+      message ? arena_strndup(&req->msg_arena, message, strlen(message)) : NULL;
   return 0;
 }

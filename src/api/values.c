@@ -5,7 +5,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "engine/stream.h"
+#include "engine/request.h"
 #include "extproc/extproc.h"
 
 typedef Google__Protobuf__Value Value;
@@ -232,14 +232,14 @@ extproc_list *extproc_list_add_list(extproc_list *l) {
 }
 
 extproc_struct *extproc_dynamic_metadata(extproc_request *req, const char *ns) {
-  if (!req || !ns || !*ns || req->observability_mode) return NULL;
-  if (!req->dynamic_metadata) {
-    req->dynamic_metadata = arena_alloc(&req->msg_arena, sizeof(Struct));
-    if (!req->dynamic_metadata) return NULL;
-    google__protobuf__struct__init(req->dynamic_metadata);
+  if (!req || !ns || !*ns || req->msg.observability_mode) return NULL;
+  if (!req->reply.dynamic_metadata) {
+    req->reply.dynamic_metadata = arena_alloc(&req->msg_arena, sizeof(Struct));
+    if (!req->reply.dynamic_metadata) return NULL;
+    google__protobuf__struct__init(req->reply.dynamic_metadata);
   }
-  extproc_struct top = {&req->msg_arena, req->dynamic_metadata};
-  const extproc_value *existing = struct_field(req->dynamic_metadata, ns);
+  extproc_struct top = {&req->msg_arena, req->reply.dynamic_metadata};
+  const extproc_value *existing = struct_field(req->reply.dynamic_metadata, ns);
   if (extproc_value_kind_of(existing) == EXTPROC_VALUE_STRUCT) {
     extproc_struct *h = arena_alloc(&req->msg_arena, sizeof(*h));
     if (h) *h = (extproc_struct){&req->msg_arena, as_pb(existing)->struct_value};

@@ -106,11 +106,7 @@ int header_edits_add(arena *a, header_edits *edits, header_op op, const char *na
   } else {
     edits->removes++;
   }
-  if (edits->tail)
-    edits->tail->next = e;
-  else
-    edits->head = e;
-  edits->tail = e;
+  queue_push(&edits->items, &e->link);
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "base/arena.h"
+#include "base/list.h"
 #include "envoy/config/core/v3/base.pb-c.h"
 #include "extproc/extproc.h"
 
@@ -15,7 +16,7 @@
 typedef enum header_op { HEADER_SET, HEADER_APPEND, HEADER_ADD_IF_ABSENT, HEADER_REMOVE } header_op;
 
 typedef struct header_edit {
-  struct header_edit *next;
+  queue_link link;
   header_op op;
   char *name;  /* lower case, NUL-terminated */
   char *value; /* NUL-terminated; NULL for HEADER_REMOVE */
@@ -23,7 +24,7 @@ typedef struct header_edit {
 } header_edit;
 
 typedef struct header_edits {
-  header_edit *head, *tail;
+  queue items; /* header_edit, in call order */
   size_t sets, removes;
 } header_edits;
 
@@ -43,6 +44,11 @@ bool header_name_valid(const char *name);
 /* True for a valid HTTP field value of `len` bytes: no control characters (CR, LF, NUL and the
  * rest) except horizontal tab; bytes from 0x80 up are allowed. */
 bool header_value_valid(const char *value, size_t len);
+
+/* The edit holding queue link `l`. */
+static inline header_edit *header_edit_of(const queue_link *l) {
+  return LIST_ITEM(l, header_edit, link);
+}
 
 /* Appends a validated edit (name lower-cased and copied, value copied) to `edits`, in `a`.
  * Returns 0, EXTPROC_EINVAL for a bad name or value, or EXTPROC_ENOMEM. */

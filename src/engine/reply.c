@@ -5,9 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "engine/headers.h"
-#include "engine/processor.h"
-#include "engine/stream.h"
+#include "engine/request.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/wrappers.pb-c.h"
@@ -60,7 +58,7 @@ static bool fill_option(arena *a, HeaderValueOption *opt, const header_edit *e) 
  * out-of-memory, which *ok reports. */
 static HeaderMutation *build_mutation(arena *a, const header_edits *edits, bool *ok) {
   *ok = true;
-  if (!edits->head) return NULL;
+  if (queue_empty(&edits->items)) return NULL;
   HeaderMutation *m = arena_alloc(a, sizeof(*m));
   HeaderValueOption **sets = arena_alloc(a, edits->sets * sizeof(*sets));
   HeaderValueOption *opts = arena_alloc(a, edits->sets * sizeof(*opts));
@@ -70,7 +68,8 @@ static HeaderMutation *build_mutation(arena *a, const header_edits *edits, bool 
     return NULL;
   }
   envoy__service__ext_proc__v3__header_mutation__init(m);
-  for (const header_edit *e = edits->head; e; e = e->next) {
+  for (const queue_link *l = edits->items.head; l; l = l->next) {
+    const header_edit *e = header_edit_of(l);
     if (e->op == HEADER_REMOVE) {
       removes[m->n_remove_headers++] = e->name;
       continue;
@@ -95,29 +94,29 @@ static CommonResponse *build_common(extproc_request *req, bool *ok) {
     return NULL;
   }
   envoy__service__ext_proc__v3__common_response__init(c);
-  c->header_mutation = build_mutation(a, &req->edits, ok);
+  c->header_mutation = build_mutation(a, &req->reply.edits, ok);
   if (!*ok) return NULL;
-  c->clear_route_cache = req->clear_route_cache;
+  c->clear_route_cache = req->reply.clear_route_cache;
   /* A body written in a headers phase replaces the whole body: CONTINUE_AND_REPLACE. */
   const bool headers_phase =
-      req->phase == EXTPROC_REQUEST_HEADERS || req->phase == EXTPROC_RESPONSE_HEADERS;
-  if (headers_phase && req->body_op != BODY_KEEP)
+      req->msg.phase == EXTPROC_REQUEST_HEADERS || req->msg.phase == EXTPROC_RESPONSE_HEADERS;
+  if (headers_phase && req->reply.body_op != BODY_KEEP)
     c->status =
         ENVOY__SERVICE__EXT_PROC__V3__COMMON_RESPONSE__RESPONSE_STATUS__CONTINUE_AND_REPLACE;
-  if (req->body_op != BODY_KEEP) {
+  if (req->reply.body_op != BODY_KEEP) {
     Envoy__Service__ExtProc__V3__BodyMutation *bm = arena_alloc(a, sizeof(*bm));
     if (!bm) {
       *ok = false;
       return NULL;
     }
     envoy__service__ext_proc__v3__body_mutation__init(bm);
-    if (req->body_op == BODY_CLEAR) {
+    if (req->reply.body_op == BODY_CLEAR) {
       bm->mutation_case = ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_CLEAR_BODY;
       bm->clear_body = true;
     } else {
       bm->mutation_case = ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_BODY;
-      bm->body.data = req->body_data;
-      bm->body.len = req->body_data_len;
+      bm->body.data = req->reply.body_data;
+      bm->body.len = req->reply.body_data_len;
     }
     c->body_mutation = bm;
   }
@@ -131,21 +130,21 @@ static ProtobufCMessage *build_immediate(extproc_request *req, ProcessingRespons
   if (!im || !status) return NULL;
   envoy__service__ext_proc__v3__immediate_response__init(im);
   envoy__type__v3__http_status__init(status);
-  status->code = (Envoy__Type__V3__StatusCode)req->immediate_status;
+  status->code = (Envoy__Type__V3__StatusCode)req->reply.immediate_status;
   im->status = status;
   bool ok;
-  im->headers = build_mutation(a, &req->immediate_headers, &ok);
+  im->headers = build_mutation(a, &req->reply.immediate_headers, &ok);
   if (!ok) return NULL;
-  im->body.data = req->immediate_body;
-  im->body.len = req->immediate_body_len;
-  if (req->immediate_has_grpc_status) {
+  im->body.data = req->reply.immediate_body;
+  im->body.len = req->reply.immediate_body_len;
+  if (req->reply.immediate_has_grpc_status) {
     Envoy__Service__ExtProc__V3__GrpcStatus *gs = arena_alloc(a, sizeof(*gs));
     if (!gs) return NULL;
     envoy__service__ext_proc__v3__grpc_status__init(gs);
-    gs->status = req->immediate_grpc_status;
+    gs->status = req->reply.immediate_grpc_status;
     im->grpc_status = gs;
   }
-  im->details = req->immediate_details ? req->immediate_details : (char *)"";
+  im->details = req->reply.immediate_details ? req->reply.immediate_details : (char *)"";
   r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE;
   r->immediate_response = im;
   return &r->base;
@@ -156,20 +155,20 @@ static ProtobufCMessage *build_immediate(extproc_request *req, ProcessingRespons
 static bool add_chain_header(extproc_request *req) {
   const char *header = req->proc->chain_header, *name = req->proc->name;
   if (!header) return true;
-  if (req->immediate)
-    return header_edits_add(&req->msg_arena, &req->immediate_headers, HEADER_SET, header, name) ==
-           0;
-  if (req->phase != EXTPROC_RESPONSE_HEADERS) return true;
-  const char *earlier = headers_find(req->headers, req->header_count, header);
+  if (req->reply.immediate)
+    return header_edits_add(&req->msg_arena, &req->reply.immediate_headers, HEADER_SET, header,
+                            name) == 0;
+  if (req->msg.phase != EXTPROC_RESPONSE_HEADERS) return true;
+  const char *earlier = headers_find(req->msg.headers, req->msg.header_count, header);
   if (!earlier || !*earlier)
-    return header_edits_add(&req->msg_arena, &req->edits, HEADER_SET, header, name) == 0;
+    return header_edits_add(&req->msg_arena, &req->reply.edits, HEADER_SET, header, name) == 0;
   const size_t name_len = strlen(name), earlier_len = strlen(earlier);
   char *value = arena_alloc(&req->msg_arena, name_len + 1 + earlier_len + 1);
   if (!value) return false;
   memcpy(value, name, name_len);
   value[name_len] = ',';
   memcpy(value + name_len + 1, earlier, earlier_len + 1);
-  return header_edits_add(&req->msg_arena, &req->edits, HEADER_SET, header, value) == 0;
+  return header_edits_add(&req->msg_arena, &req->reply.edits, HEADER_SET, header, value) == 0;
 }
 
 static Envoy__Extensions__Filters__Http__ExtProc__V3__ProcessingMode *
@@ -192,9 +191,9 @@ static ProcessingResponse *new_response(extproc_request *req) {
   ProcessingResponse *r = arena_alloc(&req->msg_arena, sizeof(*r));
   if (!r) return NULL;
   envoy__service__ext_proc__v3__processing_response__init(r);
-  r->dynamic_metadata = req->dynamic_metadata;
-  if (req->has_mode_override &&
-      !(r->mode_override = build_mode(&req->msg_arena, &req->mode_override)))
+  r->dynamic_metadata = req->reply.dynamic_metadata;
+  if (req->reply.has_mode_override &&
+      !(r->mode_override = build_mode(&req->msg_arena, &req->reply.mode_override)))
     return NULL;
   return r;
 }
@@ -206,7 +205,7 @@ static ProtobufCMessage *attach_body_response(extproc_request *req, ProcessingRe
   if (!b) return NULL;
   envoy__service__ext_proc__v3__body_response__init(b);
   b->response = common;
-  if (req->phase == EXTPROC_REQUEST_BODY) {
+  if (req->msg.phase == EXTPROC_REQUEST_BODY) {
     r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY;
     r->request_body = b;
   } else {
@@ -221,16 +220,16 @@ ProtobufCMessage *reply_build(extproc_request *req) {
   if (!add_chain_header(req)) return NULL;
   ProcessingResponse *r = new_response(req);
   if (!r) return NULL;
-  if (req->immediate) return build_immediate(req, r);
+  if (req->reply.immediate) return build_immediate(req, r);
 
   bool ok = true;
-  if (req->phase == EXTPROC_REQUEST_TRAILERS || req->phase == EXTPROC_RESPONSE_TRAILERS) {
+  if (req->msg.phase == EXTPROC_REQUEST_TRAILERS || req->msg.phase == EXTPROC_RESPONSE_TRAILERS) {
     Envoy__Service__ExtProc__V3__TrailersResponse *t = arena_alloc(a, sizeof(*t));
     if (!t) return NULL;
     envoy__service__ext_proc__v3__trailers_response__init(t);
-    t->header_mutation = build_mutation(a, &req->edits, &ok);
+    t->header_mutation = build_mutation(a, &req->reply.edits, &ok);
     if (!ok) return NULL;
-    if (req->phase == EXTPROC_REQUEST_TRAILERS) {
+    if (req->msg.phase == EXTPROC_REQUEST_TRAILERS) {
       r->response_case =
           ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS;
       r->request_trailers = t;
@@ -245,12 +244,12 @@ ProtobufCMessage *reply_build(extproc_request *req) {
   CommonResponse *common = build_common(req, &ok);
   if (!ok) return NULL;
   /* HeadersResponse and BodyResponse share one layout: a single CommonResponse. */
-  if (req->phase == EXTPROC_REQUEST_HEADERS || req->phase == EXTPROC_RESPONSE_HEADERS) {
+  if (req->msg.phase == EXTPROC_REQUEST_HEADERS || req->msg.phase == EXTPROC_RESPONSE_HEADERS) {
     Envoy__Service__ExtProc__V3__HeadersResponse *h = arena_alloc(a, sizeof(*h));
     if (!h) return NULL;
     envoy__service__ext_proc__v3__headers_response__init(h);
     h->response = common;
-    if (req->phase == EXTPROC_REQUEST_HEADERS) {
+    if (req->msg.phase == EXTPROC_REQUEST_HEADERS) {
       r->response_case =
           ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS;
       r->request_headers = h;
@@ -306,8 +305,10 @@ new_streamed_immediate(extproc_request *req,
 
 /* Immediate-response headers have overwrite semantics: a later set of the same name wins. */
 static bool overwritten_later(const header_edit *e) {
-  for (const header_edit *later = e->next; later; later = later->next)
+  for (const queue_link *l = e->link.next; l; l = l->next) {
+    const header_edit *later = header_edit_of(l);
     if (later->op != HEADER_REMOVE && strcmp(later->name, e->name) == 0) return true;
+  }
   return false;
 }
 
@@ -318,21 +319,22 @@ ProtobufCMessage *reply_build_streamed_immediate_headers(extproc_request *req, b
   ProcessingResponse *r = new_streamed_immediate(req, &s);
   Envoy__Service__ExtProc__V3__HttpHeaders *h = arena_alloc(a, sizeof(*h));
   Envoy__Config__Core__V3__HeaderMap *map = arena_alloc(a, sizeof(*map));
-  const size_t n = 1 + req->immediate_headers.sets;
+  const size_t n = 1 + req->reply.immediate_headers.sets;
   HeaderValue **values = arena_alloc(a, n * sizeof(*values));
   HeaderValue *storage = arena_alloc(a, n * sizeof(*storage));
   char *status = arena_alloc(a, 12);
   if (!r || !h || !map || !values || !storage || !status) return NULL;
   envoy__service__ext_proc__v3__http_headers__init(h);
   envoy__config__core__v3__header_map__init(map);
-  snprintf(status, 12, "%u", req->immediate_status);
+  snprintf(status, 12, "%u", req->reply.immediate_status);
   size_t i = 0;
   envoy__config__core__v3__header_value__init(&storage[i]);
   storage[i].key = (char *)":status";
   storage[i].raw_value.data = (uint8_t *)status;
   storage[i].raw_value.len = strlen(status);
   values[i] = &storage[i];
-  for (const header_edit *e = req->immediate_headers.head; e; e = e->next) {
+  for (const queue_link *l = req->reply.immediate_headers.items.head; l; l = l->next) {
+    const header_edit *e = header_edit_of(l);
     if (e->op == HEADER_REMOVE || overwritten_later(e)) continue;
     i++;
     envoy__config__core__v3__header_value__init(&storage[i]);
@@ -374,14 +376,13 @@ ProtobufCMessage *reply_build_timeout_override(extproc_request *req, uint32_t ms
 }
 
 ProtobufCMessage *reply_build_error(extproc_request *req, uint32_t http_status) {
-  req->edits = (header_edits){0};
-  req->immediate_headers = (header_edits){0};
-  req->body_op = BODY_KEEP;
-  req->immediate = true;
-  req->immediate_status = http_status;
-  req->immediate_body = NULL;
-  req->immediate_body_len = 0;
-  req->immediate_has_grpc_status = false;
-  req->immediate_details = (char *)"ext_proc_callback_failed";
+  /* Whatever the failed callback recorded is dropped; only dynamic metadata and the failure
+   * itself survive. */
+  req->reply = (reply_draft){.fail_code = req->reply.fail_code,
+                             .fail_message = req->reply.fail_message,
+                             .dynamic_metadata = req->reply.dynamic_metadata,
+                             .immediate = true,
+                             .immediate_status = http_status,
+                             .immediate_details = (char *)"ext_proc_callback_failed"};
   return reply_build(req);
 }

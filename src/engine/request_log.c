@@ -3,8 +3,7 @@
 #include <stdio.h>
 
 #include "base/log.h"
-#include "engine/processor.h"
-#include "engine/stream.h"
+#include "engine/request.h"
 
 void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt, ...) {
   if (!log_enabled(level)) return;
@@ -12,7 +11,7 @@ void extproc_log(const extproc_request *req, extproc_log_level level, const char
   if (req) {
     const char *rid = req->info.request_id ? req->info.request_id : "-";
     snprintf(prefix, sizeof(prefix), "processor=%s phase=%s request_id=%s: ", req->proc->name,
-             extproc_phase_name(req->phase), rid);
+             extproc_phase_name(req->msg.phase), rid);
   }
   va_list ap;
   va_start(ap, fmt);

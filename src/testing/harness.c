@@ -230,7 +230,7 @@ static bool record_streamed_immediate(extproc_harness *h, stored_reply *s) {
       s->msg->streamed_immediate_response;
   extproc_harness_reply *r = &s->pub;
   r->kind = EXTPROC_HARNESS_STREAMED_IMMEDIATE;
-  r->phase = h->req->phase;
+  r->phase = extproc_request_phase(h->req);
   if (si->response_case ==
       ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_BODY_RESPONSE) {
     r->streamed_body = true;
@@ -291,7 +291,7 @@ static bool record_reply(extproc_harness *h, stored_reply *s) {
   case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE: {
     const Envoy__Service__ExtProc__V3__ImmediateResponse *im = m->immediate_response;
     r->kind = EXTPROC_HARNESS_IMMEDIATE;
-    r->phase = h->req->phase;
+    r->phase = extproc_request_phase(h->req);
     r->immediate_status = im->status ? (uint32_t)im->status->code : 0;
     r->body = im->body.data ? im->body.data : (const uint8_t *)"";
     r->body_len = im->body.len;

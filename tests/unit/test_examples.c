@@ -373,6 +373,7 @@ static void *resume_later(void *arg) {
 static extproc_result defer_to_thread(extproc_request *req, void *ctx) {
   (void)ctx;
   pthread_t t;
+  extproc_request_defer(req);
   pthread_create(&t, NULL, resume_later, req);
   pthread_detach(t);
   return EXTPROC_DEFER;

@@ -652,6 +652,9 @@ static void test_cancelled_while_deferred(void **state) {
 static extproc_result resume_self(extproc_request *req, void *ctx) {
   (void)ctx;
   assert_int_equal(extproc_header_set(req, "x-early", "self"), 0);
+  /* Without the declaration a resume inside the callback says nothing will be deferred. */
+  assert_int_equal(extproc_request_resume(req, EXTPROC_CONTINUE), EXTPROC_ESTATE);
+  assert_int_equal(extproc_request_defer(req), 0);
   assert_int_equal(extproc_request_resume(req, EXTPROC_CONTINUE), 0);
   assert_int_equal(extproc_request_resume(req, EXTPROC_CONTINUE), EXTPROC_ESTATE); /* once */
   return EXTPROC_DEFER;
@@ -660,6 +663,7 @@ static extproc_result resume_self(extproc_request *req, void *ctx) {
 static extproc_result resume_from_racing_thread(extproc_request *req, void *ctx) {
   (void)ctx;
   pthread_t t;
+  assert_int_equal(extproc_request_defer(req), 0);
   pthread_create(&t, NULL, worker_thread, req);
   /* The worker resumes while this callback still runs: the hand-off must not be lost. */
   pthread_join(t, NULL);
