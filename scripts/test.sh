@@ -12,6 +12,9 @@ echo "== clang-format"
 mapfile -t sources < <(git ls-files '*.c' '*.h' 2>/dev/null || find include src examples tests tools -name '*.[ch]')
 clang-format --dry-run --Werror "${sources[@]}"
 
+echo "== layers"
+python3 scripts/check_layers.py
+
 run_pass() {
   local dir=$1
   shift

@@ -1,14 +1,28 @@
-/* Server lifecycle: worker threads, their loops, stopping, and the queue that brings deferred
- * requests back to their loop. */
+/* The server: options, listeners, starting and stopping the worker loops, and the blocking run
+ * with signal handling. The loops themselves are the transport's (transport/worker.c). */
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "base/arena.h"
 #include "base/log.h"
+#include "extproc/server.h"
 #include "transport/listener.h"
-#include "transport/transport.h"
+#include "transport/worker.h"
+
+struct extproc_server {
+  extproc_server_options opts;
+  transport_config cfg;
+  transport_stats stats;
+  worker *workers;
+  unsigned worker_count;
+  listener_spec listeners[MAX_LISTENERS];
+  unsigned listener_count;
+  bool started;        /* start was called (a server runs once) */
+  atomic_uint running; /* workers whose threads run and must be joined */
+  atomic_bool stop_requested;
+  uv_async_t *_Atomic run_wakeup; /* set while extproc_server_run waits */
+};
 
 void extproc_server_options_init(extproc_server_options *opts) {
   memset(opts, 0, sizeof(*opts));
@@ -39,15 +53,15 @@ extproc_server *extproc_server_create(const extproc_server_options *opts) {
   extproc_server *srv = calloc(1, sizeof(*srv));
   if (!srv) return NULL;
   srv->opts = o;
+  srv->cfg = (transport_config){.max_message_bytes = o.max_message_bytes,
+                                .max_concurrent_streams = o.max_concurrent_streams,
+                                .initial_window_bytes = o.initial_window_bytes,
+                                .shutdown_grace_ms = o.shutdown_grace_ms};
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
   if (!srv->workers) {
     free(srv);
     return NULL;
-  }
-  for (unsigned i = 0; i < o.workers; i++) {
-    srv->workers[i].srv = srv;
-    srv->workers[i].index = i;
   }
   return srv;
 }
@@ -68,166 +82,57 @@ int extproc_server_port(const extproc_server *srv, int index) {
   return srv->listeners[index].is_unix ? 0 : srv->listeners[index].port;
 }
 
-/* ---- Deferred completions ------------------------------------------------------------- */
-
-static void post_completion(void *data, extproc_request *req) {
-  worker *w = data;
-  uv_mutex_lock(&w->lock);
-  if (w->completed_len == w->completed_cap) {
-    const size_t cap = w->completed_cap ? w->completed_cap * 2 : 64;
-    extproc_request **grown = realloc(w->completed, cap * sizeof(*grown));
-    if (!grown) { /* cannot queue: the request would be lost, so wait and retry */
-      uv_mutex_unlock(&w->lock);
-      uv_sleep(1);
-      post_completion(data, req);
-      return;
-    }
-    w->completed = grown;
-    w->completed_cap = cap;
-  }
-  w->completed[w->completed_len++] = req;
-  uv_mutex_unlock(&w->lock);
-  uv_async_send(&w->wakeup);
-}
-
-stream_poster worker_poster(worker *w) {
-  return (stream_poster){.post = post_completion, .data = w, .deferred = &w->deferred};
-}
-
-static void run_completions(worker *w) {
-  for (;;) {
-    uv_mutex_lock(&w->lock);
-    const size_t n = w->completed_len;
-    extproc_request **batch = w->completed;
-    w->completed = NULL;
-    w->completed_len = w->completed_cap = 0;
-    uv_mutex_unlock(&w->lock);
-    if (n == 0) {
-      free(batch);
-      return;
-    }
-    for (size_t i = 0; i < n; i++)
-      stream_resume_on_loop(batch[i]);
-    free(batch);
-  }
-}
-
-/* ---- Worker loops --------------------------------------------------------------------- */
-
-static void ignore_close(uv_handle_t *h) { (void)h; }
-
-/* A stopping worker's loop ends once its connections are gone and no deferred request can
- * still post back to it. */
-static void worker_maybe_finish(worker *w) {
-  if (!w->stopping || w->connections) return;
-  if (!uv_is_closing((uv_handle_t *)&w->grace_timer))
-    uv_close((uv_handle_t *)&w->grace_timer, ignore_close);
-  if (w->deferred == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
-    uv_close((uv_handle_t *)&w->wakeup, ignore_close);
-}
-
-void worker_connection_gone(worker *w) { worker_maybe_finish(w); }
-
-static void on_grace_expired(uv_timer_t *timer) {
-  worker *w = timer->data;
-  if (w->connections)
-    log_line(EXTPROC_LOG_WARN, "shutdown grace period over: closing connections with open streams");
-  connections_close_all(w);
-}
-
-static void begin_stop(worker *w) {
-  w->stopping = true;
-  for (unsigned i = 0; i < w->listener_count; i++)
-    uv_close(&w->listeners[i].h.handle, ignore_close);
-  w->listener_count = 0;
-  connections_drain_all(w);
-  uv_timer_start(&w->grace_timer, on_grace_expired, w->srv->opts.shutdown_grace_ms, 0);
-  worker_maybe_finish(w);
-}
-
-static void on_wakeup(uv_async_t *async) {
-  worker *w = async->data;
-  run_completions(w);
-  if (!w->stopping && atomic_load(&w->srv->stop_requested)) begin_stop(w);
-  worker_maybe_finish(w);
-}
-
-static void worker_main(void *arg) {
-  worker *w = arg;
-  uv_run(&w->loop, UV_RUN_DEFAULT);
-  arena_cache_release();
-}
-
-static int worker_init(worker *w) {
-  int rv = uv_loop_init(&w->loop);
-  if (rv != 0) return rv;
-  if ((rv = uv_mutex_init(&w->lock)) != 0) return rv;
-  if ((rv = uv_async_init(&w->loop, &w->wakeup, on_wakeup)) != 0) return rv;
-  w->wakeup.data = w;
-  if ((rv = uv_timer_init(&w->loop, &w->grace_timer)) != 0) return rv;
-  w->grace_timer.data = w;
-  extproc_server *srv = w->srv;
-  for (unsigned i = 0; i < srv->listener_count; i++) {
-    if (srv->listeners[i].fds[w->index] < 0) continue;
-    rv = listener_start(w, &srv->listeners[i], &w->listeners[w->listener_count]);
-    if (rv != 0) {
-      log_line(EXTPROC_LOG_ERROR, "listen: %s", uv_strerror(rv));
-      return rv;
-    }
-    w->listener_count++;
-  }
-  return 0;
-}
-
 int extproc_server_start(extproc_server *srv) {
   if (!srv || srv->started || srv->listener_count == 0) return EXTPROC_ESTATE;
   srv->started = true;
   /* A peer that closes while we write must be an error return, not a process kill. */
   signal(SIGPIPE, SIG_IGN);
-  for (unsigned i = 0; i < srv->worker_count; i++)
-    if (worker_init(&srv->workers[i]) != 0) return EXTPROC_EIO;
+  unsigned ready = 0;
+  for (; ready < srv->worker_count; ready++)
+    if (worker_init(&srv->workers[ready], ready, &srv->cfg, &srv->stats, srv->listeners,
+                    srv->listener_count) != 0)
+      break;
   /* Worker threads leave SIGINT/SIGTERM to the thread that runs the server. */
   sigset_t block, old;
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &block, &old);
-  int rv = 0;
-  for (unsigned i = 0; i < srv->worker_count && rv == 0; i++)
-    if (uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]) != 0) {
-      srv->worker_count = i; /* only these run and will be waited for */
-      rv = EXTPROC_EIO;
-    }
+  if (ready == srv->worker_count)
+    while (srv->running < srv->worker_count && worker_start(&srv->workers[srv->running]) == 0)
+      srv->running++;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (rv != 0) extproc_server_stop(srv);
-  return rv;
+  if (srv->running == srv->worker_count) {
+    if (atomic_load(&srv->stop_requested)) extproc_server_stop(srv); /* stop came first */
+    return 0;
+  }
+  /* Some worker could not be set up or started: stop the ones that run, free the others. */
+  log_line(EXTPROC_LOG_ERROR, "could not start worker %u of %u", srv->running, srv->worker_count);
+  extproc_server_stop(srv);
+  extproc_server_wait(srv);
+  for (unsigned i = srv->running; i < ready; i++)
+    worker_discard(&srv->workers[i]);
+  return EXTPROC_EIO;
 }
 
 void extproc_server_stop(extproc_server *srv) {
   if (!srv) return;
   atomic_store(&srv->stop_requested, true);
-  if (!srv->started) return;
-  for (unsigned i = 0; i < srv->worker_count; i++)
-    uv_async_send(&srv->workers[i].wakeup);
+  const unsigned running = atomic_load(&srv->running);
+  for (unsigned i = 0; i < running; i++)
+    worker_request_stop(&srv->workers[i]);
   uv_async_t *run = srv->run_wakeup;
   if (run) uv_async_send(run);
 }
 
 void extproc_server_wait(extproc_server *srv) {
-  if (!srv || !srv->started) return;
-  for (unsigned i = 0; i < srv->worker_count; i++) {
-    worker *w = &srv->workers[i];
-    uv_thread_join(&w->thread);
-    uv_run(&w->loop, UV_RUN_DEFAULT); /* let the last close callbacks run */
-    uv_loop_close(&w->loop);
-    arena_cache_release(); /* what those callbacks freed on this thread */
-    uv_mutex_destroy(&w->lock);
-    free(w->completed);
-    w->completed = NULL;
-  }
-  srv->started = false;
-  srv->worker_count = 0; /* waited for; free() must not join them again */
+  if (!srv) return;
+  for (unsigned i = 0; i < srv->running; i++)
+    worker_join(&srv->workers[i]);
+  srv->running = 0; /* waited for; free() must not join them again */
 }
+
+static void ignore_close(uv_handle_t *h) { (void)h; }
 
 /* ---- Blocking run with signal handling ------------------------------------------------- */
 
@@ -269,16 +174,16 @@ int extproc_server_run(extproc_server *srv) {
 }
 
 uint64_t extproc_server_open_streams(const extproc_server *srv) {
-  return srv ? atomic_load(&((extproc_server *)srv)->open_streams) : 0;
+  return srv ? atomic_load(&((extproc_server *)srv)->stats.open_streams) : 0;
 }
 
 uint64_t extproc_server_total_streams(const extproc_server *srv) {
-  return srv ? atomic_load(&((extproc_server *)srv)->total_streams) : 0;
+  return srv ? atomic_load(&((extproc_server *)srv)->stats.total_streams) : 0;
 }
 
 void extproc_server_free(extproc_server *srv) {
   if (!srv) return;
-  if (srv->started) {
+  if (srv->running) {
     extproc_server_stop(srv);
     extproc_server_wait(srv);
   }

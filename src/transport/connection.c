@@ -1,435 +1,46 @@
-/* One HTTP/2 connection from Envoy: nghttp2 session, gRPC framing, and the per-stream glue to
- * the engine.
+/* Socket I/O and the nghttp2 session of one connection from Envoy.
  *
  * Output is coalesced: frames produced while handling an event are written with one write call
- * at the end of that event (conn_flush), not one per frame. Input flow control is manual: a
- * stream's bytes are handed back to the peer's window once processed, and held back while a
- * deferred phase keeps the stream busy. */
+ * at the end of that event (conn_flush), not one per frame. Per-stream gRPC handling is in
+ * grpc_stream.c and the input budgets in flow.c. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/log.h"
-#include "grpc/health/v1/health.pb-c.h"
-#include "transport/grpc_frame.h"
-#include "transport/transport.h"
-
-#define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
-#define HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
+#include "transport/connection.h"
 
 /* Connection-level receive window: large enough that many concurrent streams each with a
  * message in flight do not stall one another, small enough to bound what a peer can push. */
 enum { CONNECTION_WINDOW_BYTES = 16 << 20 };
-/* Replies queued but not yet taken by the peer: past this, the connection takes no more input
- * (its window credit is held back) until the peer reads. */
-enum { OUTPUT_BUDGET_BYTES = 4 << 20 };
 /* A single write is capped so one busy connection cannot starve the loop. */
 enum { MAX_WRITE_BYTES = 1 << 20 };
 
-typedef enum stream_kind { KIND_UNKNOWN, KIND_PROCESS, KIND_HEALTH } stream_kind;
-
-typedef struct out_chunk {
-  struct out_chunk *next;
-  size_t len, off;
-  uint8_t data[];
-} out_chunk;
-
-typedef struct h2_stream {
-  connection *conn;
-  int32_t id;
-  stream_kind kind;
-  bool post;              /* :method is POST */
-  bool grpc_content_type; /* content-type is application/grpc[+proto] */
-  grpc_reader reader;
-  extproc_request *engine; /* KIND_PROCESS only */
-  out_chunk *out_head, *out_tail;
-  bool finished; /* the final status is set; trailers follow the queued output */
-  uint32_t status;
-  char *message;
-  bool discard_input; /* after an error: input is consumed and dropped */
-  size_t held_bytes;  /* received but not yet returned to the peer's window */
-  struct h2_stream *prev, *next;
-} h2_stream;
-
-struct connection {
-  worker *w;
-  const extproc_processor *proc;
-  stream_handle h;
-  nghttp2_session *session;
-  h2_stream *streams;
-  uv_write_t write_req;
-  uint8_t *wbuf;
-  size_t wlen, wcap, woff;
-  bool writing;
-  bool closing;
-  /* Input budgets (see may_take_input). */
-  size_t partial_bytes;    /* bytes of incomplete messages buffered, over all streams */
-  size_t queued_out_bytes; /* reply bytes queued, not yet handed to nghttp2 */
-  h2_stream *favoured;     /* over the partial budget: the one stream still fed */
-  bool input_held;         /* some stream holds credit for budget reasons */
-  connection *prev, *next;
-};
-
-static void conn_flush(connection *c);
 static void connection_close(connection *c);
 
-/* ---- Output ---------------------------------------------------------------------------- */
+static connection *connection_of(const dlist_link *l) { return LIST_ITEM(l, connection, link); }
 
-static int queue_output(h2_stream *s, size_t len, uint8_t **dst) {
-  out_chunk *ch = malloc(sizeof(*ch) + len);
-  if (!ch) return EXTPROC_ENOMEM;
-  ch->next = NULL;
-  ch->len = len;
-  ch->off = 0;
-  if (s->out_tail)
-    s->out_tail->next = ch;
-  else
-    s->out_head = ch;
-  s->out_tail = ch;
-  s->conn->queued_out_bytes += len;
-  *dst = ch->data;
-  return 0;
+/* ---- nghttp2 session callbacks: each hands the frame to its stream -------------------- */
+
+static bool is_request_headers(const nghttp2_frame *frame) {
+  return frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST;
 }
-
-/* Queues one framed gRPC message and wakes the stream's data provider. */
-static int send_message(h2_stream *s, const ProtobufCMessage *msg) {
-  if (s->finished) return 0; /* the outcome is already sent or decided: drop quietly */
-  const size_t len = protobuf_c_message_get_packed_size(msg);
-  uint8_t *dst;
-  if (len > UINT32_MAX || queue_output(s, GRPC_PREFIX_BYTES + len, &dst) != 0)
-    return EXTPROC_ENOMEM;
-  grpc_write_prefix(dst, (uint32_t)len);
-  protobuf_c_message_pack(msg, dst + GRPC_PREFIX_BYTES);
-  nghttp2_session_resume_data(s->conn->session, s->id);
-  return 0;
-}
-
-static void finish_stream(h2_stream *s, uint32_t status, const char *message) {
-  if (s->finished) return;
-  s->finished = true;
-  s->status = status;
-  s->message = message ? strdup(message) : NULL;
-  nghttp2_session_resume_data(s->conn->session, s->id);
-}
-
-/* grpc-message is percent-encoded: printable ASCII except '%' goes as is. */
-static size_t percent_encode(const char *in, char *out, size_t cap) {
-  static const char hex[] = "0123456789ABCDEF";
-  size_t n = 0;
-  for (; *in && n + 4 < cap; in++) {
-    const unsigned char ch = (unsigned char)*in;
-    if (ch >= 0x20 && ch < 0x7f && ch != '%') {
-      out[n++] = (char)ch;
-    } else {
-      out[n++] = '%';
-      out[n++] = hex[ch >> 4];
-      out[n++] = hex[ch & 15];
-    }
-  }
-  out[n] = '\0';
-  return n;
-}
-
-#define NV(name, value, value_len)                                                                 \
-  { (uint8_t *)(name), (uint8_t *)(value), sizeof(name) - 1, (value_len), NGHTTP2_NV_FLAG_NONE }
-
-static int submit_trailers(h2_stream *s) {
-  char status[12], message[1024];
-  const int status_len = snprintf(status, sizeof(status), "%u", s->status);
-  nghttp2_nv nva[2] = {NV("grpc-status", status, (size_t)status_len)};
-  size_t n = 1;
-  if (s->message) {
-    const size_t mlen = percent_encode(s->message, message, sizeof(message));
-    nva[n++] = (nghttp2_nv)NV("grpc-message", message, mlen);
-  }
-  return nghttp2_submit_trailer(s->conn->session, s->id, nva, n);
-}
-
-/* The data provider: drains the stream's queued messages, then ends with the trailers. */
-static ssize_t read_output(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
-                           uint32_t *flags, nghttp2_data_source *source, void *user_data) {
-  (void)session, (void)stream_id, (void)user_data;
-  h2_stream *s = source->ptr;
-  size_t n = 0;
-  while (n < length && s->out_head) {
-    out_chunk *ch = s->out_head;
-    size_t take = ch->len - ch->off;
-    if (take > length - n) take = length - n;
-    memcpy(buf + n, ch->data + ch->off, take);
-    n += take;
-    ch->off += take;
-    s->conn->queued_out_bytes -= take;
-    if (ch->off == ch->len) {
-      s->out_head = ch->next;
-      if (!s->out_head) s->out_tail = NULL;
-      free(ch);
-    }
-  }
-  if (!s->out_head && s->finished) {
-    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-    if (submit_trailers(s) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    return (ssize_t)n;
-  }
-  return n ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
-}
-
-static int submit_response_headers(h2_stream *s) {
-  const nghttp2_nv nva[] = {NV(":status", "200", 3), NV("content-type", "application/grpc", 16)};
-  nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_output};
-  return nghttp2_submit_response(s->conn->session, s->id, nva, 2, &prd);
-}
-
-/* A trailers-only response: the whole answer in one HEADERS frame, for requests that never
- * reach a service. */
-static int submit_trailers_only(h2_stream *s, uint32_t status, const char *message) {
-  char st[12], msg[512];
-  const int st_len = snprintf(st, sizeof(st), "%u", status);
-  const size_t msg_len = percent_encode(message, msg, sizeof(msg));
-  const nghttp2_nv nva[] = {NV(":status", "200", 3), NV("content-type", "application/grpc", 16),
-                            NV("grpc-status", st, (size_t)st_len),
-                            NV("grpc-message", msg, msg_len)};
-  s->finished = true;
-  s->discard_input = true;
-  return nghttp2_submit_response(s->conn->session, s->id, nva, 4, NULL);
-}
-
-/* ---- The engine's view of a stream ----------------------------------------------------- */
-
-static int sink_send(void *io, const ProtobufCMessage *reply) { return send_message(io, reply); }
-
-static void sink_finish(void *io, uint32_t status, const char *message) {
-  finish_stream(io, status, message);
-}
-
-/* Whether a stream's received bytes may go back to the peer's window now. Holding them back is
- * how the server pushes back, without ever refusing data the peer was allowed to send:
- *  - a deferred phase holds its stream, so Envoy cannot queue input behind it without bound;
- *  - replies the peer does not read hold every stream (the peer is not reading: stop taking);
- *  - past the partial-message budget only the stream with the most buffered is fed, so memory
- *    stays bounded and that message still completes, then the next. */
-static bool may_take_input(const connection *c, const h2_stream *s) {
-  if (s->engine && stream_busy(s->engine)) return false;
-  if (c->queued_out_bytes > OUTPUT_BUDGET_BYTES) return false;
-  if (grpc_reader_idle(&s->reader)) return true;
-  return c->partial_bytes <= 2 * c->w->srv->opts.max_message_bytes || s == c->favoured;
-}
-
-static void give_back_window(h2_stream *s) {
-  if (s->held_bytes == 0) return;
-  nghttp2_session_consume(s->conn->session, s->id, s->held_bytes);
-  s->held_bytes = 0;
-}
-
-/* The stream with the most of an incomplete message buffered, or NULL: over the partial budget
- * it alone is fed, so it completes and frees its share, then the next one is picked. */
-static h2_stream *most_buffered(const connection *c) {
-  h2_stream *best = NULL;
-  size_t best_bytes = 0;
-  for (h2_stream *s = c->streams; s; s = s->next) {
-    const size_t n = grpc_reader_buffered(&s->reader);
-    if (n > best_bytes) {
-      best = s;
-      best_bytes = n;
-    }
-  }
-  return best;
-}
-
-/* The favoured stream is done (message complete, or stream gone): hand the role on, and let the
- * release pass give the new one its held credit, or the connection would stall. */
-static void pass_favour(connection *c) {
-  c->favoured = most_buffered(c);
-  if (c->favoured) c->input_held = true;
-}
-
-/* Gives back what streams held once the reason is gone. Runs after each event while anything
- * is held for budget reasons, so the common path never walks the streams. */
-static void release_held_input(connection *c) {
-  if (!c->input_held || c->closing) return;
-  c->input_held = false;
-  for (h2_stream *s = c->streams; s; s = s->next) {
-    if (!s->held_bytes) continue;
-    if (may_take_input(c, s))
-      give_back_window(s);
-    else if (!(s->engine && stream_busy(s->engine)))
-      c->input_held = true;
-  }
-}
-
-static void sink_resumed(void *io) {
-  h2_stream *s = io;
-  give_back_window(s);
-  conn_flush(s->conn);
-}
-
-static const stream_sink engine_sink = {
-    .send = sink_send, .finish = sink_finish, .resumed = sink_resumed};
-
-/* ---- Per-stream input ------------------------------------------------------------------ */
-
-static void answer_health(h2_stream *s, const uint8_t *msg, size_t len) {
-  Grpc__Health__V1__HealthCheckRequest *in =
-      grpc__health__v1__health_check_request__unpack(NULL, len, msg);
-  if (!in) {
-    finish_stream(s, EXTPROC_GRPC_INVALID_ARGUMENT, "malformed HealthCheckRequest");
-    return;
-  }
-  /* The server as a whole ("") and the ext_proc service are what we serve. */
-  const bool known = in->service[0] == '\0' ||
-                     strcmp(in->service, "envoy.service.ext_proc.v3.ExternalProcessor") == 0;
-  grpc__health__v1__health_check_request__free_unpacked(in, NULL);
-  if (!known) {
-    finish_stream(s, EXTPROC_GRPC_NOT_FOUND, "unknown service");
-    return;
-  }
-  Grpc__Health__V1__HealthCheckResponse out = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-  out.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
-  if (send_message(s, &out.base) != 0) {
-    finish_stream(s, EXTPROC_GRPC_INTERNAL, "out of memory");
-    return;
-  }
-  /* Check is unary: one answer, then the status; anything more the client sends is dropped. */
-  finish_stream(s, EXTPROC_GRPC_OK, NULL);
-}
-
-static void deliver(h2_stream *s, const uint8_t *msg, size_t len) {
-  if (s->kind == KIND_PROCESS)
-    stream_on_message(s->engine, msg, len);
-  else
-    answer_health(s, msg, len);
-}
-
-static void feed_input(h2_stream *s, const uint8_t *data, size_t len) {
-  const size_t max = s->conn->w->srv->opts.max_message_bytes;
-  while (len > 0 && !s->discard_input) {
-    const uint8_t *msg = NULL;
-    size_t msg_len = 0;
-    const grpc_read_status st = grpc_reader_feed(&s->reader, &data, &len, &msg, &msg_len);
-    if (st == GRPC_READ_NEED_MORE) return;
-    if (st == GRPC_READ_MESSAGE) {
-      deliver(s, msg, msg_len);
-      if (s->finished) s->discard_input = true;
-      continue;
-    }
-    char why[160];
-    uint32_t code = EXTPROC_GRPC_RESOURCE_EXHAUSTED;
-    if (st == GRPC_READ_TOO_LARGE) {
-      snprintf(why, sizeof(why), "received message of %zu bytes exceeds the limit of %zu bytes",
-               msg_len, max);
-    } else if (st == GRPC_READ_COMPRESSED) {
-      code = EXTPROC_GRPC_UNIMPLEMENTED;
-      snprintf(why, sizeof(why), "compressed messages are not supported");
-    } else {
-      snprintf(why, sizeof(why), "out of memory reassembling a message");
-    }
-    log_line(EXTPROC_LOG_WARN, "stream %d: %s", s->id, why);
-    finish_stream(s, code, why);
-    s->discard_input = true;
-    grpc_reader_free(&s->reader);
-  }
-}
-
-static void on_remote_end(h2_stream *s) {
-  if (s->discard_input || s->finished) return;
-  if (!grpc_reader_idle(&s->reader)) {
-    finish_stream(s, EXTPROC_GRPC_INTERNAL, "stream ended inside a message");
-    return;
-  }
-  if (s->kind == KIND_PROCESS)
-    stream_on_half_close(s->engine);
-  else /* a health check that ended without its request */
-    finish_stream(s, EXTPROC_GRPC_INVALID_ARGUMENT, "no HealthCheckRequest was sent");
-}
-
-static void stream_release(h2_stream *s) {
-  connection *c = s->conn;
-  if (s->prev)
-    s->prev->next = s->next;
-  else
-    c->streams = s->next;
-  if (s->next) s->next->prev = s->prev;
-  /* Bytes we held back still count against the connection window. */
-  if (s->held_bytes && !c->closing) nghttp2_session_consume_connection(c->session, s->held_bytes);
-  c->partial_bytes -= grpc_reader_buffered(&s->reader);
-  grpc_reader_free(&s->reader);
-  if (c->favoured == s) pass_favour(c); /* s is already unlinked */
-  for (out_chunk *ch = s->out_head; ch; ch = ch->next)
-    c->queued_out_bytes -= ch->len - ch->off;
-  if (s->engine) stream_close(s->engine);
-  while (s->out_head) {
-    out_chunk *next = s->out_head->next;
-    free(s->out_head);
-    s->out_head = next;
-  }
-  free(s->message);
-  free(s);
-  atomic_fetch_sub(&c->w->srv->open_streams, 1);
-}
-
-/* ---- nghttp2 callbacks ----------------------------------------------------------------- */
 
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-  connection *c = user_data;
-  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-  h2_stream *s = calloc(1, sizeof(*s));
+  if (!is_request_headers(frame)) return 0;
+  h2_stream *s = h2_stream_new(user_data, frame->hd.stream_id);
   if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets just this stream */
-  s->conn = c;
-  s->id = frame->hd.stream_id;
-  grpc_reader_init(&s->reader, c->w->srv->opts.max_message_bytes);
-  s->next = c->streams;
-  if (c->streams) c->streams->prev = s;
-  c->streams = s;
-  atomic_fetch_add(&c->w->srv->open_streams, 1);
-  atomic_fetch_add(&c->w->srv->total_streams, 1);
   nghttp2_session_set_stream_user_data(session, s->id, s);
   return 0;
-}
-
-static bool bytes_equal(const uint8_t *a, size_t alen, const char *b) {
-  return alen == strlen(b) && memcmp(a, b, alen) == 0;
 }
 
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                      void *user_data) {
   (void)flags, (void)user_data;
-  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  if (!is_request_headers(frame)) return 0;
   h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-  if (!s) return 0;
-  if (bytes_equal(name, namelen, ":path")) {
-    if (bytes_equal(value, valuelen, PROCESS_PATH))
-      s->kind = KIND_PROCESS;
-    else if (bytes_equal(value, valuelen, HEALTH_CHECK_PATH))
-      s->kind = KIND_HEALTH;
-  } else if (bytes_equal(name, namelen, ":method")) {
-    s->post = bytes_equal(value, valuelen, "POST");
-  } else if (bytes_equal(name, namelen, "content-type")) {
-    /* Protobuf-encoded gRPC only: application/grpc, or its explicit +proto form. */
-    s->grpc_content_type = bytes_equal(value, valuelen, "application/grpc") ||
-                           bytes_equal(value, valuelen, "application/grpc+proto");
-  }
+  if (s) h2_stream_on_header(s, name, namelen, value, valuelen);
   return 0;
-}
-
-/* An HTTP-level refusal, for requests that are not gRPC at all. */
-static int submit_http_error(h2_stream *s, const char *status) {
-  const nghttp2_nv nva[] = {NV(":status", status, 3)};
-  s->finished = s->discard_input = true;
-  return nghttp2_submit_response(s->conn->session, s->id, nva, 1, NULL);
-}
-
-static int start_stream(h2_stream *s) {
-  connection *c = s->conn;
-  if (!s->post) return submit_http_error(s, "405");
-  if (!s->grpc_content_type) return submit_http_error(s, "415");
-  if (s->kind == KIND_UNKNOWN)
-    return submit_trailers_only(s, EXTPROC_GRPC_UNIMPLEMENTED, "unknown method");
-  if (s->kind == KIND_PROCESS) {
-    const stream_poster poster = worker_poster(c->w);
-    s->engine = stream_open(c->proc, &engine_sink, s, &poster);
-    if (!s->engine)
-      return submit_trailers_only(s, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  return submit_response_headers(s);
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
@@ -437,10 +48,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
   if (!s) return 0;
-  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-    if (start_stream(s) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
-  }
-  if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) on_remote_end(s);
+  if (is_request_headers(frame) && h2_stream_start(s) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) h2_stream_on_remote_end(s);
   return 0;
 }
 
@@ -448,24 +57,10 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
                          const uint8_t *data, size_t len, void *user_data) {
   (void)flags, (void)user_data;
   h2_stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
-  if (!s) {
+  if (s)
+    h2_stream_on_data(s, data, len);
+  else
     nghttp2_session_consume_connection(session, len);
-    return 0;
-  }
-  connection *c = s->conn;
-  const size_t before = grpc_reader_buffered(&s->reader);
-  if (!s->discard_input) feed_input(s, data, len);
-  const size_t after = grpc_reader_buffered(&s->reader);
-  c->partial_bytes = c->partial_bytes + after - before;
-  if (c->favoured == s && after == 0) pass_favour(c); /* its message is complete */
-  if (after > 0 && (!c->favoured || after > grpc_reader_buffered(&c->favoured->reader)))
-    c->favoured = s;
-  s->held_bytes += len;
-  if (may_take_input(c, s)) {
-    give_back_window(s);
-  } else if (!(s->engine && stream_busy(s->engine))) {
-    c->input_held = true;
-  }
   return 0;
 }
 
@@ -494,7 +89,7 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
                nghttp2_http2_strerror(error_code));
   }
   nghttp2_session_set_stream_user_data(session, stream_id, NULL);
-  stream_release(s);
+  h2_stream_release(s);
   return 0;
 }
 
@@ -529,10 +124,10 @@ static int new_session(connection *c) {
   nghttp2_session_callbacks_del(cb);
   nghttp2_option_del(opt);
   if (rv != 0) return -1;
-  const extproc_server_options *o = &c->w->srv->opts;
+  const transport_config *cfg = c->w->cfg;
   const nghttp2_settings_entry settings[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, o->max_concurrent_streams},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o->initial_window_bytes}};
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->initial_window_bytes}};
   if (nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, settings, 2) != 0) return -1;
   return nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0,
                                                CONNECTION_WINDOW_BYTES);
@@ -550,14 +145,10 @@ static void connection_close(connection *c) {
   if (c->closing) return;
   c->closing = true;
   worker *w = c->w;
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    w->connections = c->next;
-  if (c->next) c->next->prev = c->prev;
+  dlist_remove(&w->connections, &c->link);
   /* nghttp2_session_del does not call on_stream_close: release streams ourselves. */
-  while (c->streams)
-    stream_release(c->streams);
+  while (c->streams.head)
+    h2_stream_release(stream_of(c->streams.head));
   nghttp2_session_del(c->session);
   c->session = NULL;
   uv_close(&c->h.handle, on_closed);
@@ -565,14 +156,15 @@ static void connection_close(connection *c) {
 }
 
 void connections_close_all(worker *w) {
-  while (w->connections)
-    connection_close(w->connections);
+  while (w->connections.head)
+    connection_close(connection_of(w->connections.head));
 }
 
 void connections_drain_all(worker *w) {
   /* A drained connection with no open stream closes at once and unlinks itself. */
-  for (connection *c = w->connections, *next; c; c = next) {
-    next = c->next;
+  for (dlist_link *l = w->connections.head, *next; l; l = next) {
+    next = l->next;
+    connection *c = connection_of(l);
     nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE,
                           nghttp2_session_get_last_proc_stream_id(c->session), NGHTTP2_NO_ERROR,
                           NULL, 0);
@@ -608,9 +200,9 @@ static bool wbuf_append(connection *c, const uint8_t *data, size_t len) {
 
 /* Writes everything nghttp2 has queued in one go: try a direct write first (the common case,
  * no callback), and hand the rest to libuv. */
-static void conn_flush(connection *c) {
+void conn_flush(connection *c) {
   while (!c->writing && !c->closing) {
-    release_held_input(c); /* output drained last round may let input flow again */
+    flow_release_held(c); /* output drained last round may let input flow again */
     c->wlen = 0;
     for (;;) {
       const uint8_t *data;
@@ -692,9 +284,7 @@ void connection_accept(listener *l) {
   }
   c->closing = false;
   if (!l->spec->is_unix) uv_tcp_nodelay(&c->h.tcp, 1);
-  c->next = w->connections;
-  if (w->connections) w->connections->prev = c;
-  w->connections = c;
+  dlist_push_front(&w->connections, &c->link);
   if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
     connection_close(c);
     return;

@@ -1,23 +1,40 @@
-/* The transport's internal types: worker loops, listeners and HTTP/2 connections.
+/* The transport's types: worker loops and their completion queues, listeners, and what every
+ * connection reads from its worker (limits and counters).
  *
  * A worker is one thread running one libuv loop. Each connection and all its streams belong to
  * one worker, so nothing here takes a lock except the worker's completion queue, which other
- * threads use to hand back deferred requests. */
+ * threads use to hand back deferred requests. The server layer above owns the workers and
+ * drives them through worker.h; the transport never calls up into it. */
 #ifndef EXTPROC_TRANSPORT_H
 #define EXTPROC_TRANSPORT_H
 
-#include <nghttp2/nghttp2.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
+#include "base/list.h"
 #include "engine/stream.h"
-#include "extproc/server.h"
 
 typedef struct worker worker;
-typedef struct connection connection;
 
 enum { MAX_LISTENERS = 16 };
+
+/* The limits every connection applies; copied from the server's options, read-only once the
+ * workers run. */
+typedef struct transport_config {
+  size_t max_message_bytes;        /* largest gRPC message accepted */
+  uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
+  uint32_t initial_window_bytes;   /* SETTINGS_INITIAL_WINDOW_SIZE */
+  uint32_t shutdown_grace_ms;      /* how long draining connections may go on */
+} transport_config;
+
+/* Counters shared by all workers (atomics: any thread reads them). */
+typedef struct transport_stats {
+  atomic_uint_fast64_t open_streams;
+  atomic_uint_fast64_t total_streams;
+} transport_stats;
 
 /* One address given to extproc_server_listen. TCP listeners have one socket per worker
  * (SO_REUSEPORT); a unix socket has one, served by worker 0. */
@@ -44,16 +61,18 @@ typedef struct listener {
 } listener;
 
 struct worker {
-  extproc_server *srv;
+  const transport_config *cfg;
+  transport_stats *stats;
   unsigned index;
   uv_loop_t loop;
   uv_thread_t thread;
   uv_async_t wakeup; /* stop requests and deferred completions */
   listener listeners[MAX_LISTENERS];
   unsigned listener_count;
-  connection *connections; /* doubly linked, for shutdown */
-  size_t deferred;         /* requests deferred and not yet resumed; loop thread only */
+  dlist connections; /* for shutdown */
+  size_t deferred;   /* requests deferred and not yet resumed; loop thread only */
   bool stopping;
+  atomic_bool stop_requested;
   uv_timer_t grace_timer; /* runs while connections drain at shutdown */
 
   uv_mutex_t lock; /* guards `completed` */
@@ -61,19 +80,6 @@ struct worker {
   size_t completed_len, completed_cap;
 
   uint8_t read_buf[64 * 1024]; /* reads are fully processed before the next one */
-};
-
-struct extproc_server {
-  extproc_server_options opts;
-  worker *workers;
-  unsigned worker_count;
-  listener_spec listeners[MAX_LISTENERS];
-  unsigned listener_count;
-  bool started;
-  atomic_bool stop_requested;
-  uv_async_t *_Atomic run_wakeup; /* set while extproc_server_run waits */
-  atomic_uint_fast64_t open_streams;
-  atomic_uint_fast64_t total_streams;
 };
 
 /* Accepts one connection on `l` and starts serving it. (connection.c) */
@@ -86,10 +92,10 @@ void connections_close_all(worker *w);
  * (connection.c) */
 void connections_drain_all(worker *w);
 
-/* Tells the worker a connection is gone, so a stopping worker can finish. (server.c) */
+/* A connection of `w` is gone, so a stopping worker may finish. (worker.c) */
 void worker_connection_gone(worker *w);
 
-/* The poster that hands deferred requests back to `w`'s loop. (server.c) */
+/* The poster that hands deferred requests back to `w`'s loop. (worker.c) */
 stream_poster worker_poster(worker *w);
 
 #endif

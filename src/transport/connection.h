@@ -1,0 +1,113 @@
+/* One HTTP/2 connection from Envoy and the gRPC streams on it, split by concern:
+ *
+ *   connection.c   socket I/O and the nghttp2 session (accept, read, coalesced writes, close)
+ *   grpc_stream.c  per-stream gRPC handling: routing by path, reassembling messages, handing
+ *                  them to the engine or the health service, queueing replies, trailers
+ *   flow.c         flow-control budgets: when received bytes go back to the peer's window
+ *
+ * Everything here runs on the connection's worker loop. */
+#ifndef EXTPROC_CONNECTION_H
+#define EXTPROC_CONNECTION_H
+
+#include <nghttp2/nghttp2.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/list.h"
+#include "transport/grpc_frame.h"
+#include "transport/transport.h"
+
+typedef struct connection connection;
+
+typedef enum stream_kind { KIND_UNKNOWN, KIND_PROCESS, KIND_HEALTH } stream_kind;
+
+/* A framed reply waiting for the stream's data provider (malloc'd). */
+typedef struct out_chunk {
+  queue_link link;
+  size_t len, off;
+  uint8_t data[];
+} out_chunk;
+
+/* One HTTP/2 stream carrying one gRPC call. */
+typedef struct h2_stream {
+  connection *conn;
+  dlist_link link; /* in conn->streams */
+  int32_t id;
+  stream_kind kind;
+  bool post;              /* :method is POST */
+  bool grpc_content_type; /* content-type is application/grpc[+proto] */
+  grpc_reader reader;
+  extproc_request *engine; /* KIND_PROCESS only */
+  queue out;               /* out_chunk, in order */
+  bool finished;           /* the final status is set; trailers follow the queued output */
+  uint32_t status;
+  char *message;
+  bool discard_input; /* after an error: input is consumed and dropped */
+  size_t held_bytes;  /* received but not yet returned to the peer's window */
+} h2_stream;
+
+struct connection {
+  worker *w;
+  dlist_link link; /* in w->connections */
+  const extproc_processor *proc;
+  stream_handle h;
+  nghttp2_session *session;
+  dlist streams; /* h2_stream */
+  uv_write_t write_req;
+  uint8_t *wbuf;
+  size_t wlen, wcap;
+  bool writing;
+  bool closing;
+  /* Input budgets (see flow.c). */
+  size_t partial_bytes;    /* bytes of incomplete messages buffered, over all streams */
+  size_t queued_out_bytes; /* reply bytes queued, not yet handed to nghttp2 */
+  h2_stream *favoured;     /* over the partial budget: the one stream still fed */
+  bool input_held;         /* some stream holds credit for budget reasons */
+};
+
+static inline h2_stream *stream_of(const dlist_link *l) { return LIST_ITEM(l, h2_stream, link); }
+
+/* ---- connection.c ---------------------------------------------------------------------- */
+
+/* Writes what nghttp2 has queued, one write call per round. May close the connection. */
+void conn_flush(connection *c);
+
+/* ---- grpc_stream.c --------------------------------------------------------------------- */
+
+/* A request's HEADERS began: a new stream on `c`. Returns NULL on out-of-memory. */
+h2_stream *h2_stream_new(connection *c, int32_t id);
+
+/* One request header of the stream (path, method and content-type matter). */
+void h2_stream_on_header(h2_stream *s, const uint8_t *name, size_t namelen, const uint8_t *value,
+                         size_t valuelen);
+
+/* The request's HEADERS are complete: answer or open the engine. Returns 0 or an nghttp2
+ * error. */
+int h2_stream_start(h2_stream *s);
+
+/* DATA for the stream: reassembled into messages and delivered. */
+void h2_stream_on_data(h2_stream *s, const uint8_t *data, size_t len);
+
+/* The peer ended its side of the stream. */
+void h2_stream_on_remote_end(h2_stream *s);
+
+/* The stream is closed (or its connection is): frees it and closes its engine stream. */
+void h2_stream_release(h2_stream *s);
+
+/* ---- flow.c ---------------------------------------------------------------------------- */
+
+/* Accounts `len` received bytes of `s` (its reader held `buffered_before` bytes before this
+ * DATA was fed) and gives them back to the peer's window, or holds them. */
+void flow_on_data(h2_stream *s, size_t len, size_t buffered_before);
+
+/* Returns the bytes `s` held back to the peer's window (a deferred phase was resumed). */
+void flow_give_back(h2_stream *s);
+
+/* A stream is going away: its budgets are returned. Called once it is unlinked. */
+void flow_on_release(h2_stream *s);
+
+/* Gives back what streams held once the reason is gone; cheap unless something is held. */
+void flow_release_held(connection *c);
+
+#endif

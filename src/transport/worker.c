@@ -1,0 +1,156 @@
+/* Worker loops: one thread and one libuv loop each, the queue that brings deferred requests
+ * back to their loop, and stopping (listeners close, connections drain, then the grace period
+ * ends what is left). */
+#include "transport/worker.h"
+
+#include <stdlib.h>
+
+#include "base/arena.h"
+#include "base/log.h"
+#include "transport/listener.h"
+
+/* ---- Deferred completions ------------------------------------------------------------- */
+
+static void post_completion(void *data, extproc_request *req) {
+  worker *w = data;
+  uv_mutex_lock(&w->lock);
+  if (w->completed_len == w->completed_cap) {
+    const size_t cap = w->completed_cap ? w->completed_cap * 2 : 64;
+    extproc_request **grown = realloc(w->completed, cap * sizeof(*grown));
+    if (!grown) { /* cannot queue: the request would be lost, so wait and retry */
+      uv_mutex_unlock(&w->lock);
+      uv_sleep(1);
+      post_completion(data, req);
+      return;
+    }
+    w->completed = grown;
+    w->completed_cap = cap;
+  }
+  w->completed[w->completed_len++] = req;
+  uv_mutex_unlock(&w->lock);
+  uv_async_send(&w->wakeup);
+}
+
+stream_poster worker_poster(worker *w) {
+  return (stream_poster){.post = post_completion, .data = w, .deferred = &w->deferred};
+}
+
+static void run_completions(worker *w) {
+  for (;;) {
+    uv_mutex_lock(&w->lock);
+    const size_t n = w->completed_len;
+    extproc_request **batch = w->completed;
+    w->completed = NULL;
+    w->completed_len = w->completed_cap = 0;
+    uv_mutex_unlock(&w->lock);
+    if (n == 0) {
+      free(batch);
+      return;
+    }
+    for (size_t i = 0; i < n; i++)
+      stream_resume_on_loop(batch[i]);
+    free(batch);
+  }
+}
+
+/* ---- Worker loops --------------------------------------------------------------------- */
+
+static void ignore_close(uv_handle_t *h) { (void)h; }
+
+static void close_handle(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, ignore_close);
+}
+
+/* A stopping worker's loop ends once its connections are gone and no deferred request can
+ * still post back to it. */
+static void worker_maybe_finish(worker *w) {
+  if (!w->stopping || w->connections.head) return;
+  if (!uv_is_closing((uv_handle_t *)&w->grace_timer))
+    uv_close((uv_handle_t *)&w->grace_timer, ignore_close);
+  if (w->deferred == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
+    uv_close((uv_handle_t *)&w->wakeup, ignore_close);
+}
+
+void worker_connection_gone(worker *w) { worker_maybe_finish(w); }
+
+static void on_grace_expired(uv_timer_t *timer) {
+  worker *w = timer->data;
+  if (w->connections.head)
+    log_line(EXTPROC_LOG_WARN, "shutdown grace period over: closing connections with open streams");
+  connections_close_all(w);
+}
+
+static void begin_stop(worker *w) {
+  w->stopping = true;
+  for (unsigned i = 0; i < w->listener_count; i++)
+    uv_close(&w->listeners[i].h.handle, ignore_close);
+  w->listener_count = 0;
+  connections_drain_all(w);
+  uv_timer_start(&w->grace_timer, on_grace_expired, w->cfg->shutdown_grace_ms, 0);
+  worker_maybe_finish(w);
+}
+
+static void on_wakeup(uv_async_t *async) {
+  worker *w = async->data;
+  run_completions(w);
+  if (!w->stopping && atomic_load(&w->stop_requested)) begin_stop(w);
+  worker_maybe_finish(w);
+}
+
+static void worker_main(void *arg) {
+  worker *w = arg;
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  arena_cache_release();
+}
+
+/* Closes every handle of a loop that never ran (or has stopped) and frees the loop. */
+static void close_loop(worker *w) {
+  uv_walk(&w->loop, close_handle, NULL);
+  uv_run(&w->loop, UV_RUN_DEFAULT); /* let the close callbacks run */
+  uv_loop_close(&w->loop);
+  arena_cache_release(); /* what those callbacks freed on this thread */
+  uv_mutex_destroy(&w->lock);
+  free(w->completed);
+  w->completed = NULL;
+}
+
+int worker_init(worker *w, unsigned index, const transport_config *cfg, transport_stats *stats,
+                listener_spec *specs, unsigned spec_count) {
+  *w = (worker){.cfg = cfg, .stats = stats, .index = index};
+  int rv = uv_loop_init(&w->loop);
+  if (rv != 0) return rv;
+  if ((rv = uv_mutex_init(&w->lock)) != 0) {
+    uv_loop_close(&w->loop);
+    return rv;
+  }
+  if ((rv = uv_async_init(&w->loop, &w->wakeup, on_wakeup)) == 0 &&
+      (rv = uv_timer_init(&w->loop, &w->grace_timer)) == 0) {
+    w->wakeup.data = w;
+    w->grace_timer.data = w;
+    for (unsigned i = 0; i < spec_count && rv == 0; i++) {
+      if (specs[i].fds[index] < 0) continue;
+      rv = listener_start(w, &specs[i], &w->listeners[w->listener_count]);
+      if (rv == 0)
+        w->listener_count++;
+      else
+        log_line(EXTPROC_LOG_ERROR, "listen: %s", uv_strerror(rv));
+    }
+  }
+  if (rv != 0) close_loop(w);
+  return rv;
+}
+
+int worker_start(worker *w) { return uv_thread_create(&w->thread, worker_main, w); }
+
+void worker_request_stop(worker *w) {
+  atomic_store(&w->stop_requested, true);
+  uv_async_send(&w->wakeup);
+}
+
+void worker_join(worker *w) {
+  uv_thread_join(&w->thread);
+  close_loop(w);
+}
+
+void worker_discard(worker *w) { close_loop(w); }
