@@ -2,7 +2,8 @@
  * LOG_LEVEL=DEBUG the SDK logs each one: processor, phase, request id and the time spent. */
 #include "examples.h"
 
-extproc_processor *base_processor_create(void) {
-  static const extproc_processor_def def = {.name = "BaseExtProcService"};
-  return extproc_processor_create(&def);
+extproc_processor *base_processor_new(void) {
+  static const extproc_processor_def def = {.struct_size = sizeof(extproc_processor_def), .name = "BaseExtProcService"};
+  extproc_processor *p;
+  return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

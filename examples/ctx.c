@@ -52,13 +52,15 @@ static extproc_result on_response_body(extproc_request *req, void *ctx) {
   return extproc_header_set(req, "x-context-id", c->context_id) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
 }
 
-extproc_processor *ctx_processor_create(void) {
+extproc_processor *ctx_processor_new(void) {
   static const extproc_processor_def def = {
+      .struct_size = sizeof(extproc_processor_def),
       .name = "CtxExtProcService",
       .context_size = sizeof(ctx_state),
       .request_headers = on_request_headers,
       .request_body = on_request_body,
       .response_body = on_response_body,
   };
-  return extproc_processor_create(&def);
+  extproc_processor *p;
+  return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

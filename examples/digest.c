@@ -56,8 +56,9 @@ static extproc_result on_response_headers(extproc_request *req, void *ctx) {
   return extproc_header_set(req, "x-request-digest", d->hex) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
 }
 
-extproc_processor *digest_processor_create(void) {
+extproc_processor *digest_processor_new(void) {
   static const extproc_processor_def def = {
+      .struct_size = sizeof(extproc_processor_def),
       .name = "DigestExtProcService",
       .context_size = sizeof(digest_state),
       .context_cleanup = digest_cleanup,
@@ -65,5 +66,6 @@ extproc_processor *digest_processor_create(void) {
       .request_body = digest_on_request_body,
       .response_headers = on_response_headers,
   };
-  return extproc_processor_create(&def);
+  extproc_processor *p;
+  return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

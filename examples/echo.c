@@ -66,12 +66,14 @@ static extproc_result on_request_body(extproc_request *req, void *ctx) {
   return respond(req, e, body, len);
 }
 
-extproc_processor *echo_processor_create(void) {
+extproc_processor *echo_processor_new(void) {
   static const extproc_processor_def def = {
+      .struct_size = sizeof(extproc_processor_def),
       .name = "EchoExtProcService",
       .context_size = sizeof(echo_ctx),
       .request_headers = on_request_headers,
       .request_body = on_request_body,
   };
-  return extproc_processor_create(&def);
+  extproc_processor *p;
+  return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

@@ -12,12 +12,12 @@
 #include "extproc/extproc.h"
 
 /* A named example: `name` is the Python SDK's class name, `short_name` the command-line
- * shorthand. `create` returns a new processor, freed by the caller. */
+ * shorthand. `new_processor` returns a new processor, freed by the caller. */
 typedef struct example {
   const char *name;
   const char *short_name;
   const char *summary;
-  extproc_processor *(*create)(void);
+  extproc_processor *(*new_processor)(void);
 } example;
 
 /* Every example, in the order of the demo's filter chain after Base. */
@@ -31,7 +31,7 @@ const example *example_find(const char *name);
  * SDK does: REVEAL_EXTPROC_CHAIN (default true; "t", "true", "y", "yes" in either first-letter
  * case are true, anything else false) and EXTPROCS_APPLIED_HEADER (default
  * "x-ext-procs-applied"). Returns NULL on out-of-memory or an invalid header name. */
-extproc_processor *example_create(const example *ex);
+extproc_processor *example_new(const example *ex);
 
 /* True for the Python SDK's truthy strings: t, T, true, True, y, Y, yes, Yes. */
 bool example_truthy(const char *value);
@@ -39,14 +39,14 @@ bool example_truthy(const char *value);
 /* True for "t", "true", "y", "yes" in any case: what x-echo-only accepts. */
 bool example_truthy_any_case(const char *value);
 
-extproc_processor *base_processor_create(void);
-extproc_processor *trivial_processor_create(void);
-extproc_processor *timer_processor_create(void);
-extproc_processor *digest_processor_create(void);
-extproc_processor *decorated_processor_create(void);
-extproc_processor *echo_processor_create(void);
-extproc_processor *ctx_processor_create(void);
-extproc_processor *protocol_processor_create(void);
+extproc_processor *base_processor_new(void);
+extproc_processor *trivial_processor_new(void);
+extproc_processor *timer_processor_new(void);
+extproc_processor *digest_processor_new(void);
+extproc_processor *decorated_processor_new(void);
+extproc_processor *echo_processor_new(void);
+extproc_processor *ctx_processor_new(void);
+extproc_processor *protocol_processor_new(void);
 
 /* ---- The request digest shared by Digest and Decorated --------------------------------- */
 

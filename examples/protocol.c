@@ -123,7 +123,7 @@ static bool decided(extproc_request *req, const protocol_ctx *p, unsigned chunk,
 }
 
 static extproc_result override_response_mode(extproc_request *req, const char *name) {
-  extproc_processing_mode mode;
+  extproc_processing_mode mode = {.struct_size = sizeof(mode)};
   extproc_request_processing_mode(req, &mode);
   for (int m = EXTPROC_BODY_NONE; m <= EXTPROC_BODY_GRPC; m++) {
     if (strcmp(name, mode_name((extproc_body_mode)m)) != 0) continue;
@@ -270,8 +270,9 @@ static extproc_result on_trailers(extproc_request *req, void *ctx) {
   return extproc_header_set(req, "x-test-trailer-seen", "yes") ? EXTPROC_FAIL : EXTPROC_CONTINUE;
 }
 
-extproc_processor *protocol_processor_create(void) {
+extproc_processor *protocol_processor_new(void) {
   static const extproc_processor_def def = {
+      .struct_size = sizeof(extproc_processor_def),
       .name = "ProtocolExtProcService",
       .context_size = sizeof(protocol_ctx),
       .request_headers = on_request_headers,
@@ -281,5 +282,6 @@ extproc_processor *protocol_processor_create(void) {
       .response_body = on_response_body,
       .response_trailers = on_trailers,
   };
-  return extproc_processor_create(&def);
+  extproc_processor *p;
+  return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

@@ -6,21 +6,21 @@
 
 const example examples[] = {
     {"BaseExtProcService", "base", "does nothing; logs every phase at debug level",
-     base_processor_create},
+     base_processor_new},
     {"TrivialExtProcService", "trivial", "copies x-request-id into x-extra-request-id",
-     trivial_processor_create},
+     trivial_processor_new},
     {"TimerExtProcService", "timer", "x-request-started upstream; x-duration-ns on the response",
-     timer_processor_create},
+     timer_processor_new},
     {"EchoExtProcService", "echo", "answers at once with the request when x-echo-only is true",
-     echo_processor_create},
+     echo_processor_new},
     {"DigestExtProcService", "digest", "x-request-digest: SHA-256 of tenant, method, path, body",
-     digest_processor_create},
+     digest_processor_new},
     {"DecoratedExtProcService", "decorated", "the request digest, written with the builder",
-     decorated_processor_create},
+     decorated_processor_new},
     {"CtxExtProcService", "context", "checks x-context-id against the body and the response",
-     ctx_processor_create},
+     ctx_processor_new},
     {"ProtocolExtProcService", "protocol", "every body mode and reply field, driven by x-test-*",
-     protocol_processor_create},
+     protocol_processor_new},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 
@@ -49,8 +49,8 @@ bool example_truthy_any_case(const char *v) {
   return false;
 }
 
-extproc_processor *example_create(const example *ex) {
-  extproc_processor *proc = ex->create();
+extproc_processor *example_new(const example *ex) {
+  extproc_processor *proc = ex->new_processor();
   if (!proc) return NULL;
   const char *reveal = getenv("REVEAL_EXTPROC_CHAIN");
   const char *header = getenv("EXTPROCS_APPLIED_HEADER");

@@ -124,16 +124,17 @@ int main(int argc, char **argv) {
     return 2;
   }
 
-  extproc_server *srv = extproc_server_create(&opts);
-  if (!srv) {
-    fprintf(stderr, "extproc-examples: cannot create the server (bad options?)\n");
+  extproc_server *srv;
+  const int created = extproc_server_new(&srv, &opts);
+  if (created != 0) {
+    fprintf(stderr, "extproc-examples: cannot create the server: %s\n", extproc_strerror(created));
     return 1;
   }
   int rv = 0;
   for (size_t i = 0; i < count && rv == 0; i++) {
     service *s = &services[i];
     if (!s->address[0]) snprintf(s->address, sizeof(s->address), "%s", listen);
-    s->proc = example_create(s->ex);
+    s->proc = example_new(s->ex);
     const int index = s->proc ? extproc_server_listen(srv, s->address, s->proc) : EXTPROC_ENOMEM;
     if (index < 0) {
       fprintf(stderr, "extproc-examples: cannot serve %s on %s: %s\n", s->ex->name, s->address,

@@ -53,13 +53,15 @@ static extproc_result on_response_body(extproc_request *req, void *ctx) {
   return extproc_request_end_of_stream(req) ? stamp_response(req, ctx) : EXTPROC_CONTINUE;
 }
 
-extproc_processor *timer_processor_create(void) {
+extproc_processor *timer_processor_new(void) {
   static const extproc_processor_def def = {
+      .struct_size = sizeof(extproc_processor_def),
       .name = "TimerExtProcService",
       .context_size = sizeof(timer_ctx),
       .request_headers = on_request_headers,
       .response_headers = on_response_headers,
       .response_body = on_response_body,
   };
-  return extproc_processor_create(&def);
+  extproc_processor *p;
+  return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

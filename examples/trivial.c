@@ -12,11 +12,13 @@ static extproc_result copy_request_id(extproc_request *req, void *ctx) {
   return EXTPROC_CONTINUE;
 }
 
-extproc_processor *trivial_processor_create(void) {
+extproc_processor *trivial_processor_new(void) {
   static const extproc_processor_def def = {
+      .struct_size = sizeof(extproc_processor_def),
       .name = "TrivialExtProcService",
       .request_headers = copy_request_id,
       .response_headers = copy_request_id,
   };
-  return extproc_processor_create(&def);
+  extproc_processor *p;
+  return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

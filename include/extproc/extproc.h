@@ -27,6 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "extproc/version.h"
+#include "extproc/visibility.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -43,7 +46,7 @@ typedef enum extproc_error {
 } extproc_error;
 
 /* Returns a static, human-readable description of an extproc_error. Never NULL. */
-const char *extproc_strerror(int error);
+EXTPROC_API const char *extproc_strerror(int error);
 
 /* The phases of one HTTP exchange, named after ProcessingRequest's `request` oneof. */
 typedef enum extproc_phase {
@@ -57,7 +60,7 @@ typedef enum extproc_phase {
 } extproc_phase;
 
 /* Returns Envoy's name of a phase ("request_headers", ...), or "unknown". Static storage. */
-const char *extproc_phase_name(extproc_phase phase);
+EXTPROC_API const char *extproc_phase_name(extproc_phase phase);
 
 /* gRPC status codes, as used in the stream's final `grpc-status` and in
  * ImmediateResponse.grpc_status. */
@@ -123,8 +126,14 @@ typedef enum extproc_header_mode {
   EXTPROC_HEADER_SKIP = 2
 } extproc_header_mode;
 
-/* ProcessingMode, for reading the mode in effect and for mode_override. */
+/* ProcessingMode, for reading the mode in effect and for mode_override.
+ *
+ * Set `struct_size` to sizeof(extproc_processing_mode) before use, e.g.
+ *   extproc_processing_mode mode = {.struct_size = sizeof(mode)};
+ * It lets a later minor release add fields at the end without breaking compiled callers (see
+ * extproc/version.h); a struct_size of 0 is refused with EXTPROC_EINVAL. */
 typedef struct extproc_processing_mode {
+  size_t struct_size; /* sizeof(extproc_processing_mode), as compiled by the caller */
   extproc_header_mode request_header_mode;
   extproc_header_mode response_header_mode;
   extproc_body_mode request_body_mode;
@@ -173,8 +182,18 @@ typedef int (*extproc_context_init_fn)(extproc_request *req, void *ctx);
 typedef void (*extproc_context_cleanup_fn)(void *ctx);
 
 /* The static-table way to define a processor. Unset callbacks answer their phase with a plain
- * CONTINUE. */
+ * CONTINUE. Set `struct_size` to sizeof(extproc_processor_def):
+ *
+ *   static const extproc_processor_def def = {
+ *       .struct_size = sizeof(extproc_processor_def),
+ *       .name = "MyProcessor",
+ *       .request_headers = on_request_headers,
+ *   };
+ *
+ * so a later minor release can add fields at the end without breaking compiled callers (fields
+ * the caller's version lacks take their defaults; see extproc/version.h). */
 typedef struct extproc_processor_def {
+  size_t struct_size; /* sizeof(extproc_processor_def), as compiled by the caller */
   const char *name; /* shown in logs; copied */
   size_t context_size;
   extproc_context_init_fn context_init;
@@ -192,31 +211,36 @@ typedef struct extproc_processor_def {
 
 typedef struct extproc_processor extproc_processor;
 
-/* Creates a processor from a static table, which is copied (the name too).
- * Returns NULL if def or def->name is NULL, or on out-of-memory. Free with
- * extproc_processor_free(). */
-extproc_processor *extproc_processor_create(const extproc_processor_def *def);
+/* Creates a processor from a static table, which is copied (the name too). On success stores
+ * it in `*out` (free it with extproc_processor_free()) and returns 0; otherwise stores NULL and
+ * returns EXTPROC_EINVAL (out, def or def->name NULL, struct_size not set or from a newer
+ * version using fields this library lacks, a bad error policy or status) or EXTPROC_ENOMEM. */
+EXTPROC_API int extproc_processor_new_from_def(extproc_processor **out,
+                                               const extproc_processor_def *def);
 
 /* Creates an empty processor named `name` (copied) for the builder style: register callbacks
- * with extproc_processor_on() and friends before serving it. Returns NULL on a NULL name or
- * out-of-memory. */
-extproc_processor *extproc_processor_new(const char *name);
+ * with extproc_processor_on() and friends before serving it. Stores it in `*out` and returns 0;
+ * otherwise stores NULL and returns EXTPROC_EINVAL (out or name NULL) or EXTPROC_ENOMEM. */
+EXTPROC_API int extproc_processor_new(extproc_processor **out, const char *name);
 
 /* Registers `fn` for `phase`, replacing any earlier one; NULL unregisters.
  * Returns 0, or EXTPROC_EINVAL for a NULL processor or an unknown phase. Not thread-safe:
  * call before the processor is served. */
-int extproc_processor_on(extproc_processor *proc, extproc_phase phase, extproc_phase_fn fn);
+EXTPROC_API int extproc_processor_on(extproc_processor *proc, extproc_phase phase,
+                                     extproc_phase_fn fn);
 
 /* Sets the per-request context: `size` bytes allocated and zeroed per request, then given to
  * `init` (may be NULL); `cleanup` (may be NULL) runs when the request ends. Returns 0 or
  * EXTPROC_EINVAL. Call before serving. */
-int extproc_processor_set_context(extproc_processor *proc, size_t size,
-                                  extproc_context_init_fn init, extproc_context_cleanup_fn cleanup);
+EXTPROC_API int extproc_processor_set_context(extproc_processor *proc, size_t size,
+                                              extproc_context_init_fn init,
+                                              extproc_context_cleanup_fn cleanup);
 
 /* Sets the error policy; `http_status` is used by EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE
  * (0 means 500; otherwise 200..599). Returns 0 or EXTPROC_EINVAL. Call before serving. */
-int extproc_processor_set_error_policy(extproc_processor *proc, extproc_error_policy policy,
-                                       uint32_t http_status);
+EXTPROC_API int extproc_processor_set_error_policy(extproc_processor *proc,
+                                                   extproc_error_policy policy,
+                                                   uint32_t http_status);
 
 /* Reveals the processor chain to the client: when `header` is set (e.g. "x-ext-procs-applied"),
  * the processor puts its name first in that header of the client's response, as
@@ -227,36 +251,36 @@ int extproc_processor_set_error_policy(extproc_processor *proc, extproc_error_po
  * the response_headers reply, so it needs response headers SEND. NULL turns it off (the
  * default). `header` is copied. Returns 0, EXTPROC_EINVAL for an invalid header name, or
  * EXTPROC_ENOMEM. Call before serving. */
-int extproc_processor_set_chain_header(extproc_processor *proc, const char *header);
+EXTPROC_API int extproc_processor_set_chain_header(extproc_processor *proc, const char *header);
 
 /* Sets the pointer returned by extproc_request_user_data(). Not owned. Call before serving. */
-void extproc_processor_set_user_data(extproc_processor *proc, void *user_data);
+EXTPROC_API void extproc_processor_set_user_data(extproc_processor *proc, void *user_data);
 
-/* Returns the processor's name (owned by the processor). */
-const char *extproc_processor_name(const extproc_processor *proc);
+/* Returns the processor's name (owned by the processor), or "" for NULL. */
+EXTPROC_API const char *extproc_processor_name(const extproc_processor *proc);
 
 /* Frees a processor. It must no longer be served. NULL is ignored. */
-void extproc_processor_free(extproc_processor *proc);
+EXTPROC_API void extproc_processor_free(extproc_processor *proc);
 
 /* ---- Reading the request -------------------------------------------------------------- */
 
 /* The phase being processed (EXTPROC_PHASE_COUNT for a NULL request). The getters below accept
  * NULL and then answer "nothing": NULL, false, -1 or unknown. */
-extproc_phase extproc_request_phase(const extproc_request *req);
+EXTPROC_API extproc_phase extproc_request_phase(const extproc_request *req);
 
 /* The facts extracted so far; owned by the request, valid until it ends. */
-const extproc_request_info *extproc_request_get_info(const extproc_request *req);
+EXTPROC_API const extproc_request_info *extproc_request_get_info(const extproc_request *req);
 
 /* The processor's user_data (see extproc_processor_def.user_data). */
-void *extproc_request_user_data(const extproc_request *req);
+EXTPROC_API void *extproc_request_user_data(const extproc_request *req);
 
 /* The name of the processor serving this request. */
-const char *extproc_request_processor_name(const extproc_request *req);
+EXTPROC_API const char *extproc_request_processor_name(const extproc_request *req);
 
 /* True when Envoy said nothing follows this message in its direction: for a headers phase,
  * HttpHeaders.end_of_stream (the request or response has no body and no trailers); for a body
  * phase, HttpBody.end_of_stream; always true for trailers. */
-bool extproc_request_end_of_stream(const extproc_request *req);
+EXTPROC_API bool extproc_request_end_of_stream(const extproc_request *req);
 
 /* One header of the current phase's header map (request headers, response headers or
  * trailers). Names are lower case as Envoy sends them; values are read from `raw_value`,
@@ -272,58 +296,62 @@ typedef struct extproc_header {
 /* The current phase's headers in the order Envoy sent them, pseudo-headers included; `*count`
  * receives their number. Returns NULL with *count = 0 in a body phase. Valid until the callback
  * returns. */
-const extproc_header *extproc_headers(const extproc_request *req, size_t *count);
+EXTPROC_API const extproc_header *extproc_headers(const extproc_request *req, size_t *count);
 
 /* The first value of header `name` (compared case-insensitively) in the current phase, or NULL
  * if absent (or in a body phase). Valid until the callback returns. */
-const char *extproc_header_get(const extproc_request *req, const char *name);
+EXTPROC_API const char *extproc_header_get(const extproc_request *req, const char *name);
 
 /* Every value of a repeated header: stores up to `max` value pointers into `values` (may be
  * NULL when max is 0) in the order sent and returns how many there are in all. */
-size_t extproc_header_get_all(const extproc_request *req, const char *name, const char **values,
-                              size_t max);
+EXTPROC_API size_t extproc_header_get_all(const extproc_request *req, const char *name,
+                                          const char **values, size_t max);
 
 /* The current body chunk (HttpBody.body) and its length in bytes in `*len`. Returns NULL with
  * *len = 0 outside body phases; a non-NULL pointer with *len = 0 for an empty chunk. Valid
  * until the callback returns. */
-const uint8_t *extproc_body(const extproc_request *req, size_t *len);
+EXTPROC_API const uint8_t *extproc_body(const extproc_request *req, size_t *len);
 
 /* ProcessingRequest.protocol_config as Envoy sent it in the first message. Owned by the
  * request. */
-const extproc_protocol_config *extproc_request_protocol_config(const extproc_request *req);
+EXTPROC_API const extproc_protocol_config *
+extproc_request_protocol_config(const extproc_request *req);
 
 /* The body mode in effect for the current phase's direction: Envoy's protocol_config, updated
  * by this processor's own mode_override; EXTPROC_BODY_MODE_UNKNOWN if Envoy did not say. */
-extproc_body_mode extproc_request_body_mode(const extproc_request *req);
+EXTPROC_API extproc_body_mode extproc_request_body_mode(const extproc_request *req);
 
 /* The processing mode in effect, as far as Envoy told: body modes as above (unknown ones as
  * NONE: without protocol_config, set both body modes yourself before overriding, or the override
  * turns a body off), header and trailer modes EXTPROC_HEADER_DEFAULT ("as configured"). The
- * starting point for extproc_mode_override(). */
-void extproc_request_processing_mode(const extproc_request *req, extproc_processing_mode *mode);
+ * starting point for extproc_mode_override(). `mode->struct_size` must be set; the fields its
+ * version has are filled. Returns 0, or EXTPROC_EINVAL (mode NULL or struct_size not set). A
+ * NULL request fills the "nothing known" mode. */
+EXTPROC_API int extproc_request_processing_mode(const extproc_request *req,
+                                                extproc_processing_mode *mode);
 
 /* True when Envoy sent this message in observability mode: it expects no reply, and none is
  * sent whatever the callback records. */
-bool extproc_request_observability_mode(const extproc_request *req);
+EXTPROC_API bool extproc_request_observability_mode(const extproc_request *req);
 
 /* In a body phase: appends the current chunk to the direction's accumulated body (once per
  * chunk, however often called) and returns the whole body so far, `*len` bytes. For STREAMED,
  * BUFFERED_PARTIAL and FULL_DUPLEX_STREAMED processors that need the whole body at the end.
  * The buffer is owned by the request and valid until the next call or the end of the request.
  * Returns NULL (and *len = 0) outside body phases or on out-of-memory. */
-const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len);
+EXTPROC_API const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len);
 
 /* The per-request context (see extproc_processor_set_context), or NULL if it has none. */
-void *extproc_request_context(const extproc_request *req);
+EXTPROC_API void *extproc_request_context(const extproc_request *req);
 
 /* Allocates `size` bytes (aligned for any type, uninitialized) that live until the request
  * ends; never freed individually. Handy for keeping values across phases in the context.
  * Returns NULL on out-of-memory. Same thread rules as the rest of the request. */
-void *extproc_request_alloc(extproc_request *req, size_t size);
+EXTPROC_API void *extproc_request_alloc(extproc_request *req, size_t size);
 
 /* Copies the NUL-terminated string `s` into memory that lives until the request ends.
  * Returns NULL if `s` is NULL or on out-of-memory. */
-char *extproc_request_strdup(extproc_request *req, const char *s);
+EXTPROC_API char *extproc_request_strdup(extproc_request *req, const char *s);
 
 /* ---- Header mutations (HeaderMutation of the phase's reply) ------------------------------
  *
@@ -337,14 +365,15 @@ char *extproc_request_strdup(extproc_request *req, const char *s);
  * was started, or EXTPROC_ENOMEM. */
 
 /* Replaces every existing value (or adds the header): append=false, OVERWRITE_IF_EXISTS_OR_ADD. */
-int extproc_header_set(extproc_request *req, const char *name, const char *value);
+EXTPROC_API int extproc_header_set(extproc_request *req, const char *name, const char *value);
 /* Adds one more value: append=true, APPEND_IF_EXISTS_OR_ADD. */
-int extproc_header_append(extproc_request *req, const char *name, const char *value);
+EXTPROC_API int extproc_header_append(extproc_request *req, const char *name, const char *value);
 /* Adds the header only if the phase's headers lack it (checked here against what Envoy sent,
  * and sent as ADD_IF_ABSENT), so an existing value is never touched. */
-int extproc_header_add_if_absent(extproc_request *req, const char *name, const char *value);
+EXTPROC_API int extproc_header_add_if_absent(extproc_request *req, const char *name,
+                                             const char *value);
 /* Removes the header (HeaderMutation.remove_headers). */
-int extproc_header_remove(extproc_request *req, const char *name);
+EXTPROC_API int extproc_header_remove(extproc_request *req, const char *name);
 
 /* ---- Body mutations (BodyMutation) ------------------------------------------------------ */
 
@@ -359,10 +388,10 @@ int extproc_header_remove(extproc_request *req, const char *name);
  *    message already on its way is dropped unanswered, without a callback.
  * Returns 0, EXTPROC_ESTATE in a trailers phase or after an immediate response,
  * EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
-int extproc_body_replace(extproc_request *req, const void *data, size_t len);
+EXTPROC_API int extproc_body_replace(extproc_request *req, const void *data, size_t len);
 /* Clears the body: the same as replacing it with nothing (BodyMutation.clear_body; in
  * FULL_DUPLEX_STREAMED this chunk is dropped). Same returns. */
-int extproc_body_clear(extproc_request *req);
+EXTPROC_API int extproc_body_clear(extproc_request *req);
 
 /* FULL_DUPLEX_STREAMED only: sends `len` bytes on as body (a StreamedBodyResponse); call it any
  * number of times per chunk, or not at all (the chunk is then passed on unchanged, unless it was
@@ -370,8 +399,8 @@ int extproc_body_clear(extproc_request *req);
  * end_of_stream reply itself when Envoy's last chunk comes and none was sent. Returns 0,
  * EXTPROC_ESTATE in another mode or phase or after the body was ended, EXTPROC_EINVAL, or
  * EXTPROC_ENOMEM. */
-int extproc_streamed_body_send(extproc_request *req, const void *data, size_t len,
-                               bool end_of_stream);
+EXTPROC_API int extproc_streamed_body_send(extproc_request *req, const void *data, size_t len,
+                                           bool end_of_stream);
 
 /* ---- Other reply fields ----------------------------------------------------------------- */
 
@@ -382,11 +411,11 @@ int extproc_streamed_body_send(extproc_request *req, const void *data, size_t le
  * setting and answers the following phases as if the override took effect, so only override
  * where the filter allows it. Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE outside a headers
  * phase. */
-int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode);
+EXTPROC_API int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode);
 
 /* Sets CommonResponse.clear_route_cache in a headers or body reply (Envoy acts on it for request
  * headers that were mutated). Returns 0 or EXTPROC_ESTATE in a trailers phase. */
-int extproc_clear_route_cache(extproc_request *req);
+EXTPROC_API int extproc_clear_route_cache(extproc_request *req);
 
 /* Asks Envoy for more time for this message: sends at once a ProcessingResponse carrying only
  * override_message_timeout (`ms` milliseconds, at least 1), then the callback answers as usual,
@@ -394,7 +423,7 @@ int extproc_clear_route_cache(extproc_request *req);
  * max_message_timeout (0, the default, disables it). Only from the callback itself (the loop
  * thread). Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE (outside a callback, in observability
  * mode, or after the stream ended). */
-int extproc_override_message_timeout(extproc_request *req, uint32_t ms);
+EXTPROC_API int extproc_override_message_timeout(extproc_request *req, uint32_t ms);
 
 /* ---- Immediate response (ProcessingResponse.immediate_response) ------------------------ */
 
@@ -402,17 +431,18 @@ int extproc_override_message_timeout(extproc_request *req, uint32_t ms);
  * with `http_status` (100..599) and ends processing. Header and body mutations recorded for the
  * phase are discarded. Returns 0, EXTPROC_EINVAL for a bad status, EXTPROC_ESTATE in
  * observability mode, or EXTPROC_ENOMEM. Calling it again changes the status. */
-int extproc_immediate_response(extproc_request *req, uint32_t http_status);
+EXTPROC_API int extproc_immediate_response(extproc_request *req, uint32_t http_status);
 /* Sets a header of the immediate response (ImmediateResponse.headers, overwrite semantics).
  * Returns 0, EXTPROC_ESTATE if no immediate response was started, EXTPROC_EINVAL, or
  * EXTPROC_ENOMEM. */
-int extproc_immediate_header_set(extproc_request *req, const char *name, const char *value);
+EXTPROC_API int extproc_immediate_header_set(extproc_request *req, const char *name,
+                                             const char *value);
 /* Sets the immediate response's body (`len` bytes copied). Same returns. */
-int extproc_immediate_body(extproc_request *req, const void *data, size_t len);
+EXTPROC_API int extproc_immediate_body(extproc_request *req, const void *data, size_t len);
 /* Sets ImmediateResponse.grpc_status, for gRPC clients behind Envoy. Same returns. */
-int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code);
+EXTPROC_API int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code);
 /* Sets ImmediateResponse.details (Envoy's response code details; copied). Same returns. */
-int extproc_immediate_details(extproc_request *req, const char *details);
+EXTPROC_API int extproc_immediate_details(extproc_request *req, const char *details);
 
 /* A streamed immediate response (ProcessingResponse.streamed_immediate_response): like an
  * immediate response, but its body may be sent in pieces, over this and later callbacks. Start
@@ -422,19 +452,20 @@ int extproc_immediate_details(extproc_request *req, const char *details);
  * request body mode is NONE or FULL_DUPLEX_STREAMED. Later messages of the exchange get no
  * reply of their own. Returns 0, EXTPROC_EINVAL, EXTPROC_ESTATE (not in request_headers, in
  * observability mode, or in another request body mode), or EXTPROC_ENOMEM. */
-int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_status,
-                                        bool end_of_stream);
+EXTPROC_API int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_status,
+                                                    bool end_of_stream);
 /* Sends a body piece of a started streamed immediate response. Returns 0, EXTPROC_ESTATE (none
  * started, or it has ended), EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
-int extproc_streamed_immediate_body(extproc_request *req, const void *data, size_t len,
-                                    bool end_of_stream);
+EXTPROC_API int extproc_streamed_immediate_body(extproc_request *req, const void *data, size_t len,
+                                                bool end_of_stream);
 
 /* ---- Failure and deferred answers ------------------------------------------------------ */
 
 /* Records why the callback is about to return EXTPROC_FAIL: the gRPC status (not OK) and a
  * message (copied; may be NULL) used by EXTPROC_ON_ERROR_FAIL_STREAM and in the log line.
  * Returns 0 or EXTPROC_EINVAL. */
-int extproc_request_fail(extproc_request *req, extproc_grpc_code code, const char *message);
+EXTPROC_API int extproc_request_fail(extproc_request *req, extproc_grpc_code code,
+                                     const char *message);
 
 /* Declares that the current phase will be answered later, through extproc_request_resume().
  * Call it in the callback before the request can reach another thread (or a timer, or an
@@ -442,7 +473,7 @@ int extproc_request_fail(extproc_request *req, extproc_grpc_code code, const cha
  * whatever the callback returns, so a resume that comes before the callback returns is never
  * lost. Only from the callback itself (the loop thread); calling it twice is harmless.
  * Returns 0, EXTPROC_EINVAL for NULL, or EXTPROC_ESTATE (with a log line) outside a callback. */
-int extproc_request_defer(extproc_request *req);
+EXTPROC_API int extproc_request_defer(extproc_request *req);
 
 /* Finishes a deferred phase, as if its callback had returned `result` (EXTPROC_CONTINUE or
  * EXTPROC_FAIL). Thread-safe: call it from any thread, exactly once per deferral. It may come
@@ -460,7 +491,7 @@ int extproc_request_defer(extproc_request *req);
  * Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or EXTPROC_ESTATE with a log
  * line (no phase of this request is waiting for a resume: not deferred, not declared with
  * extproc_request_defer(), or already resumed). */
-int extproc_request_resume(extproc_request *req, extproc_result result);
+EXTPROC_API int extproc_request_resume(extproc_request *req, extproc_result result);
 
 /* ---- Logging --------------------------------------------------------------------------- */
 
@@ -474,14 +505,14 @@ typedef enum extproc_log_level {
 
 /* Sets the process-wide log threshold (default EXTPROC_LOG_INFO). Lines go to stderr. Thread-safe.
  */
-void extproc_log_set_level(extproc_log_level level);
+EXTPROC_API void extproc_log_set_level(extproc_log_level level);
 /* Parses "debug", "info", "warn"/"warning", "error", "off" (any case). Returns 0 and stores the
  * level, or EXTPROC_EINVAL. */
-int extproc_log_level_parse(const char *text, extproc_log_level *level);
+EXTPROC_API int extproc_log_level_parse(const char *text, extproc_log_level *level);
 /* Logs a line from processor code at `level`, prefixed with the processor name, phase and
  * request id of `req` (may be NULL). printf-style. Thread-safe. */
-void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+EXTPROC_API void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt,
+                             ...) __attribute__((format(printf, 3, 4)));
 
 #ifdef __cplusplus
 }

@@ -8,7 +8,8 @@
  * reply's header and body mutations the way Envoy does, so a test can ask what the upstream
  * would receive and what the client would get.
  *
- *   extproc_harness *h = extproc_harness_new(proc);
+ *   extproc_harness *h;
+ *   extproc_harness_new(&h, proc);
  *   const char *req[] = {":method", "GET", ":path", "/x", "x-request-id", "abc", NULL};
  *   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, req, true);
  *   assert(strcmp(extproc_harness_upstream_header(h, "x-extra-request-id"), "abc") == 0);
@@ -33,30 +34,33 @@ extern "C" {
 
 typedef struct extproc_harness extproc_harness;
 
-/* Starts one exchange for `proc` (not owned; must outlive the harness). Returns NULL on
- * out-of-memory. */
-extproc_harness *extproc_harness_new(const extproc_processor *proc);
+/* Starts one exchange for `proc` (not owned; must outlive the harness). Stores the harness in
+ * `*out` and returns 0; otherwise stores NULL and returns EXTPROC_EINVAL (out or proc NULL) or
+ * EXTPROC_ENOMEM. */
+EXTPROC_API int extproc_harness_new(extproc_harness **out, const extproc_processor *proc);
 
 /* Marks every following message with observability_mode (Envoy then expects no reply). */
-void extproc_harness_set_observability_mode(extproc_harness *h, bool on);
+EXTPROC_API void extproc_harness_set_observability_mode(extproc_harness *h, bool on);
 
 /* How long a call waits for a deferred phase to be resumed, in milliseconds. Default 5000. */
-void extproc_harness_set_timeout_ms(extproc_harness *h, uint32_t ms);
+EXTPROC_API void extproc_harness_set_timeout_ms(extproc_harness *h, uint32_t ms);
 
 /* The body modes Envoy announces in the first message's protocol_config (by default none is
  * sent, as by an Envoy that does not). Call before the first message. */
-void extproc_harness_set_protocol_config(extproc_harness *h, extproc_body_mode request_body_mode,
-                                         extproc_body_mode response_body_mode);
+EXTPROC_API void extproc_harness_set_protocol_config(extproc_harness *h,
+                                                     extproc_body_mode request_body_mode,
+                                                     extproc_body_mode response_body_mode);
 
 /* Adds a string attribute (e.g. "request.path") to the next message, as Envoy sends the
  * filter's request_attributes / response_attributes. Copied. Returns 0 or a negative error. */
-int extproc_harness_add_attribute(extproc_harness *h, const char *name, const char *value);
+EXTPROC_API int extproc_harness_add_attribute(extproc_harness *h, const char *name,
+                                              const char *value);
 
 /* Sets metadata_context.filter_metadata[ns][key] = value (a string) on every following message,
  * as the filter's metadata_options.forwarding_namespaces would. Copied. Returns 0 or a negative
  * error. */
-int extproc_harness_add_metadata(extproc_harness *h, const char *ns, const char *key,
-                                 const char *value);
+EXTPROC_API int extproc_harness_add_metadata(extproc_harness *h, const char *ns, const char *key,
+                                             const char *value);
 
 /* Sends request_headers, response_headers, request_trailers or response_trailers (`phase`),
  * with `headers` a NULL-terminated array of name, value, name, value... (names as Envoy sends
@@ -66,20 +70,20 @@ int extproc_harness_add_metadata(extproc_harness *h, const char *ns, const char 
  * Returns 0 once the processor has answered (or ended the stream), EXTPROC_EINVAL for a bad
  * phase or odd header list, EXTPROC_ESTATE if the exchange already ended, or EXTPROC_ETIMEDOUT
  * if a deferred phase was not resumed in time. */
-int extproc_harness_headers(extproc_harness *h, extproc_phase phase, const char *const *headers,
-                            bool end_of_stream);
+EXTPROC_API int extproc_harness_headers(extproc_harness *h, extproc_phase phase,
+                                        const char *const *headers, bool end_of_stream);
 
 /* Sends one request_body or response_body chunk of `len` bytes. Same returns. */
-int extproc_harness_body(extproc_harness *h, extproc_phase phase, const void *data, size_t len,
-                         bool end_of_stream);
+EXTPROC_API int extproc_harness_body(extproc_harness *h, extproc_phase phase, const void *data,
+                                     size_t len, bool end_of_stream);
 
 /* Half-closes the stream as Envoy does once it has sent everything. Returns 0. */
-int extproc_harness_end(extproc_harness *h);
+EXTPROC_API int extproc_harness_end(extproc_harness *h);
 
 /* Frees the harness and ends the exchange (as a reset if it was still open). A deferred phase is
  * waited for (see extproc_harness_set_timeout_ms); if it is still not resumed, its request is
  * freed when the resume comes, whose answer is dropped. NULL is ignored. */
-void extproc_harness_free(extproc_harness *h);
+EXTPROC_API void extproc_harness_free(extproc_harness *h);
 
 /* ---- What the processor answered ------------------------------------------------------ */
 
@@ -132,46 +136,50 @@ typedef struct extproc_harness_reply {
 } extproc_harness_reply;
 
 /* Number of replies received since the harness started. */
-size_t extproc_harness_reply_count(const extproc_harness *h);
+EXTPROC_API size_t extproc_harness_reply_count(const extproc_harness *h);
 
 /* Reply `index` (0 = first), or NULL if there is none. */
-const extproc_harness_reply *extproc_harness_reply_at(const extproc_harness *h, size_t index);
+EXTPROC_API const extproc_harness_reply *extproc_harness_reply_at(const extproc_harness *h,
+                                                                  size_t index);
 
 /* The reply to the last message sent, or NULL if that message got none (observability mode,
  * or the stream ended instead). */
-const extproc_harness_reply *extproc_harness_last_reply(const extproc_harness *h);
+EXTPROC_API const extproc_harness_reply *extproc_harness_last_reply(const extproc_harness *h);
 
 /* Namespace `ns` of the reply's dynamic_metadata (a struct value: read its keys with
  * extproc_value_field), or NULL. Valid as long as the reply. */
-const extproc_value *extproc_harness_reply_metadata(const extproc_harness_reply *r, const char *ns);
+EXTPROC_API const extproc_value *extproc_harness_reply_metadata(const extproc_harness_reply *r,
+                                                                const char *ns);
 
 /* The value a reply writes for header `name` (the last write wins), or NULL. */
-const char *extproc_harness_reply_header(const extproc_harness_reply *r, const char *name);
+EXTPROC_API const char *extproc_harness_reply_header(const extproc_harness_reply *r,
+                                                     const char *name);
 
 /* True once the gRPC stream has ended; then `*grpc_status` and `*grpc_message` (may be NULL)
  * receive the final status (0 = OK) and message ("" if none). */
-bool extproc_harness_stream_ended(const extproc_harness *h, uint32_t *grpc_status,
-                                  const char **grpc_message);
+EXTPROC_API bool extproc_harness_stream_ended(const extproc_harness *h, uint32_t *grpc_status,
+                                              const char **grpc_message);
 
 /* ---- Envoy's view after the mutations --------------------------------------------------- */
 
 /* The first value of header `name` in the request the upstream would receive (request headers
  * after every mutation so far), or NULL. Case-insensitive. */
-const char *extproc_harness_upstream_header(const extproc_harness *h, const char *name);
+EXTPROC_API const char *extproc_harness_upstream_header(const extproc_harness *h, const char *name);
 
 /* The first value of header `name` in the response the client would get (response headers after
  * every mutation, or the immediate response's headers), or NULL. Case-insensitive. */
-const char *extproc_harness_client_header(const extproc_harness *h, const char *name);
+EXTPROC_API const char *extproc_harness_client_header(const extproc_harness *h, const char *name);
 
 /* Every value of `name` the upstream (request headers) or client (response headers) would see:
  * stores up to `max` pointers and returns how many there are. */
-size_t extproc_harness_upstream_header_all(const extproc_harness *h, const char *name,
-                                           const char **values, size_t max);
-size_t extproc_harness_client_header_all(const extproc_harness *h, const char *name,
-                                         const char **values, size_t max);
+EXTPROC_API size_t extproc_harness_upstream_header_all(const extproc_harness *h, const char *name,
+                                                       const char **values, size_t max);
+EXTPROC_API size_t extproc_harness_client_header_all(const extproc_harness *h, const char *name,
+                                                     const char **values, size_t max);
 
 /* The immediate response sent, if any (its status, headers and body are in the reply). */
-const extproc_harness_reply *extproc_harness_immediate_response(const extproc_harness *h);
+EXTPROC_API const extproc_harness_reply *
+extproc_harness_immediate_response(const extproc_harness *h);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "extproc/visibility.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -42,26 +44,27 @@ typedef enum extproc_value_kind {
  * response_attributes, e.g. "request.path", "source.address"), or NULL. Envoy sends request
  * attributes with the first request message and response attributes with the first response
  * message; the SDK keeps them for the rest of the exchange. */
-const extproc_value *extproc_request_attribute(const extproc_request *req, const char *name);
+EXTPROC_API const extproc_value *extproc_request_attribute(const extproc_request *req,
+                                                           const char *name);
 
 /* The value `key` of namespace `ns` in ProcessingRequest.metadata_context.filter_metadata (what
  * the filter's metadata_options.forwarding_namespaces sends), or NULL. Kept from the latest
  * message that carried metadata. */
-const extproc_value *extproc_request_metadata(const extproc_request *req, const char *ns,
-                                              const char *key);
+EXTPROC_API const extproc_value *extproc_request_metadata(const extproc_request *req,
+                                                          const char *ns, const char *key);
 
-extproc_value_kind extproc_value_kind_of(const extproc_value *v);
+EXTPROC_API extproc_value_kind extproc_value_kind_of(const extproc_value *v);
 /* The string, or NULL if `v` is not a string. NUL-terminated. */
-const char *extproc_value_string(const extproc_value *v);
+EXTPROC_API const char *extproc_value_string(const extproc_value *v);
 /* The number (Envoy encodes integers as numbers too), or 0 if `v` is not a number. */
-double extproc_value_number(const extproc_value *v);
+EXTPROC_API double extproc_value_number(const extproc_value *v);
 /* The boolean, or false if `v` is not a boolean. */
-bool extproc_value_bool(const extproc_value *v);
+EXTPROC_API bool extproc_value_bool(const extproc_value *v);
 /* The field `key` of a struct value, or NULL. */
-const extproc_value *extproc_value_field(const extproc_value *v, const char *key);
+EXTPROC_API const extproc_value *extproc_value_field(const extproc_value *v, const char *key);
 /* The number of elements of a list value (0 otherwise), and element `index` (or NULL). */
-size_t extproc_value_list_size(const extproc_value *v);
-const extproc_value *extproc_value_list_at(const extproc_value *v, size_t index);
+EXTPROC_API size_t extproc_value_list_size(const extproc_value *v);
+EXTPROC_API const extproc_value *extproc_value_list_at(const extproc_value *v, size_t index);
 
 /* ---- Building (dynamic metadata) -------------------------------------------------------- */
 
@@ -73,21 +76,21 @@ typedef struct extproc_list extproc_list;
  * metadata_options.receiving_namespaces.untyped, and merges each into the stream's dynamic
  * metadata (read it in access logs with %DYNAMIC_METADATA(ns:key)%). Returns NULL for a NULL or
  * empty `ns`, in observability mode (no reply is sent), or on out-of-memory. */
-extproc_struct *extproc_dynamic_metadata(extproc_request *req, const char *ns);
+EXTPROC_API extproc_struct *extproc_dynamic_metadata(extproc_request *req, const char *ns);
 
-int extproc_struct_set_string(extproc_struct *s, const char *key, const char *value);
-int extproc_struct_set_number(extproc_struct *s, const char *key, double value);
-int extproc_struct_set_bool(extproc_struct *s, const char *key, bool value);
-int extproc_struct_set_null(extproc_struct *s, const char *key);
+EXTPROC_API int extproc_struct_set_string(extproc_struct *s, const char *key, const char *value);
+EXTPROC_API int extproc_struct_set_number(extproc_struct *s, const char *key, double value);
+EXTPROC_API int extproc_struct_set_bool(extproc_struct *s, const char *key, bool value);
+EXTPROC_API int extproc_struct_set_null(extproc_struct *s, const char *key);
 /* A nested object or list under `key`; NULL on a NULL argument or out-of-memory. */
-extproc_struct *extproc_struct_set_struct(extproc_struct *s, const char *key);
-extproc_list *extproc_struct_set_list(extproc_struct *s, const char *key);
+EXTPROC_API extproc_struct *extproc_struct_set_struct(extproc_struct *s, const char *key);
+EXTPROC_API extproc_list *extproc_struct_set_list(extproc_struct *s, const char *key);
 
-int extproc_list_add_string(extproc_list *l, const char *value);
-int extproc_list_add_number(extproc_list *l, double value);
-int extproc_list_add_bool(extproc_list *l, bool value);
-extproc_struct *extproc_list_add_struct(extproc_list *l);
-extproc_list *extproc_list_add_list(extproc_list *l);
+EXTPROC_API int extproc_list_add_string(extproc_list *l, const char *value);
+EXTPROC_API int extproc_list_add_number(extproc_list *l, double value);
+EXTPROC_API int extproc_list_add_bool(extproc_list *l, bool value);
+EXTPROC_API extproc_struct *extproc_list_add_struct(extproc_list *l);
+EXTPROC_API extproc_list *extproc_list_add_list(extproc_list *l);
 
 #ifdef __cplusplus
 }

@@ -1,45 +1,54 @@
-#include "engine/processor.h"
-
-#include "engine/headers.h"
-
+/* Defining a processor: from a static table or with the builder, and its settings. */
 #include <stdlib.h>
 #include <string.h>
 
-static extproc_processor *processor_alloc(const char *name) {
-  if (!name) return NULL;
+#include "base/sized_struct.h"
+#include "engine/headers.h"
+#include "engine/processor.h"
+
+static int processor_alloc(extproc_processor **out, const char *name) {
+  if (out) *out = NULL;
+  if (!out || !name) return EXTPROC_EINVAL;
   extproc_processor *p = calloc(1, sizeof(*p));
-  if (!p) return NULL;
+  if (!p) return EXTPROC_ENOMEM;
   p->name = strdup(name);
   if (!p->name) {
     free(p);
-    return NULL;
+    return EXTPROC_ENOMEM;
   }
   p->error_http_status = 500;
-  return p;
+  *out = p;
+  return 0;
 }
 
-extproc_processor *extproc_processor_create(const extproc_processor_def *def) {
-  if (!def) return NULL;
-  extproc_processor *p = processor_alloc(def->name);
-  if (!p) return NULL;
-  p->context_size = def->context_size;
-  p->context_init = def->context_init;
-  p->context_cleanup = def->context_cleanup;
-  p->on[EXTPROC_REQUEST_HEADERS] = def->request_headers;
-  p->on[EXTPROC_REQUEST_BODY] = def->request_body;
-  p->on[EXTPROC_REQUEST_TRAILERS] = def->request_trailers;
-  p->on[EXTPROC_RESPONSE_HEADERS] = def->response_headers;
-  p->on[EXTPROC_RESPONSE_BODY] = def->response_body;
-  p->on[EXTPROC_RESPONSE_TRAILERS] = def->response_trailers;
-  p->user_data = def->user_data;
-  if (extproc_processor_set_error_policy(p, def->on_error, def->error_http_status) != 0) {
+int extproc_processor_new_from_def(extproc_processor **out, const extproc_processor_def *given) {
+  if (out) *out = NULL;
+  extproc_processor_def def;
+  if (!out || !given || sized_struct_read(&def, sizeof(def), given) != 0) return EXTPROC_EINVAL;
+  extproc_processor *p;
+  int rv = processor_alloc(&p, def.name);
+  if (rv != 0) return rv;
+  p->context_size = def.context_size;
+  p->context_init = def.context_init;
+  p->context_cleanup = def.context_cleanup;
+  p->on[EXTPROC_REQUEST_HEADERS] = def.request_headers;
+  p->on[EXTPROC_REQUEST_BODY] = def.request_body;
+  p->on[EXTPROC_REQUEST_TRAILERS] = def.request_trailers;
+  p->on[EXTPROC_RESPONSE_HEADERS] = def.response_headers;
+  p->on[EXTPROC_RESPONSE_BODY] = def.response_body;
+  p->on[EXTPROC_RESPONSE_TRAILERS] = def.response_trailers;
+  p->user_data = def.user_data;
+  if ((rv = extproc_processor_set_error_policy(p, def.on_error, def.error_http_status)) != 0) {
     extproc_processor_free(p);
-    return NULL;
+    return rv;
   }
-  return p;
+  *out = p;
+  return 0;
 }
 
-extproc_processor *extproc_processor_new(const char *name) { return processor_alloc(name); }
+int extproc_processor_new(extproc_processor **out, const char *name) {
+  return processor_alloc(out, name);
+}
 
 int extproc_processor_on(extproc_processor *proc, extproc_phase phase, extproc_phase_fn fn) {
   if (!proc || (unsigned)phase >= EXTPROC_PHASE_COUNT) return EXTPROC_EINVAL;

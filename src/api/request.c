@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/sized_struct.h"
 #include "engine/request.h"
 
 extproc_phase extproc_request_phase(const extproc_request *req) {
@@ -68,12 +69,14 @@ extproc_body_mode extproc_request_body_mode(const extproc_request *req) {
   return req ? current_body_mode(req) : EXTPROC_BODY_MODE_UNKNOWN;
 }
 
-void extproc_request_processing_mode(const extproc_request *req, extproc_processing_mode *mode) {
-  if (!mode) return;
-  *mode = (extproc_processing_mode){0};
-  if (!req) return;
-  mode->request_body_mode = req->body_mode[0] < 0 ? EXTPROC_BODY_NONE : req->body_mode[0];
-  mode->response_body_mode = req->body_mode[1] < 0 ? EXTPROC_BODY_NONE : req->body_mode[1];
+int extproc_request_processing_mode(const extproc_request *req, extproc_processing_mode *mode) {
+  if (!mode) return EXTPROC_EINVAL;
+  extproc_processing_mode m = {.struct_size = sizeof(m)};
+  if (req) {
+    m.request_body_mode = req->body_mode[0] < 0 ? EXTPROC_BODY_NONE : req->body_mode[0];
+    m.response_body_mode = req->body_mode[1] < 0 ? EXTPROC_BODY_NONE : req->body_mode[1];
+  }
+  return sized_struct_write(mode, &m, sizeof(m));
 }
 
 bool extproc_request_observability_mode(const extproc_request *req) {
@@ -209,8 +212,11 @@ static bool valid_header_mode(extproc_header_mode m) {
   return m >= EXTPROC_HEADER_DEFAULT && m <= EXTPROC_HEADER_SKIP;
 }
 
-int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode) {
-  if (!req || !mode || !valid_body_mode(mode->request_body_mode) ||
+int extproc_mode_override(extproc_request *req, const extproc_processing_mode *given) {
+  extproc_processing_mode m;
+  if (!req || !given || sized_struct_read(&m, sizeof(m), given) != 0) return EXTPROC_EINVAL;
+  const extproc_processing_mode *mode = &m;
+  if (!valid_body_mode(mode->request_body_mode) ||
       !valid_body_mode(mode->response_body_mode) || !valid_header_mode(mode->request_header_mode) ||
       !valid_header_mode(mode->response_header_mode) ||
       !valid_header_mode(mode->request_trailer_mode) ||

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "base/sized_struct.h"
 #include "extproc/server.h"
 #include "transport/listener.h"
 #include "transport/worker.h"
@@ -25,7 +26,9 @@ struct extproc_server {
 };
 
 void extproc_server_options_init(extproc_server_options *opts) {
+  if (!opts) return;
   memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
   opts->max_message_bytes = 16u << 20;
   opts->workers = 0;
   opts->max_concurrent_streams = 10000;
@@ -33,25 +36,28 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->shutdown_grace_ms = 5000;
 }
 
-extproc_server *extproc_server_create(const extproc_server_options *opts) {
+int extproc_server_new(extproc_server **out, const extproc_server_options *opts) {
+  if (out) *out = NULL;
+  if (!out) return EXTPROC_EINVAL;
   extproc_server_options o;
-  if (opts)
-    o = *opts;
-  else
+  if (!opts)
     extproc_server_options_init(&o);
+  else if (sized_struct_read(&o, sizeof(o), opts) != 0)
+    return EXTPROC_EINVAL;
   /* Zero fields take their defaults, so `extproc_server_options o = {0}` works too. */
   extproc_server_options defaults;
   extproc_server_options_init(&defaults);
   if (o.max_message_bytes == 0) o.max_message_bytes = defaults.max_message_bytes;
   if (o.initial_window_bytes == 0) o.initial_window_bytes = defaults.initial_window_bytes;
   if (o.max_concurrent_streams == 0) o.max_concurrent_streams = defaults.max_concurrent_streams;
-  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff) return NULL;
+  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff)
+    return EXTPROC_EINVAL;
   if (o.workers == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     o.workers = n > 0 ? (unsigned)n : 1;
   }
   extproc_server *srv = calloc(1, sizeof(*srv));
-  if (!srv) return NULL;
+  if (!srv) return EXTPROC_ENOMEM;
   srv->opts = o;
   srv->cfg = (transport_config){.max_message_bytes = o.max_message_bytes,
                                 .max_concurrent_streams = o.max_concurrent_streams,
@@ -61,9 +67,10 @@ extproc_server *extproc_server_create(const extproc_server_options *opts) {
   srv->workers = calloc(o.workers, sizeof(worker));
   if (!srv->workers) {
     free(srv);
-    return NULL;
+    return EXTPROC_ENOMEM;
   }
-  return srv;
+  *out = srv;
+  return 0;
 }
 
 int extproc_server_listen(extproc_server *srv, const char *address, const extproc_processor *proc) {

@@ -367,10 +367,11 @@ static void harness_post(void *data, extproc_request *req) {
 
 /* ---- Driving the exchange ------------------------------------------------------------- */
 
-extproc_harness *extproc_harness_new(const extproc_processor *proc) {
-  if (!proc) return NULL;
+int extproc_harness_new(extproc_harness **out, const extproc_processor *proc) {
+  if (out) *out = NULL;
+  if (!out || !proc) return EXTPROC_EINVAL;
   extproc_harness *h = calloc(1, sizeof(*h));
-  if (!h) return NULL;
+  if (!h) return EXTPROC_ENOMEM;
   h->proc = proc;
   h->timeout_ms = 5000;
   pthread_mutex_init(&h->lock, NULL);
@@ -378,10 +379,13 @@ extproc_harness *extproc_harness_new(const extproc_processor *proc) {
   const stream_poster poster = {.post = harness_post, .data = h, .deferred = &h->deferred};
   h->req = stream_open(proc, &harness_sink, h, &poster);
   if (!h->req) {
+    pthread_mutex_destroy(&h->lock);
+    pthread_cond_destroy(&h->cond);
     free(h);
-    return NULL;
+    return EXTPROC_ENOMEM;
   }
-  return h;
+  *out = h;
+  return 0;
 }
 
 void extproc_harness_set_observability_mode(extproc_harness *h, bool on) {

@@ -20,7 +20,7 @@
 static extproc_processor *make(const char *name) {
   const example *ex = example_find(name);
   assert_non_null(ex);
-  extproc_processor *p = example_create(ex);
+  extproc_processor *p = example_new(ex);
   assert_non_null(p);
   return p;
 }
@@ -60,7 +60,8 @@ static int setup_env(void **state) {
 static void test_trivial(void **state) {
   (void)state;
   extproc_processor *p = make("trivial");
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, GET, true);
   assert_string_equal(extproc_harness_upstream_header(h, "x-extra-request-id"), "rid-7");
   const char *const response[] = {":status", "200", "x-ext-procs-applied", "Later", NULL};
@@ -83,7 +84,8 @@ static void test_chain_header_settings(void **state) {
   (void)state;
   setenv("EXTPROCS_APPLIED_HEADER", "x-chain", 1);
   extproc_processor *p = make("BaseExtProcService");
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE_200, true);
   assert_string_equal(extproc_harness_client_header(h, "x-chain"), "BaseExtProcService");
   assert_null(extproc_harness_client_header(h, "x-ext-procs-applied"));
@@ -92,7 +94,7 @@ static void test_chain_header_settings(void **state) {
 
   setenv("REVEAL_EXTPROC_CHAIN", "TRUE", 1); /* the Python SDK's rule: not a true value */
   p = make("base");
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE_200, true);
   assert_null(extproc_harness_client_header(h, "x-chain"));
   assert_int_equal(extproc_harness_last_reply(h)->header_write_count, 0);
@@ -104,7 +106,8 @@ static void test_chain_header_settings(void **state) {
 static void test_base_changes_nothing(void **state) {
   (void)state;
   extproc_processor *p = make("base");
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   const char *const trailers[] = {"x-t", "1", NULL};
   send_headers(h, EXTPROC_REQUEST_HEADERS, GET, false);
   send_body(h, EXTPROC_REQUEST_BODY, "abc");
@@ -152,7 +155,8 @@ static void test_timer_with_and_without_body(void **state) {
   (void)state;
   extproc_processor *p = make("timer");
   for (int with_body = 0; with_body < 2; with_body++) {
-    extproc_harness *h = extproc_harness_new(p);
+    extproc_harness *h;
+    assert_int_equal(extproc_harness_new(&h, p), 0);
     send_headers(h, EXTPROC_REQUEST_HEADERS, GET, true);
     const char *started = extproc_harness_upstream_header(h, "x-request-started");
     assert_rfc3339_micros(started);
@@ -178,7 +182,8 @@ static void check_digest(const char *name, bool on_response) {
   char want[65];
 
   /* A GET without body and without tenant: set at request_headers already. */
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, GET, true);
   sha256_hex("unknownGET/things?x=1", want);
   assert_string_equal(extproc_harness_upstream_header(h, "x-request-digest"), want);
@@ -190,7 +195,7 @@ static void check_digest(const char *name, bool on_response) {
   extproc_harness_free(h);
 
   /* A PUT with a tenant and a JSON body: set once the body is seen. */
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   const char *const put[] = {":method",     "PUT",  ":path",        "/orders/1",
                              "x-tenant-id", "acme", "content-type", "application/json",
                              NULL};
@@ -223,7 +228,8 @@ static void test_echo(void **state) {
   const char *const post[] = {
       ":method",    "POST",           ":path", "/e",  "x-echo-only", "YES", "content-type",
       "text/plain", "content-length", "5",     "x-a", "1",           NULL};
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, post, false);
   assert_null(extproc_harness_immediate_response(h));
   send_body(h, EXTPROC_REQUEST_BODY, "hello");
@@ -243,7 +249,7 @@ static void test_echo(void **state) {
 
   /* Without a body: answered at request_headers, with an empty body. */
   const char *const get[] = {":method", "GET", ":path", "/e", "x-echo-only", "t", NULL};
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, get, true);
   im = extproc_harness_immediate_response(h);
   assert_non_null(im);
@@ -252,7 +258,7 @@ static void test_echo(void **state) {
 
   /* Not truthy: the request goes on untouched. */
   const char *const no[] = {":method", "GET", ":path", "/e", "x-echo-only", "no", NULL};
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, no, true);
   assert_null(extproc_harness_immediate_response(h));
   assert_int_equal(extproc_harness_last_reply(h)->kind, EXTPROC_HARNESS_PHASE_REPLY);
@@ -274,7 +280,8 @@ static void test_context(void **state) {
   const char *const post[] = {":method",      "POST", ":path", "/ctx?id=9",
                               "x-context-id", "id-9", NULL};
   /* Body and the upstream's path match: the client gets the id back. */
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, post, false);
   assert_string_equal(extproc_harness_upstream_header(h, "x-context-id"), "id-9");
   send_body(h, EXTPROC_REQUEST_BODY, "id-9");
@@ -285,7 +292,7 @@ static void test_context(void **state) {
   extproc_harness_free(h);
 
   /* A body that differs fails the stream. */
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, post, false);
   send_body(h, EXTPROC_REQUEST_BODY, "id-10");
   uint32_t status = 0;
@@ -297,7 +304,7 @@ static void test_context(void **state) {
   extproc_harness_free(h);
 
   /* An upstream answer about another path fails the stream too. */
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, post, false);
   send_body(h, EXTPROC_REQUEST_BODY, "id-9");
   send_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE_200, false);
@@ -307,7 +314,7 @@ static void test_context(void **state) {
   extproc_harness_free(h);
 
   /* Without x-context-id nothing is checked. */
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, GET, true);
   send_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE_200, false);
   send_body(h, EXTPROC_RESPONSE_BODY, "not json");
@@ -337,7 +344,8 @@ static void test_protocol_example(void **state) {
                               "x-b",
                               "gone",
                               NULL};
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_BUFFERED, EXTPROC_BODY_BUFFERED);
   send_headers(h, EXTPROC_REQUEST_HEADERS, post, false);
   assert_string_equal(extproc_harness_upstream_header(h, "x-a"), "new");
@@ -351,7 +359,7 @@ static void test_protocol_example(void **state) {
 
   const char *const deny[] = {":method",         "GET", ":path", "/p", "x-test-immediate",
                               "request_headers", NULL};
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, deny, true);
   const extproc_harness_reply *im = extproc_harness_immediate_response(h);
   assert_non_null(im);
@@ -381,9 +389,11 @@ static extproc_result defer_to_thread(extproc_request *req, void *ctx) {
 
 static void test_harness_waits_for_deferred_answers(void **state) {
   (void)state;
-  extproc_processor *p = extproc_processor_new("async");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "async"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, defer_to_thread);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   send_headers(h, EXTPROC_REQUEST_HEADERS, GET, true);
   assert_string_equal(extproc_harness_upstream_header(h, "x-async"), "yes");
   extproc_harness_free(h);
@@ -400,9 +410,11 @@ static extproc_result park(extproc_request *req, void *ctx) {
 
 static void test_harness_times_out(void **state) {
   (void)state;
-  extproc_processor *p = extproc_processor_new("parked");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "parked"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, park);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_timeout_ms(h, 50);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, GET, true),
                    EXTPROC_ETIMEDOUT);
@@ -415,7 +427,8 @@ static void test_harness_times_out(void **state) {
 static void test_harness_observability_mode(void **state) {
   (void)state;
   extproc_processor *p = make("trivial");
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_observability_mode(h, true);
   send_headers(h, EXTPROC_REQUEST_HEADERS, GET, true);
   assert_int_equal(extproc_harness_reply_count(h), 0);
@@ -427,7 +440,8 @@ static void test_harness_observability_mode(void **state) {
 static void test_harness_rejects_bad_input(void **state) {
   (void)state;
   extproc_processor *p = make("trivial");
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   const char *const odd[] = {":method", NULL};
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, odd, true), EXTPROC_EINVAL);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_BODY, GET, true), EXTPROC_EINVAL);

@@ -68,7 +68,7 @@ static int setup(void **state) {
   alarm(TEST_WATCHDOG_SECONDS); /* SIGALRM's default action fails the run */
   fixture *f = calloc(1, sizeof(*f));
   if (!f) return -1;
-  f->proc = extproc_processor_new("limits-test");
+  assert_int_equal(extproc_processor_new(&f->proc, "limits-test"), 0);
   if (!f->proc || extproc_processor_on(f->proc, EXTPROC_REQUEST_BODY, amplify_body) != 0) {
     extproc_processor_free(f->proc);
     free(f);
@@ -100,7 +100,7 @@ static void start_server(fixture *f, size_t max_message_bytes, uint32_t initial_
   opts.workers = 1;
   opts.max_message_bytes = max_message_bytes;
   opts.initial_window_bytes = initial_window_bytes;
-  f->srv = extproc_server_create(&opts);
+  assert_int_equal(extproc_server_new(&f->srv, &opts), 0);
   assert_non_null(f->srv);
   const int index = extproc_server_listen(f->srv, "127.0.0.1:0", f->proc);
   assert_true(index >= 0);

@@ -33,7 +33,8 @@ static extproc_result doubler(extproc_request *req, void *ctx) {
 }
 
 static extproc_processor *processor(const char *name, extproc_phase phase, extproc_phase_fn fn) {
-  extproc_processor *p = extproc_processor_new(name);
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, name), 0);
   assert_non_null(p);
   if (fn) assert_int_equal(extproc_processor_on(p, phase, fn), 0);
   return p;
@@ -43,7 +44,8 @@ static void test_buffered_body_change_sets_content_length(void **state) {
   (void)state;
   extproc_processor *p = processor("doubler", EXTPROC_REQUEST_BODY, doubler);
   extproc_processor_on(p, EXTPROC_RESPONSE_BODY, doubler);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_BUFFERED, EXTPROC_BODY_BUFFERED);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, false), 0);
   assert_int_equal(extproc_harness_body(h, EXTPROC_REQUEST_BODY, "hello", 5, true), 0);
@@ -58,7 +60,7 @@ static void test_buffered_body_change_sets_content_length(void **state) {
   extproc_harness_free(h);
 
   /* Without a content-length (chunked), none is invented. */
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_BUFFERED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   extproc_harness_body(h, EXTPROC_REQUEST_BODY, "hi", 2, true);
@@ -70,7 +72,8 @@ static void test_buffered_body_change_sets_content_length(void **state) {
 static void test_streamed_one_reply_per_chunk(void **state) {
   (void)state;
   extproc_processor *p = processor("doubler", EXTPROC_REQUEST_BODY, doubler);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, false);
   const char *chunks[] = {"ab", "", "c", ""}; /* empty non-final and final chunks */
@@ -116,7 +119,8 @@ static void test_full_duplex(void **state) {
   (void)state;
   /* Pass-through by default, each piece a streamed_response, ending with end_of_stream. */
   extproc_processor *p = processor("pass", EXTPROC_REQUEST_BODY, NULL);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_FULL_DUPLEX_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   assert_int_equal(send_chunk(h, "one", false), 1);
@@ -135,7 +139,7 @@ static void test_full_duplex(void **state) {
 
   /* Any number of pieces per chunk; still exactly one end_of_stream. */
   p = processor("splitter", EXTPROC_REQUEST_BODY, split_in_three);
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_FULL_DUPLEX_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   assert_int_equal(send_chunk(h, "ab", false), 3);
@@ -149,7 +153,7 @@ static void test_full_duplex(void **state) {
 
   /* Outside FULL_DUPLEX_STREAMED a streamed reply is refused (Envoy would call it spurious). */
   p = processor("wrong-mode", EXTPROC_REQUEST_BODY, refuse_streamed);
-  h = extproc_harness_new(p);
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   assert_int_equal(send_chunk(h, "x", true), 1);
@@ -171,7 +175,8 @@ static void test_buffered_partial_says_if_cut(void **state) {
   (void)state;
   extproc_processor *p = processor("partial", EXTPROC_REQUEST_BODY, cut_checker);
   for (int complete = 0; complete < 2; complete++) {
-    extproc_harness *h = extproc_harness_new(p);
+    extproc_harness *h;
+    assert_int_equal(extproc_harness_new(&h, p), 0);
     extproc_harness_set_protocol_config(h, EXTPROC_BODY_BUFFERED_PARTIAL, EXTPROC_BODY_NONE);
     extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
     extproc_harness_body(h, EXTPROC_REQUEST_BODY, "0123456789", 10, complete);
@@ -199,7 +204,8 @@ static void test_continue_and_replace(void **state) {
   (void)state;
   extproc_processor *p = processor("replacer", EXTPROC_REQUEST_HEADERS, replace_at_headers);
   extproc_processor_on(p, EXTPROC_REQUEST_BODY, count_body);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_FULL_DUPLEX_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, false);
   const extproc_harness_reply *r = extproc_harness_last_reply(h);
@@ -257,7 +263,8 @@ static void test_reply_fields(void **state) {
   (void)state;
   extproc_processor *p = processor("fields", EXTPROC_REQUEST_HEADERS, override_and_extras);
   extproc_processor_on(p, EXTPROC_RESPONSE_BODY, check_mode_after_override);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_NONE, EXTPROC_BODY_NONE);
   extproc_harness_add_attribute(h, "request.path", "/up");
   extproc_harness_add_metadata(h, "envoy.lb", "canary", "true");
@@ -309,7 +316,8 @@ static void test_streamed_immediate_response(void **state) {
   (void)state;
   extproc_processor *p = processor("streamer", EXTPROC_REQUEST_HEADERS, stream_answer);
   extproc_processor_on(p, EXTPROC_REQUEST_BODY, stream_more);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_FULL_DUPLEX_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   assert_int_equal(extproc_harness_reply_count(h), 2); /* headers, then the first piece */
@@ -339,7 +347,8 @@ static void test_trailers(void **state) {
   (void)state;
   extproc_processor *p = processor("trailers", EXTPROC_REQUEST_TRAILERS, trailers_writer);
   extproc_processor_on(p, EXTPROC_RESPONSE_TRAILERS, trailers_writer);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   const char *const trailers[] = {"grpc-status", "0", NULL};
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   extproc_harness_body(h, EXTPROC_REQUEST_BODY, "b", 1, false);
@@ -372,7 +381,8 @@ static extproc_result accumulate(extproc_request *req, void *ctx) {
 static void test_accumulate_chunks(void **state) {
   (void)state;
   extproc_processor *p = processor("accumulator", EXTPROC_REQUEST_BODY, accumulate);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   extproc_harness_body(h, EXTPROC_REQUEST_BODY, "one,", 4, false);
@@ -396,7 +406,8 @@ static extproc_result observe(extproc_request *req, void *ctx) {
 static void test_observability_mode(void **state) {
   (void)state;
   extproc_processor *p = processor("observer", EXTPROC_REQUEST_HEADERS, observe);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_observability_mode(h, true);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true);
   assert_int_equal(extproc_harness_reply_count(h), 0);
@@ -417,7 +428,8 @@ static extproc_result park(extproc_request *req, void *ctx) {
 static void test_harness_freed_while_deferred(void **state) {
   (void)state;
   extproc_processor *p = processor("parker", EXTPROC_REQUEST_HEADERS, park);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_timeout_ms(h, 20);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true),
                    EXTPROC_ETIMEDOUT);
@@ -440,7 +452,8 @@ static void test_failure_in_observability_mode_ends_the_stream(void **state) {
   (void)state;
   extproc_processor *p = processor("failing-observer", EXTPROC_REQUEST_HEADERS, fail_first);
   extproc_processor_on(p, EXTPROC_RESPONSE_HEADERS, fail_first);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_observability_mode(h, true);
   later_calls = 0;
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true);
@@ -474,7 +487,8 @@ static void test_streamed_immediate_then_failure(void **state) {
       processor("stream-fail", EXTPROC_REQUEST_HEADERS, stream_with_duplicate_header);
   extproc_processor_on(p, EXTPROC_REQUEST_BODY, fail_body);
   extproc_processor_set_error_policy(p, EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE, 503);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_set_protocol_config(h, EXTPROC_BODY_FULL_DUPLEX_STREAMED, EXTPROC_BODY_NONE);
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, CHUNKED_POST, false);
   const char *values[4];
@@ -501,7 +515,8 @@ static void test_attribute_sent_again_takes_its_new_value(void **state) {
   (void)state;
   extproc_processor *p = processor("attrs", EXTPROC_REQUEST_HEADERS, read_path);
   extproc_processor_on(p, EXTPROC_RESPONSE_HEADERS, read_path);
-  extproc_harness *h = extproc_harness_new(p);
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
   extproc_harness_add_attribute(h, "request.path", "/first");
   extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true);
   assert_string_equal(extproc_harness_upstream_header(h, "x-path"), "/first");

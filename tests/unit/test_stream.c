@@ -182,7 +182,8 @@ static void assert_option(const HeaderValueOption *o, const char *raw, bool appe
 
 static void test_header_mutations_are_raw_and_consistent(void **state) {
   (void)state;
-  extproc_processor *p = extproc_processor_new("writer");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "writer"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, write_headers);
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, NULL);
@@ -268,7 +269,7 @@ static extproc_result record(extproc_request *req, void *ctx) {
 }
 
 static extproc_processor *recording_processor(void) {
-  static const extproc_processor_def def = {.name = "recorder",
+  static const extproc_processor_def def = {.struct_size = sizeof(extproc_processor_def), .name = "recorder",
                                             .context_size = sizeof(int),
                                             .context_init = ctx_init,
                                             .context_cleanup = ctx_cleanup,
@@ -279,7 +280,9 @@ static extproc_processor *recording_processor(void) {
                                             .response_body = record,
                                             .response_trailers = record};
   memset(&observed, 0, sizeof(observed));
-  return extproc_processor_create(&def);
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new_from_def(&p, &def), 0);
+  return p;
 }
 
 static void test_all_phases_in_order_with_one_reply_each(void **state) {
@@ -390,7 +393,8 @@ static void test_skipped_phases_are_fine(void **state) {
 
 static void test_malformed_and_empty_messages(void **state) {
   (void)state;
-  extproc_processor *p = extproc_processor_new("p");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "p"), 0);
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, NULL);
   const uint8_t garbage[] = {0x12, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
@@ -429,7 +433,8 @@ static extproc_result deny(extproc_request *req, void *ctx) {
 
 static void test_immediate_response(void **state) {
   (void)state;
-  extproc_processor *p = extproc_processor_new("denier");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "denier"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_BODY, deny);
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, NULL);
@@ -463,7 +468,8 @@ static extproc_result failing(extproc_request *req, void *ctx) {
 
 static void test_error_policies(void **state) {
   (void)state;
-  extproc_processor *p = extproc_processor_new("failer");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "failer"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, failing);
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, NULL);
@@ -505,7 +511,8 @@ static void never_cleanup(void *ctx) {
 static void test_failed_context_init(void **state) {
   (void)state;
   memset(&observed, 0, sizeof(observed));
-  extproc_processor *p = extproc_processor_new("bad-init");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "bad-init"), 0);
   extproc_processor_set_context(p, 16, failing_init, never_cleanup);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, record);
   capture c = {0};
@@ -587,7 +594,8 @@ static void test_deferred_answer_from_another_thread(void **state) {
   mailbox m = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL};
   size_t deferred = 0;
   const stream_poster poster = {.post = mailbox_post, .data = &m, .deferred = &deferred};
-  extproc_processor *p = extproc_processor_new("async");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "async"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, defer);
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, &poster);
@@ -679,7 +687,8 @@ static void test_resume_before_the_callback_returns(void **state) {
   const extproc_phase_fn fns[] = {resume_self, resume_from_racing_thread};
   const char *const header[] = {"x-early", "x-async"};
   for (int i = 0; i < 2; i++) {
-    extproc_processor *p = extproc_processor_new("early");
+    extproc_processor *p;
+    assert_int_equal(extproc_processor_new(&p, "early"), 0);
     extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, fns[i]);
     capture c = {0};
     extproc_request *req = stream_open(p, &sink, &c, &poster);

@@ -100,7 +100,7 @@ static int setup(void **state) {
   alarm(TEST_WATCHDOG_SECONDS);
   fixture *f = calloc(1, sizeof(*f));
   if (!f) return -1;
-  f->proc = extproc_processor_new("transport-test");
+  assert_int_equal(extproc_processor_new(&f->proc, "transport-test"), 0);
   if (!f->proc || extproc_processor_on(f->proc, EXTPROC_REQUEST_HEADERS, on_request_headers) ||
       extproc_processor_on(f->proc, EXTPROC_RESPONSE_HEADERS, on_response_headers)) {
     extproc_processor_free(f->proc);
@@ -135,7 +135,7 @@ static int start_server(fixture *f, const char *address, size_t max_message_byte
   extproc_server_options_init(&opts);
   opts.workers = 1;
   if (max_message_bytes) opts.max_message_bytes = max_message_bytes;
-  f->srv = extproc_server_create(&opts);
+  assert_int_equal(extproc_server_new(&f->srv, &opts), 0);
   assert_non_null(f->srv);
   const int index = extproc_server_listen(f->srv, address, f->proc);
   if (index < 0) return index;
@@ -444,7 +444,8 @@ static void test_round_trip_unix(void **state) {
 static void test_address_in_use(void **state) {
   fixture *f = *state;
   start_tcp_server(f, 0);
-  extproc_server *second = extproc_server_create(NULL);
+  extproc_server *second;
+  assert_int_equal(extproc_server_new(&second, NULL), 0);
   assert_non_null(second);
   char address[128];
   snprintf(address, sizeof(address), "127.0.0.1:%d", f->port);
@@ -461,7 +462,8 @@ static void test_address_in_use(void **state) {
   close(stale);
   assert_true(extproc_server_listen(second, address, f->proc) >= 0);
   assert_int_equal(extproc_server_start(second), 0);
-  extproc_server *third = extproc_server_create(NULL);
+  extproc_server *third;
+  assert_int_equal(extproc_server_new(&third, NULL), 0);
   assert_int_equal(extproc_server_listen(third, address, f->proc), EXTPROC_EIO);
   extproc_server_free(third);
   h2_client *c = track(f, h2_client_connect_unix(f->unix_path));
@@ -484,7 +486,8 @@ static void test_unix_socket_files(void **state) {
   assert_non_null(file);
   assert_int_equal(fputs(contents, file) >= 0, 1);
   assert_int_equal(fclose(file), 0);
-  extproc_server *srv = extproc_server_create(NULL);
+  extproc_server *srv;
+  assert_int_equal(extproc_server_new(&srv, NULL), 0);
   assert_non_null(srv);
   const int rv = extproc_server_listen(srv, address, f->proc);
   extproc_server_free(srv);
@@ -507,7 +510,7 @@ static void test_unix_socket_files(void **state) {
   snprintf(f->unix_path, sizeof(f->unix_path), "/tmp/extproc-test-%ld-owned.sock", (long)getpid());
   snprintf(address, sizeof(address), "unix:%s", f->unix_path);
   unlink(f->unix_path);
-  srv = extproc_server_create(NULL);
+  assert_int_equal(extproc_server_new(&srv, NULL), 0);
   assert_non_null(srv);
   assert_true(extproc_server_listen(srv, address, f->proc) >= 0);
   assert_int_equal(lstat(f->unix_path, &st), 0);
@@ -525,7 +528,7 @@ static void test_unix_socket_files(void **state) {
   assert_int_equal(errno, ENOENT);
 
   /* Likewise for a server that listened but never started. */
-  srv = extproc_server_create(NULL);
+  assert_int_equal(extproc_server_new(&srv, NULL), 0);
   assert_non_null(srv);
   assert_true(extproc_server_listen(srv, address, f->proc) >= 0);
   assert_int_equal(lstat(f->unix_path, &st), 0);

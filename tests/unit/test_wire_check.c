@@ -86,7 +86,8 @@ static void sink_resumed(void *io) { (void)io; }
 static void test_engine_refuses_deep_messages(void **state) {
   (void)state;
   static const stream_sink sink = {sink_send, sink_finish, sink_resumed};
-  extproc_processor *p = extproc_processor_new("p");
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "p"), 0);
   extproc_request *req = stream_open(p, &sink, &finished_status, NULL);
   uint8_t *start;
   size_t len;
