@@ -30,61 +30,74 @@ envoy_request *envoy_request_new(arena *a) {
   return m;
 }
 
+/* A ProcessingRequest for `phase`, carrying the one of `hh`, `hb` and `ht` that fits it. */
+static envoy_request *request_for(arena *a, extproc_phase phase,
+                                  Envoy__Service__ExtProc__V3__HttpHeaders *hh,
+                                  Envoy__Service__ExtProc__V3__HttpBody *hb,
+                                  Envoy__Service__ExtProc__V3__HttpTrailers *ht) {
+  envoy_request *m = envoy_request_new(a);
+  if (!m) return NULL;
+  switch (phase) {
+  case EXTPROC_REQUEST_HEADERS:
+    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS;
+    m->request_headers = hh;
+    break;
+  case EXTPROC_REQUEST_BODY:
+    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY;
+    m->request_body = hb;
+    break;
+  case EXTPROC_REQUEST_TRAILERS:
+    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_TRAILERS;
+    m->request_trailers = ht;
+    break;
+  case EXTPROC_RESPONSE_HEADERS:
+    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS;
+    m->response_headers = hh;
+    break;
+  case EXTPROC_RESPONSE_BODY:
+    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY;
+    m->response_body = hb;
+    break;
+  default:
+    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS;
+    m->response_trailers = ht;
+    break;
+  }
+  return m;
+}
+
 envoy_request *envoy_request_headers(arena *a, extproc_phase phase, const char *const *pairs,
                                      size_t n, bool end_of_stream) {
   if (phase == EXTPROC_REQUEST_BODY || phase == EXTPROC_RESPONSE_BODY ||
       (unsigned)phase >= EXTPROC_PHASE_COUNT)
     return NULL;
-  envoy_request *m = envoy_request_new(a);
   Envoy__Config__Core__V3__HeaderMap *map = envoy_header_map(a, pairs, n);
-  if (!m || !map) return NULL;
+  if (!map) return NULL;
   if (phase == EXTPROC_REQUEST_TRAILERS || phase == EXTPROC_RESPONSE_TRAILERS) {
     Envoy__Service__ExtProc__V3__HttpTrailers *ht = arena_alloc(a, sizeof(*ht));
     if (!ht) return NULL;
     envoy__service__ext_proc__v3__http_trailers__init(ht);
     ht->trailers = map;
-    if (phase == EXTPROC_REQUEST_TRAILERS) {
-      m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_TRAILERS;
-      m->request_trailers = ht;
-    } else {
-      m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS;
-      m->response_trailers = ht;
-    }
-    return m;
+    return request_for(a, phase, NULL, NULL, ht);
   }
   Envoy__Service__ExtProc__V3__HttpHeaders *hh = arena_alloc(a, sizeof(*hh));
   if (!hh) return NULL;
   envoy__service__ext_proc__v3__http_headers__init(hh);
   hh->headers = map;
   hh->end_of_stream = end_of_stream;
-  if (phase == EXTPROC_REQUEST_HEADERS) {
-    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS;
-    m->request_headers = hh;
-  } else {
-    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS;
-    m->response_headers = hh;
-  }
-  return m;
+  return request_for(a, phase, hh, NULL, NULL);
 }
 
 envoy_request *envoy_request_body(arena *a, extproc_phase phase, const void *data, size_t len,
                                   bool end_of_stream) {
   if (phase != EXTPROC_REQUEST_BODY && phase != EXTPROC_RESPONSE_BODY) return NULL;
-  envoy_request *m = envoy_request_new(a);
   Envoy__Service__ExtProc__V3__HttpBody *hb = arena_alloc(a, sizeof(*hb));
-  if (!m || !hb) return NULL;
+  if (!hb) return NULL;
   envoy__service__ext_proc__v3__http_body__init(hb);
   hb->body.data = (uint8_t *)data;
   hb->body.len = len;
   hb->end_of_stream = end_of_stream;
-  if (phase == EXTPROC_REQUEST_BODY) {
-    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY;
-    m->request_body = hb;
-  } else {
-    m->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY;
-    m->response_body = hb;
-  }
-  return m;
+  return request_for(a, phase, NULL, hb, NULL);
 }
 
 bool envoy_request_set_protocol_config(arena *a, envoy_request *m,
