@@ -65,10 +65,10 @@ struct extproc_harness {
 /* The stream_sink's send: decodes `reply` from its wire form, records it as the next reply and
  * applies its mutations to the views. Returns 0 or EXTPROC_ENOMEM (a reply received but not
  * fully recorded sets failed_to_record instead). */
-int harness_record_reply(void *h, const ProtobufCMessage *reply);
+int harness_record_reply(void *io, const ProtobufCMessage *reply);
 
 /* The stream_sink's finish: records the stream's final status and message. */
-void harness_record_finish(void *h, uint32_t status, const char *message);
+void harness_record_finish(void *io, uint32_t status, const char *message);
 
 /* Frees every recorded reply and the final message. */
 void harness_replies_free(extproc_harness *h);
