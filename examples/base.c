@@ -3,7 +3,8 @@
 #include "examples.h"
 
 extproc_processor *base_processor_new(void) {
-  static const extproc_processor_def def = {.struct_size = sizeof(extproc_processor_def), .name = "BaseExtProcService"};
+  static const extproc_processor_def def = {.struct_size = sizeof(extproc_processor_def),
+                                            .name = "BaseExtProcService"};
   extproc_processor *p;
   return extproc_processor_new_from_def(&p, &def) == 0 ? p : NULL;
 }

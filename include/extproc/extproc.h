@@ -194,7 +194,7 @@ typedef void (*extproc_context_cleanup_fn)(void *ctx);
  * the caller's version lacks take their defaults; see extproc/version.h). */
 typedef struct extproc_processor_def {
   size_t struct_size; /* sizeof(extproc_processor_def), as compiled by the caller */
-  const char *name; /* shown in logs; copied */
+  const char *name;   /* shown in logs; copied */
   size_t context_size;
   extproc_context_init_fn context_init;
   extproc_context_cleanup_fn context_cleanup;

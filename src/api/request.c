@@ -216,8 +216,8 @@ int extproc_mode_override(extproc_request *req, const extproc_processing_mode *g
   extproc_processing_mode m;
   if (!req || !given || sized_struct_read(&m, sizeof(m), given) != 0) return EXTPROC_EINVAL;
   const extproc_processing_mode *mode = &m;
-  if (!valid_body_mode(mode->request_body_mode) ||
-      !valid_body_mode(mode->response_body_mode) || !valid_header_mode(mode->request_header_mode) ||
+  if (!valid_body_mode(mode->request_body_mode) || !valid_body_mode(mode->response_body_mode) ||
+      !valid_header_mode(mode->request_header_mode) ||
       !valid_header_mode(mode->response_header_mode) ||
       !valid_header_mode(mode->request_trailer_mode) ||
       !valid_header_mode(mode->response_trailer_mode))

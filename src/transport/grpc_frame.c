@@ -27,7 +27,7 @@ void grpc_write_prefix(uint8_t out[GRPC_PREFIX_BYTES], uint32_t len) {
   out[4] = (uint8_t)len;
 }
 
-static void reader_restart(grpc_reader *r) {
+void grpc_reader_reset(grpc_reader *r) {
   r->prefix_len = 0;
   r->buf_len = 0;
 }
@@ -62,7 +62,7 @@ grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *
     *msg_len = need;
     *data += need;
     *len -= need;
-    reader_restart(r);
+    grpc_reader_reset(r);
     return GRPC_READ_MESSAGE;
   }
   if (r->buf_cap < r->message_len) {
@@ -79,6 +79,6 @@ grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *
   if (r->buf_len < r->message_len) return GRPC_READ_NEED_MORE;
   *msg = r->buf;
   *msg_len = r->message_len;
-  reader_restart(r);
+  grpc_reader_reset(r);
   return GRPC_READ_MESSAGE;
 }

@@ -31,6 +31,9 @@ void grpc_reader_init(grpc_reader *r, size_t max_message_bytes);
 /* Frees the buffer and forgets any partial message. */
 void grpc_reader_free(grpc_reader *r);
 
+/* Forgets any partial message and keeps the buffer, for a reader reused on another stream. */
+void grpc_reader_reset(grpc_reader *r);
+
 /* Consumes input from `*data`/`*len` (both advanced) until a whole message is ready, the input
  * runs out, or an error. On GRPC_READ_MESSAGE, `*msg`/`*msg_len` point at the message: into the
  * input itself when it arrived in one piece (no copy), or into the reader's buffer; valid until

@@ -16,7 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { GRPC_PREFIX = 5, READ_CHUNK = 64 * 1024 };
+#include "transport/grpc_frame.h"
+
+enum { READ_CHUNK = 64 * 1024 };
 
 /* Bytes queued on a stream's request body, sent in DATA frames of at most frame_bytes. */
 typedef struct out_seg {
@@ -30,13 +32,8 @@ typedef struct stream_rec {
   h2_client_stream pub;
   h2_client *client;
   out_seg *out_head, *out_tail;
-  bool half_close; /* END_STREAM once out is drained */
-  /* Reassembly of the server's gRPC messages. */
-  uint8_t prefix[GRPC_PREFIX];
-  size_t prefix_len;
-  uint32_t msg_len;
-  uint8_t *buf;
-  size_t buf_len;
+  bool half_close;    /* END_STREAM once out is drained */
+  grpc_reader reader; /* reassembles the server's gRPC messages */
   size_t message_cap;
 } stream_rec;
 
@@ -105,7 +102,7 @@ static void free_rec(stream_rec *r) {
   free(r->pub.messages);
   free(r->pub.content_type);
   free(r->pub.grpc_message);
-  free(r->buf);
+  grpc_reader_free(&r->reader);
   free(r);
 }
 
@@ -164,34 +161,20 @@ static bool store_message(stream_rec *r, const uint8_t *data, size_t len) {
   return true;
 }
 
-/* Cuts the response body into gRPC messages, however the server split it into frames. */
+/* Cuts the response body into gRPC messages, however the server split it into frames. After a
+ * framing error the rest of the body is ignored. Returns false on out-of-memory. */
 static bool feed_response(stream_rec *r, const uint8_t *data, size_t len) {
-  while (len > 0 || r->prefix_len == GRPC_PREFIX) {
-    if (r->prefix_len < GRPC_PREFIX) {
-      r->prefix[r->prefix_len++] = *data++;
-      len--;
-      if (r->prefix_len < GRPC_PREFIX) continue;
-      if (r->prefix[0] != 0) {
-        r->pub.framing_error = true;
-        return true;
-      }
-      r->msg_len = (uint32_t)r->prefix[1] << 24 | (uint32_t)r->prefix[2] << 16 |
-                   (uint32_t)r->prefix[3] << 8 | r->prefix[4];
-      free(r->buf);
-      r->buf = malloc(r->msg_len ? r->msg_len : 1);
-      if (!r->buf) return false;
-      r->buf_len = 0;
+  while (len > 0 && !r->pub.framing_error) {
+    const uint8_t *msg;
+    size_t msg_len;
+    switch (grpc_reader_feed(&r->reader, &data, &len, &msg, &msg_len)) {
+    case GRPC_READ_NEED_MORE: return true;
+    case GRPC_READ_MESSAGE:
+      if (!store_message(r, msg, msg_len)) return false;
+      break;
+    case GRPC_READ_NO_MEMORY: return false;
+    default: r->pub.framing_error = true; break; /* compressed (no limit is set) */
     }
-    size_t take = r->msg_len - r->buf_len;
-    if (take > len) take = len;
-    memcpy(r->buf + r->buf_len, data, take);
-    r->buf_len += take;
-    data += take;
-    len -= take;
-    if (r->buf_len < r->msg_len) return true;
-    if (!store_message(r, r->buf, r->msg_len)) return false;
-    r->prefix_len = 0;
-    r->buf_len = 0;
   }
   return true;
 }
@@ -689,6 +672,7 @@ int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *met
   if (!r) return -1;
   r->client = c;
   r->pub.grpc_status = -1;
+  grpc_reader_init(&r->reader, SIZE_MAX); /* any size the server sends */
   const nghttp2_nv nva[] = {
       NV(":method", method),         NV(":scheme", "http"),
       NV(":authority", "localhost"), NV(":path", path),
@@ -748,15 +732,11 @@ int h2_client_send_raw(h2_client *c, int32_t id, const void *data, size_t len, s
 int h2_client_send_message(h2_client *c, int32_t id, const void *msg, size_t len,
                            size_t frame_bytes) {
   if (len > UINT32_MAX) return -1;
-  uint8_t *framed = malloc(GRPC_PREFIX + len);
+  uint8_t *framed = malloc(GRPC_PREFIX_BYTES + len);
   if (!framed) return -1;
-  framed[0] = 0;
-  framed[1] = (uint8_t)(len >> 24);
-  framed[2] = (uint8_t)(len >> 16);
-  framed[3] = (uint8_t)(len >> 8);
-  framed[4] = (uint8_t)len;
-  if (len) memcpy(framed + GRPC_PREFIX, msg, len);
-  const int rv = h2_client_send_raw(c, id, framed, GRPC_PREFIX + len, frame_bytes);
+  grpc_write_prefix(framed, (uint32_t)len);
+  if (len) memcpy(framed + GRPC_PREFIX_BYTES, msg, len);
+  const int rv = h2_client_send_raw(c, id, framed, GRPC_PREFIX_BYTES + len, frame_bytes);
   free(framed);
   return rv;
 }

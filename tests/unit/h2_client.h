@@ -43,7 +43,8 @@ typedef struct h2_client_stream {
   char *grpc_message;     /* grpc-message, percent-decoded; NULL if absent */
   h2_client_msg *messages;
   size_t message_count;
-  bool framing_error;       /* the server's gRPC framing was malformed (e.g. compressed flag) */
+  bool framing_error;       /* the server's gRPC framing was malformed (e.g. compressed flag); the
+                              rest of the body is then ignored */
   bool reset_received;      /* the server sent RST_STREAM */
   uint32_t reset_error;     /* its error code */
   bool closed;              /* nghttp2 closed the stream (both ends done, or a reset) */

@@ -123,6 +123,32 @@ static void test_partial_prefix_is_not_idle(void **state) {
   grpc_reader_free(&r);
 }
 
+/* A reader reset mid-message starts over: the next input is a new message. */
+static void test_reset_forgets_a_partial_message(void **state) {
+  (void)state;
+  uint8_t buf[64];
+  const size_t n = frame(buf, "abandoned");
+  grpc_reader r;
+  grpc_reader_init(&r, 1024);
+  const uint8_t *data = buf, *msg;
+  size_t len = n - 3, msg_len;
+  assert_int_equal(grpc_reader_feed(&r, &data, &len, &msg, &msg_len), GRPC_READ_NEED_MORE);
+  assert_int_equal(grpc_reader_buffered(&r), n - 3);
+  grpc_reader_reset(&r);
+  assert_true(grpc_reader_idle(&r));
+  assert_int_equal(grpc_reader_buffered(&r), 0);
+  const size_t m = frame(buf, "next");
+  data = buf;
+  len = GRPC_PREFIX_BYTES + 2; /* split in the message, so it is reassembled in the buffer */
+  assert_int_equal(grpc_reader_feed(&r, &data, &len, &msg, &msg_len), GRPC_READ_NEED_MORE);
+  len = m - GRPC_PREFIX_BYTES - 2;
+  assert_int_equal(grpc_reader_feed(&r, &data, &len, &msg, &msg_len), GRPC_READ_MESSAGE);
+  assert_int_equal(msg_len, 4);
+  assert_memory_equal(msg, "next", 4);
+  assert_true(grpc_reader_idle(&r));
+  grpc_reader_free(&r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_prefix_is_big_endian),
@@ -130,6 +156,7 @@ int main(void) {
       cmocka_unit_test(test_reassembly_across_every_split),
       cmocka_unit_test(test_limit_and_compression),
       cmocka_unit_test(test_partial_prefix_is_not_idle),
+      cmocka_unit_test(test_reset_forgets_a_partial_message),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

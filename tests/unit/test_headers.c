@@ -9,31 +9,21 @@
 #include <cmocka.h>
 
 #include "engine/headers.h"
+#include "testing/envoy_request.h"
 
 static void test_load_prefers_raw_value(void **state) {
   (void)state;
-  Envoy__Config__Core__V3__HeaderValue hv[3];
-  Envoy__Config__Core__V3__HeaderValue *ptrs[3];
-  for (int i = 0; i < 3; i++) {
-    envoy__config__core__v3__header_value__init(&hv[i]);
-    ptrs[i] = &hv[i];
-  }
-  hv[0].key = "x-raw";
-  hv[0].raw_value.data = (uint8_t *)"raw-wins";
-  hv[0].raw_value.len = 8;
-  hv[0].value = "ignored";
-  hv[1].key = "x-legacy";
-  hv[1].value = "from-value";
-  hv[2].key = "x-empty";
-  Envoy__Config__Core__V3__HeaderMap map = ENVOY__CONFIG__CORE__V3__HEADER_MAP__INIT;
-  map.n_headers = 3;
-  map.headers = ptrs;
-
   arena a;
   arena_init(&a, 1024);
+  static const char *const sent[] = {"x-raw", "raw-wins", "x-legacy", "", "x-empty", ""};
+  Envoy__Config__Core__V3__HeaderMap *map = envoy_header_map(&a, sent, 3);
+  assert_non_null(map);
+  map->headers[0]->value = "ignored";    /* both fields: raw_value wins */
+  map->headers[1]->value = "from-value"; /* an older sender's: only the legacy field */
+
   extproc_header *h;
   size_t n;
-  assert_true(headers_load(&a, &map, &h, &n));
+  assert_true(headers_load(&a, map, &h, &n));
   assert_int_equal(n, 3);
   assert_string_equal(h[0].value, "raw-wins");
   assert_int_equal(h[0].value_len, 8);

@@ -27,15 +27,16 @@
 #include "extproc/extproc.h"
 #include "extproc/server.h"
 #include "h2_client.h"
+#include "testing/envoy_request.h"
+#include "transport/grpc_frame.h"
 
 #define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
-typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
 typedef Envoy__Service__ExtProc__V3__ProcessingResponse ProcessingResponse;
 
 /* The server's budgets (connection.c). */
 enum { OUTPUT_BUDGET_BYTES = 4 << 20, PARTIAL_BUDGET_FACTOR = 2 };
-enum { GRPC_PREFIX = 5, WAIT_MS = 10000, QUIET_MS = 300, TEST_WATCHDOG_SECONDS = 60 };
+enum { WAIT_MS = 10000, QUIET_MS = 300, TEST_WATCHDOG_SECONDS = 60 };
 
 /* ---- The processor --------------------------------------------------------------------- */
 
@@ -138,65 +139,46 @@ static void wait_stalled(h2_client *c, const int32_t *ids, size_t n) {
 
 /* ---- Messages -------------------------------------------------------------------------- */
 
-/* Appends one gRPC-framed message (prefix and `msg`) at `out`; returns the bytes written. */
-static size_t frame_message(uint8_t *out, const ProtobufCMessage *msg) {
-  const size_t len = protobuf_c_message_get_packed_size(msg);
-  out[0] = 0;
-  out[1] = (uint8_t)(len >> 24), out[2] = (uint8_t)(len >> 16);
-  out[3] = (uint8_t)(len >> 8), out[4] = (uint8_t)len;
-  protobuf_c_message_pack(msg, out + GRPC_PREFIX);
-  return GRPC_PREFIX + len;
-}
-
-static void init_body_request(ProcessingRequest *req, Envoy__Service__ExtProc__V3__HttpBody *hb,
-                              const uint8_t *body, size_t body_len, bool end_of_stream) {
-  envoy__service__ext_proc__v3__http_body__init(hb);
-  hb->body.data = (uint8_t *)body;
-  hb->body.len = body_len;
-  hb->end_of_stream = end_of_stream;
-  envoy__service__ext_proc__v3__processing_request__init(req);
-  req->request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY;
-  req->request_body = hb;
+/* Appends one gRPC-framed message (prefix and `m` encoded) at `out`; returns the bytes written. */
+static size_t frame_message(uint8_t *out, const envoy_request *m) {
+  assert_non_null(m);
+  const size_t len = protobuf_c_message_get_packed_size(&m->base);
+  grpc_write_prefix(out, (uint32_t)len);
+  protobuf_c_message_pack(&m->base, out + GRPC_PREFIX_BYTES);
+  return GRPC_PREFIX_BYTES + len;
 }
 
 /* A framed request_body message (end_of_stream set) whose ProcessingRequest is exactly `size`
- * bytes, so its prefix announces `size`. Returns a malloc'd buffer of GRPC_PREFIX + size. */
+ * bytes, so its prefix announces `size`. Returns a malloc'd buffer of GRPC_PREFIX_BYTES + size. */
 static uint8_t *framed_body_of_size(size_t size) {
-  uint8_t *body = malloc(size);
+  uint8_t *body = malloc(size), *framed = NULL;
   assert_non_null(body);
   memset(body, 'b', size);
-  for (size_t body_len = size - 16; body_len < size; body_len++) {
-    ProcessingRequest req;
-    Envoy__Service__ExtProc__V3__HttpBody hb;
-    init_body_request(&req, &hb, body, body_len, true);
-    if (protobuf_c_message_get_packed_size(&req.base) != size) continue;
-    uint8_t *framed = malloc(GRPC_PREFIX + size);
+  arena a;
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  for (size_t body_len = size - 16; body_len < size && !framed; body_len++) {
+    const envoy_request *m = envoy_request_body(&a, EXTPROC_REQUEST_BODY, body, body_len, true);
+    assert_non_null(m);
+    if (protobuf_c_message_get_packed_size(&m->base) != size) continue;
+    framed = malloc(GRPC_PREFIX_BYTES + size);
     assert_non_null(framed);
-    assert_int_equal(frame_message(framed, &req.base), GRPC_PREFIX + size);
-    free(body);
-    return framed;
+    assert_int_equal(frame_message(framed, m), GRPC_PREFIX_BYTES + size);
   }
+  arena_free(&a);
   free(body);
-  fail_msg("no request_body message of exactly %zu bytes", size);
-  return NULL;
+  if (!framed) fail_msg("no request_body message of exactly %zu bytes", size);
+  return framed;
 }
 
 /* The request_headers message that opens an exchange (end_of_stream false: a body follows). */
 static size_t frame_request_headers(uint8_t *out) {
-  Envoy__Config__Core__V3__HeaderValue method = ENVOY__CONFIG__CORE__V3__HEADER_VALUE__INIT;
-  method.key = ":method";
-  method.raw_value.data = (uint8_t *)"POST";
-  method.raw_value.len = 4;
-  Envoy__Config__Core__V3__HeaderValue *ptrs[] = {&method};
-  Envoy__Config__Core__V3__HeaderMap map = ENVOY__CONFIG__CORE__V3__HEADER_MAP__INIT;
-  map.headers = ptrs;
-  map.n_headers = 1;
-  Envoy__Service__ExtProc__V3__HttpHeaders hh = ENVOY__SERVICE__EXT_PROC__V3__HTTP_HEADERS__INIT;
-  hh.headers = &map;
-  ProcessingRequest req = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
-  req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS;
-  req.request_headers = &hh;
-  return frame_message(out, &req.base);
+  static const char *const headers[] = {":method", "POST"};
+  arena a;
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  const size_t n =
+      frame_message(out, envoy_request_headers(&a, EXTPROC_REQUEST_HEADERS, headers, 1, false));
+  arena_free(&a);
+  return n;
 }
 
 /* A small request_body chunk that names itself: "chunk-%08zu" and padding. */
@@ -207,11 +189,15 @@ static size_t frame_chunk(uint8_t *out, size_t seq, bool end_of_stream) {
   memset(body, 'c', CHUNK_BYTES);
   snprintf(body, sizeof(body), "chunk-%08zu", seq);
   body[strlen(body)] = '-';
-  ProcessingRequest req;
-  Envoy__Service__ExtProc__V3__HttpBody hb;
-  init_body_request(&req, &hb, (const uint8_t *)body, CHUNK_BYTES, end_of_stream);
-  assert_true(GRPC_PREFIX + protobuf_c_message_get_packed_size(&req.base) <= CHUNK_WIRE_MAX);
-  return frame_message(out, &req.base);
+  arena a;
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  const envoy_request *m =
+      envoy_request_body(&a, EXTPROC_REQUEST_BODY, body, CHUNK_BYTES, end_of_stream);
+  assert_non_null(m);
+  assert_true(GRPC_PREFIX_BYTES + protobuf_c_message_get_packed_size(&m->base) <= CHUNK_WIRE_MAX);
+  const size_t n = frame_message(out, m);
+  arena_free(&a);
+  return n;
 }
 
 /* Checks that `m` is the reply to request_body chunk `seq`: CONTINUE, the body replaced by
@@ -257,7 +243,7 @@ static void test_partial_message_budget(void **state) {
   start_server(f, PARTIAL_MAX_MESSAGE, PARTIAL_WINDOW);
   h2_client *c = f->client;
   uint8_t *framed = f->buf = framed_body_of_size(PARTIAL_MAX_MESSAGE);
-  const size_t wire = GRPC_PREFIX + PARTIAL_MAX_MESSAGE;
+  const size_t wire = GRPC_PREFIX_BYTES + PARTIAL_MAX_MESSAGE;
 
   int32_t ids[PARTIAL_STREAMS];
   for (size_t i = 0; i < PARTIAL_STREAMS; i++) {
@@ -386,8 +372,8 @@ static void test_output_budget(void **state) {
   size_t reply_wire = SIZE_MAX;
   for (size_t i = 0; i < OUTPUT_CHUNKS; i++) {
     check_chunk_reply(&s->messages[1 + i], i);
-    if (GRPC_PREFIX + s->messages[1 + i].len < reply_wire)
-      reply_wire = GRPC_PREFIX + s->messages[1 + i].len;
+    if (GRPC_PREFIX_BYTES + s->messages[1 + i].len < reply_wire)
+      reply_wire = GRPC_PREFIX_BYTES + s->messages[1 + i].len;
   }
 
   /* Replies past the budget are never credited for: at most budget / reply + 1 chunks, plus

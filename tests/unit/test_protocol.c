@@ -222,8 +222,8 @@ static void test_continue_and_replace(void **state) {
 
 static extproc_result override_and_extras(extproc_request *req, void *ctx) {
   (void)ctx;
-  extproc_processing_mode mode;
-  extproc_request_processing_mode(req, &mode);
+  extproc_processing_mode mode = {.struct_size = sizeof(mode)};
+  assert_int_equal(extproc_request_processing_mode(req, &mode), 0);
   assert_int_equal(mode.request_body_mode, EXTPROC_BODY_NONE);
   assert_int_equal(mode.response_header_mode, EXTPROC_HEADER_DEFAULT);
   mode.response_body_mode = EXTPROC_BODY_BUFFERED;
@@ -253,7 +253,9 @@ static extproc_result override_and_extras(extproc_request *req, void *ctx) {
 static extproc_result check_mode_after_override(extproc_request *req, void *ctx) {
   (void)ctx;
   assert_int_equal(extproc_request_body_mode(req), EXTPROC_BODY_BUFFERED);
-  assert_int_equal(extproc_mode_override(req, &(extproc_processing_mode){0}), EXTPROC_ESTATE);
+  const extproc_processing_mode unset = {0}, mode = {.struct_size = sizeof(mode)};
+  assert_int_equal(extproc_mode_override(req, &unset), EXTPROC_EINVAL); /* struct_size unset */
+  assert_int_equal(extproc_mode_override(req, &mode), EXTPROC_ESTATE);  /* not a headers phase */
   /* attributes sent with the first message are still there */
   assert_string_equal(extproc_value_string(extproc_request_attribute(req, "request.path")), "/up");
   return EXTPROC_CONTINUE;
@@ -537,8 +539,11 @@ static void test_getters_accept_null(void **state) {
   assert_false(extproc_request_protocol_config(NULL)->known);
   assert_int_equal(extproc_request_body_mode(NULL), EXTPROC_BODY_MODE_UNKNOWN);
   assert_false(extproc_request_observability_mode(NULL));
-  extproc_processing_mode mode = {.request_body_mode = EXTPROC_BODY_STREAMED};
-  extproc_request_processing_mode(NULL, &mode);
+  assert_null(extproc_request_processor_name(NULL));
+  assert_string_equal(extproc_processor_name(NULL), "");
+  extproc_processing_mode mode = {.struct_size = sizeof(mode),
+                                  .request_body_mode = EXTPROC_BODY_STREAMED};
+  assert_int_equal(extproc_request_processing_mode(NULL, &mode), 0);
   assert_int_equal(mode.request_body_mode, EXTPROC_BODY_NONE);
 }
 

@@ -12,10 +12,11 @@
 
 #include <cmocka.h>
 
+#include "base/arena.h"
 #include "engine/stream.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
+#include "testing/envoy_request.h"
 
-typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
 typedef Envoy__Service__ExtProc__V3__ProcessingResponse ProcessingResponse;
 typedef Envoy__Config__Core__V3__HeaderValueOption HeaderValueOption;
 
@@ -66,88 +67,40 @@ static void capture_free(capture *c) {
 
 /* ---- What Envoy sends ------------------------------------------------------------------- */
 
-typedef struct pair {
-  const char *name, *value;
-} pair;
-
-/* Packs a ProcessingRequest for `phase` with headers (raw_value only, as Envoy sends them) or a
- * body. Returns a malloc'd buffer. */
-static uint8_t *make_request(extproc_phase phase, const pair *headers, size_t n_headers,
-                             const char *body, bool end_of_stream, bool observability,
-                             size_t *len) {
-  ProcessingRequest req = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
-  Envoy__Config__Core__V3__HeaderValue hv[16];
-  Envoy__Config__Core__V3__HeaderValue *hvp[16];
-  Envoy__Config__Core__V3__HeaderMap map = ENVOY__CONFIG__CORE__V3__HEADER_MAP__INIT;
-  Envoy__Service__ExtProc__V3__HttpHeaders hh = ENVOY__SERVICE__EXT_PROC__V3__HTTP_HEADERS__INIT;
-  Envoy__Service__ExtProc__V3__HttpBody hb = ENVOY__SERVICE__EXT_PROC__V3__HTTP_BODY__INIT;
-  Envoy__Service__ExtProc__V3__HttpTrailers ht = ENVOY__SERVICE__EXT_PROC__V3__HTTP_TRAILERS__INIT;
-  for (size_t i = 0; i < n_headers; i++) {
-    envoy__config__core__v3__header_value__init(&hv[i]);
-    hv[i].key = (char *)headers[i].name;
-    hv[i].raw_value.data = (uint8_t *)headers[i].value;
-    hv[i].raw_value.len = strlen(headers[i].value);
-    hvp[i] = &hv[i];
-  }
-  map.n_headers = n_headers;
-  map.headers = hvp;
-  hh.headers = &map;
-  hh.end_of_stream = end_of_stream;
-  ht.trailers = &map;
-  if (body) {
-    hb.body.data = (uint8_t *)body;
-    hb.body.len = strlen(body);
-  }
-  hb.end_of_stream = end_of_stream;
-  req.observability_mode = observability;
-  switch (phase) {
-  case EXTPROC_REQUEST_HEADERS:
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS;
-    req.request_headers = &hh;
-    break;
-  case EXTPROC_RESPONSE_HEADERS:
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS;
-    req.response_headers = &hh;
-    break;
-  case EXTPROC_REQUEST_BODY:
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY;
-    req.request_body = &hb;
-    break;
-  case EXTPROC_RESPONSE_BODY:
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY;
-    req.response_body = &hb;
-    break;
-  case EXTPROC_REQUEST_TRAILERS:
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_TRAILERS;
-    req.request_trailers = &ht;
-    break;
-  case EXTPROC_RESPONSE_TRAILERS:
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS;
-    req.response_trailers = &ht;
-    break;
-  default: break; /* leaves the oneof unset */
-  }
-  *len = protobuf_c_message_get_packed_size(&req.base);
-  uint8_t *buf = malloc(*len + 1);
-  protobuf_c_message_pack(&req.base, buf);
-  return buf;
-}
-
-static void send_phase(extproc_request *req, extproc_phase phase, const pair *h, size_t n,
-                       const char *body, bool eos) {
+/* Sends the engine a ProcessingRequest for `phase` with `n` headers (a flat name, value...
+ * array) or a body, encoded as on the wire; a phase out of range leaves the oneof unset. */
+static void send_request(extproc_request *req, extproc_phase phase, const char *const *h, size_t n,
+                         const char *body, bool eos, bool observability) {
+  arena a;
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  envoy_request *m;
+  if (phase == EXTPROC_REQUEST_BODY || phase == EXTPROC_RESPONSE_BODY)
+    m = envoy_request_body(&a, phase, body, body ? strlen(body) : 0, eos);
+  else if (phase < EXTPROC_PHASE_COUNT)
+    m = envoy_request_headers(&a, phase, h, n, eos);
+  else
+    m = envoy_request_new(&a);
+  assert_non_null(m);
+  m->observability_mode = observability;
   size_t len;
-  uint8_t *buf = make_request(phase, h, n, body, eos, false, &len);
+  const uint8_t *buf = envoy_request_encode(&a, m, &len);
+  assert_non_null(buf);
   stream_on_message(req, buf, len);
-  free(buf);
+  arena_free(&a);
 }
 
-static const pair request_headers[] = {
-    {":method", "POST"},       {":path", "/orders?id=7"},
-    {":scheme", "http"},       {":authority", "shop.example"},
-    {"x-request-id", "rid-1"}, {"content-type", "application/json"},
-    {"content-length", "12"},  {"x-dup", "one"},
-    {"X-Dup", "two"}};
-#define N_REQUEST_HEADERS (sizeof(request_headers) / sizeof(request_headers[0]))
+static void send_phase(extproc_request *req, extproc_phase phase, const char *const *h, size_t n,
+                       const char *body, bool eos) {
+  send_request(req, phase, h, n, body, eos, false);
+}
+
+static const char *const request_headers[] = {
+    ":method",        "POST",  ":path",        "/orders?id=7",
+    ":scheme",        "http",  ":authority",   "shop.example",
+    "x-request-id",   "rid-1", "content-type", "application/json",
+    "content-length", "12",    "x-dup",        "one",
+    "X-Dup",          "two"};
+#define N_REQUEST_HEADERS (sizeof(request_headers) / sizeof(request_headers[0]) / 2)
 
 /* ---- Processors under test -------------------------------------------------------------- */
 
@@ -269,7 +222,8 @@ static extproc_result record(extproc_request *req, void *ctx) {
 }
 
 static extproc_processor *recording_processor(void) {
-  static const extproc_processor_def def = {.struct_size = sizeof(extproc_processor_def), .name = "recorder",
+  static const extproc_processor_def def = {.struct_size = sizeof(extproc_processor_def),
+                                            .name = "recorder",
                                             .context_size = sizeof(int),
                                             .context_init = ctx_init,
                                             .context_cleanup = ctx_cleanup,
@@ -290,8 +244,8 @@ static void test_all_phases_in_order_with_one_reply_each(void **state) {
   extproc_processor *p = recording_processor();
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, NULL);
-  const pair trailers[] = {{"grpc-status", "0"}};
-  const pair response[] = {{":status", "201"}};
+  const char *const trailers[] = {"grpc-status", "0"};
+  const char *const response[] = {":status", "201"};
   send_phase(req, EXTPROC_REQUEST_HEADERS, request_headers, N_REQUEST_HEADERS, NULL, false);
   assert_string_equal(observed.path, "/orders?id=7");
   assert_int_equal(observed.content_length, 12);
@@ -378,7 +332,7 @@ static void test_skipped_phases_are_fine(void **state) {
   extproc_processor *p = recording_processor();
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, NULL);
-  const pair response[] = {{":status", "200"}};
+  const char *const response[] = {":status", "200"};
   /* Request headers SKIPped: the exchange starts with the response. */
   send_phase(req, EXTPROC_RESPONSE_HEADERS, response, 1, NULL, true);
   assert_int_equal(c.count, 1);
@@ -406,10 +360,7 @@ static void test_malformed_and_empty_messages(void **state) {
   capture_free(&c);
 
   req = stream_open(p, &sink, &c, NULL);
-  size_t len;
-  uint8_t *buf = make_request(EXTPROC_PHASE_COUNT, NULL, 0, NULL, false, false, &len);
-  stream_on_message(req, buf, len);
-  free(buf);
+  send_phase(req, EXTPROC_PHASE_COUNT, NULL, 0, NULL, false); /* no phase set */
   assert_int_equal(c.status, EXTPROC_GRPC_INVALID_ARGUMENT);
   assert_int_equal(c.count, 0);
   stream_close(req);
@@ -533,11 +484,7 @@ static void test_observability_mode_never_replies(void **state) {
   extproc_processor_on(p, EXTPROC_REQUEST_BODY, deny); /* even an immediate response */
   capture c = {0};
   extproc_request *req = stream_open(p, &sink, &c, NULL);
-  size_t len;
-  uint8_t *buf = make_request(EXTPROC_REQUEST_HEADERS, request_headers, N_REQUEST_HEADERS, NULL,
-                              false, true, &len);
-  stream_on_message(req, buf, len);
-  free(buf);
+  send_request(req, EXTPROC_REQUEST_HEADERS, request_headers, N_REQUEST_HEADERS, NULL, false, true);
   assert_int_equal(observed.calls[EXTPROC_REQUEST_HEADERS], 1);
   assert_int_equal(c.count, 0);
   stream_on_half_close(req);
@@ -605,7 +552,7 @@ static void test_deferred_answer_from_another_thread(void **state) {
   assert_int_equal(deferred, 1);
   assert_int_equal(extproc_request_resume(req, EXTPROC_DEFER), EXTPROC_EINVAL);
   /* Envoy's next message and its half-close wait behind the deferred one. */
-  const pair response[] = {{":status", "200"}};
+  const char *const response[] = {":status", "200"};
   send_phase(req, EXTPROC_RESPONSE_HEADERS, response, 1, NULL, false);
   stream_on_half_close(req);
   assert_int_equal(c.count, 0);

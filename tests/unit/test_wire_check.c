@@ -15,6 +15,7 @@
 #include "engine/stream.h"
 #include "engine/wire_check.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
+#include "testing/envoy_request.h"
 
 static const ProtobufCMessageDescriptor *const REQUEST =
     &envoy__service__ext_proc__v3__processing_request__descriptor;
@@ -35,6 +36,33 @@ static void test_depth(void **state) {
   assert_int_equal(wire_check(REQUEST, start, len, 64, 100000), WIRE_TOO_DEEP);
   assert_int_equal(wire_check(REQUEST, start, len, 100000, 1000000), WIRE_TOO_DEEP); /* capped */
   free(buf);
+}
+
+/* What Envoy sends passes: headers with every context field set, and a body chunk. */
+static void test_envoy_messages_pass(void **state) {
+  (void)state;
+  static const char *const headers[] = {":method", "POST",         ":path",
+                                        "/orders", "x-request-id", "rid-1"};
+  static const char *const keys[] = {"request.path", "request.method"};
+  static const char *const values[] = {"/orders", "POST"};
+  static const char *const namespaces[] = {"envoy.lb", "tenant"};
+  arena a;
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  envoy_request *m = envoy_request_headers(&a, EXTPROC_REQUEST_HEADERS, headers, 3, false);
+  assert_non_null(m);
+  assert_true(envoy_request_set_protocol_config(&a, m, EXTPROC_BODY_BUFFERED, EXTPROC_BODY_NONE));
+  assert_true(envoy_request_set_attributes(&a, m, keys, values, 2));
+  assert_true(envoy_request_set_metadata(&a, m, namespaces, keys, values, 2));
+  size_t len;
+  const uint8_t *buf = envoy_request_encode(&a, m, &len);
+  assert_non_null(buf);
+  assert_int_equal(wire_check(REQUEST, buf, len, 64, 100000), WIRE_OK);
+  m = envoy_request_body(&a, EXTPROC_REQUEST_BODY, "{\"a\":1}", 7, true);
+  assert_non_null(m);
+  buf = envoy_request_encode(&a, m, &len);
+  assert_non_null(buf);
+  assert_int_equal(wire_check(REQUEST, buf, len, 64, 100000), WIRE_OK);
+  arena_free(&a);
 }
 
 static void test_too_many_messages(void **state) {
@@ -102,6 +130,7 @@ static void test_engine_refuses_deep_messages(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_depth),
+      cmocka_unit_test(test_envoy_messages_pass),
       cmocka_unit_test(test_too_many_messages),
       cmocka_unit_test(test_malformed),
       cmocka_unit_test(test_engine_refuses_deep_messages),

@@ -17,19 +17,19 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "base/arena.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "loadgen.h"
+#include "transport/grpc_frame.h"
 
 typedef Envoy__Service__ExtProc__V3__ProcessingResponse ProcessingResponse;
 
 enum {
-  GRPC_PREFIX = 5,
   READ_BYTES = 64 * 1024,
   WINDOW_BYTES = 256 << 20, /* Envoy's default stream and connection windows */
   RETRY_MS = 100,           /* before reconnecting a lost connection */
   LINGER_MS = 2000,         /* at most this long to say goodbye once the run is over */
-  REPLY_ARENA_BYTES = 64 * 1024,
-  CONNECT_WAIT_S = 5, /* at least this long for every connection's SETTINGS at the start */
+  CONNECT_WAIT_S = 5,       /* at least this long for every connection's SETTINGS at the start */
 };
 
 static const char GRPC_PATH[] = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
@@ -54,13 +54,8 @@ typedef struct lg_slot {
   uint64_t started_ns, sent_ns, deadline_ns;
   const uint8_t *out;
   size_t out_len, out_off;
-  uint8_t *first; /* this slot's copy of message 0, its x-request-id patched per stream */
-  /* Reassembly of the server's gRPC messages, however they were cut into DATA frames. */
-  uint8_t prefix[GRPC_PREFIX];
-  size_t prefix_len;
-  uint32_t msg_len;
-  uint8_t *buf;
-  size_t buf_len, buf_cap;
+  uint8_t *first;     /* this slot's copy of message 0, its x-request-id patched per stream */
+  grpc_reader reader; /* the server's gRPC messages, however they were cut into DATA frames */
 } lg_slot;
 
 typedef enum { CONN_IDLE, CONN_CONNECTING, CONN_OPEN, CONN_CLOSING } conn_state;
@@ -96,14 +91,6 @@ struct lg_conn {
 
 typedef enum { PHASE_CONNECTING, PHASE_WARMUP, PHASE_MEASURE, PHASE_DRAIN, PHASE_DONE } run_phase;
 
-/* protobuf-c allocations for one reply: a bump arena, spilling to malloc when full. */
-typedef struct reply_arena {
-  _Alignas(max_align_t) uint8_t buf[REPLY_ARENA_BYTES];
-  size_t used;
-  void **spill;
-  size_t spill_len, spill_cap;
-} reply_arena;
-
 struct lg_run {
   const lg_options *o;
   const lg_script *script;
@@ -133,7 +120,7 @@ struct lg_run {
   uint64_t measured_started, measured_inflight;
   uint64_t seed;
   struct rusage ru_before;
-  reply_arena arena;
+  arena reply_arena; /* protobuf-c allocations for one reply, emptied after each */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -180,35 +167,6 @@ static bool wbuf_append(wbuf *b, const uint8_t *data, size_t len) {
   memcpy(b->data + b->len, data, len);
   b->len += len;
   return true;
-}
-
-static void *arena_alloc(void *data, size_t size) {
-  reply_arena *a = data;
-  const size_t need = (size + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
-  if (need <= sizeof(a->buf) - a->used) {
-    void *p = a->buf + a->used;
-    a->used += need;
-    return p;
-  }
-  if (a->spill_len == a->spill_cap) {
-    const size_t cap = a->spill_cap ? a->spill_cap * 2 : 16;
-    void **grown = realloc(a->spill, cap * sizeof(*grown));
-    if (!grown) return NULL;
-    a->spill = grown;
-    a->spill_cap = cap;
-  }
-  void *p = malloc(size ? size : 1);
-  if (p) a->spill[a->spill_len++] = p;
-  return p;
-}
-
-static void arena_free(void *data, void *p) { (void)data, (void)p; }
-
-static void arena_reset(reply_arena *a) {
-  for (size_t i = 0; i < a->spill_len; i++)
-    free(a->spill[i]);
-  a->spill_len = 0;
-  a->used = 0;
 }
 
 static const char *case_name(int c) {
@@ -329,8 +287,7 @@ static bool start_stream(lg_slot *s) {
   s->grpc_content_type = false;
   s->grpc_status = -1;
   s->next = 0;
-  s->prefix_len = 0;
-  s->buf_len = 0;
+  grpc_reader_reset(&s->reader);
   s->started_ns = now_ns();
   c->open_streams++;
   run->streams_started++;
@@ -363,11 +320,11 @@ static void handle_reply(lg_slot *s, const uint8_t *data, size_t len) {
     fail_stream(s, ERR_BAD_REPLY, true, "a reply with no message outstanding");
     return;
   }
-  ProtobufCAllocator alloc = {arena_alloc, arena_free, &run->arena};
+  ProtobufCAllocator alloc = arena_protobuf_allocator(&run->reply_arena);
   ProcessingResponse *msg =
       envoy__service__ext_proc__v3__processing_response__unpack(&alloc, len, data);
   if (!msg) {
-    arena_reset(&run->arena);
+    arena_reset(&run->reply_arena, ARENA_CACHED_BLOCK);
     fail_stream(s, ERR_BAD_REPLY, true, "malformed ProcessingResponse");
     return;
   }
@@ -375,7 +332,7 @@ static void handle_reply(lg_slot *s, const uint8_t *data, size_t len) {
   const bool timeout_only =
       got == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE__NOT_SET &&
       msg->override_message_timeout;
-  arena_reset(&run->arena);
+  arena_reset(&run->reply_arena, ARENA_CACHED_BLOCK);
   if (timeout_only) { /* not the answer yet: it follows */
     if (s->measured) run->r->timeout_overrides++;
     return;
@@ -403,37 +360,19 @@ static void handle_reply(lg_slot *s, const uint8_t *data, size_t len) {
 
 /* Cuts the response body into gRPC messages. Stops once the stream has left the slot. */
 static void feed_response(lg_slot *s, int32_t id, const uint8_t *data, size_t len) {
-  while ((len > 0 || s->prefix_len == GRPC_PREFIX) && s->stream_id == id) {
-    if (s->prefix_len < GRPC_PREFIX) {
-      s->prefix[s->prefix_len++] = *data++;
-      len--;
-      if (s->prefix_len < GRPC_PREFIX) continue;
-      if (s->prefix[0] != 0) {
-        fail_stream(s, ERR_BAD_REPLY, true, "compressed or malformed gRPC message prefix");
-        return;
-      }
-      s->msg_len = (uint32_t)s->prefix[1] << 24 | (uint32_t)s->prefix[2] << 16 |
-                   (uint32_t)s->prefix[3] << 8 | s->prefix[4];
-      if (s->msg_len > s->buf_cap) {
-        uint8_t *grown = realloc(s->buf, s->msg_len);
-        if (!grown) {
-          fail_stream(s, ERR_BAD_REPLY, true, "reply too large for memory");
-          return;
-        }
-        s->buf = grown;
-        s->buf_cap = s->msg_len;
-      }
-      s->buf_len = 0;
+  while (len > 0 && s->stream_id == id) {
+    const uint8_t *msg;
+    size_t msg_len;
+    switch (grpc_reader_feed(&s->reader, &data, &len, &msg, &msg_len)) {
+    case GRPC_READ_NEED_MORE: return;
+    case GRPC_READ_MESSAGE: handle_reply(s, msg, msg_len); break;
+    case GRPC_READ_NO_MEMORY:
+      fail_stream(s, ERR_BAD_REPLY, true, "reply too large for memory");
+      return;
+    default: /* compressed (no limit is set) */
+      fail_stream(s, ERR_BAD_REPLY, true, "compressed or malformed gRPC message prefix");
+      return;
     }
-    size_t take = s->msg_len - s->buf_len;
-    if (take > len) take = len;
-    if (take) memcpy(s->buf + s->buf_len, data, take);
-    s->buf_len += take;
-    data += take;
-    len -= take;
-    if (s->buf_len < s->msg_len) return;
-    s->prefix_len = 0;
-    handle_reply(s, s->buf, s->msg_len);
   }
 }
 
@@ -1083,7 +1022,7 @@ static void free_run(lg_run *run) {
   if (run->slots)
     for (unsigned i = 0; i < run->o->concurrency; i++) {
       free(run->slots[i].first);
-      free(run->slots[i].buf);
+      grpc_reader_free(&run->slots[i].reader);
     }
   if (run->conns)
     for (unsigned i = 0; i < run->o->connections; i++) {
@@ -1093,8 +1032,8 @@ static void free_run(lg_run *run) {
   free(run->slots);
   free(run->conns);
   free(run->dirty);
-  arena_reset(&run->arena);
-  free(run->arena.spill);
+  arena_free(&run->reply_arena);
+  arena_cache_release();
   if (run->callbacks) nghttp2_session_callbacks_del(run->callbacks);
   if (run->option) nghttp2_option_del(run->option);
 }
@@ -1120,6 +1059,7 @@ static bool setup(lg_run *run) {
     s->conn = &run->conns[i % o->connections];
     s->first = malloc(first->len);
     if (!s->first) return false;
+    grpc_reader_init(&s->reader, SIZE_MAX); /* any size the server sends */
     memcpy(s->first, first->data, first->len);
     s->is_free = true;
     s->next_free = s->conn->free_slots;
@@ -1150,6 +1090,7 @@ int loadgen_run(const lg_options *o, const lg_script *script, lg_results *r) {
   run->o = o;
   run->script = script;
   run->r = r;
+  arena_init(&run->reply_arena, ARENA_CACHED_BLOCK);
   hist_init(&r->message_latency);
   hist_init(&r->stream_latency);
   if (uv_loop_init(&run->loop) != 0) {

@@ -6,33 +6,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
-
-typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
-typedef Envoy__Service__ExtProc__V3__HttpHeaders HttpHeaders;
-typedef Envoy__Service__ExtProc__V3__HttpBody HttpBody;
-typedef Envoy__Service__ExtProc__V3__HttpTrailers HttpTrailers;
-typedef Envoy__Service__ExtProc__V3__ProtocolConfiguration ProtocolConfiguration;
-typedef Envoy__Config__Core__V3__HeaderMap HeaderMap;
-typedef Envoy__Config__Core__V3__HeaderValue HeaderValue;
-
-typedef Envoy__Extensions__Filters__Http__ExtProc__V3__ProcessingMode__BodySendMode BodySendMode;
-
-static const BodySendMode MODE_NONE =
-    ENVOY__EXTENSIONS__FILTERS__HTTP__EXT_PROC__V3__PROCESSING_MODE__BODY_SEND_MODE__NONE;
-static const BodySendMode MODE_STREAMED =
-    ENVOY__EXTENSIONS__FILTERS__HTTP__EXT_PROC__V3__PROCESSING_MODE__BODY_SEND_MODE__STREAMED;
-static const BodySendMode MODE_BUFFERED =
-    ENVOY__EXTENSIONS__FILTERS__HTTP__EXT_PROC__V3__PROCESSING_MODE__BODY_SEND_MODE__BUFFERED;
+#include "base/arena.h"
+#include "testing/envoy_request.h"
+#include "transport/grpc_frame.h"
 
 enum { MAX_HEADERS = 16 };
-
-/* Placeholder for the per-stream x-request-id; found in the encoded message, then patched. */
-static const char REQUEST_ID_MARK[] = "ffffffff-ffff-4fff-bfff-ffffffffffff";
 
 typedef struct kv {
   const char *key, *value;
 } kv;
+
+/* Placeholder for the per-stream x-request-id; found in the encoded message, then patched. */
+static const char REQUEST_ID_MARK[] = "ffffffff-ffff-4fff-bfff-ffffffffffff";
 
 /* What Envoy forwards for a GET through a typical HTTP connection manager. */
 static const kv GET_REQUEST[] = {
@@ -87,107 +72,62 @@ const char *shape_name(lg_shape shape) {
   return "?";
 }
 
-/* The header map of `n` pairs (a NULL value becomes `length`, or the pair is left out when
- * length_text is NULL), values in raw_value only. */
-typedef struct header_set {
-  HeaderMap map;
-  HeaderValue values[MAX_HEADERS];
-  HeaderValue *ptrs[MAX_HEADERS];
-} header_set;
+/* The ProcessingResponse oneof case that answers each phase. */
+static const int ANSWER[EXTPROC_PHASE_COUNT] = {
+    [EXTPROC_REQUEST_HEADERS] =
+        ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS,
+    [EXTPROC_REQUEST_BODY] =
+        ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY,
+    [EXTPROC_REQUEST_TRAILERS] =
+        ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS,
+    [EXTPROC_RESPONSE_HEADERS] =
+        ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_HEADERS,
+    [EXTPROC_RESPONSE_BODY] =
+        ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY,
+    [EXTPROC_RESPONSE_TRAILERS] =
+        ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS,
+};
 
-static void header_set_init(header_set *h, const kv *pairs, size_t n, const char *length_text) {
-  envoy__config__core__v3__header_map__init(&h->map);
-  h->map.headers = h->ptrs;
-  for (size_t i = 0; i < n && h->map.n_headers < MAX_HEADERS; i++) {
-    const char *value = pairs[i].value ? pairs[i].value : length_text;
-    if (!value) continue;
-    HeaderValue *v = &h->values[h->map.n_headers];
-    envoy__config__core__v3__header_value__init(v);
-    v->key = (char *)pairs[i].key;
-    v->raw_value.data = (uint8_t *)value;
-    v->raw_value.len = strlen(value);
-    h->ptrs[h->map.n_headers++] = v;
-  }
-}
+/* The body modes a first message announces in its protocol_config. */
+typedef struct body_modes {
+  extproc_body_mode request, response;
+} body_modes;
 
-/* Encodes msg behind a gRPC prefix into s->messages[s->count++]. */
-static bool add_message(lg_script *s, const ProcessingRequest *msg, int expect, const char *phase) {
-  const size_t body = envoy__service__ext_proc__v3__processing_request__get_packed_size(msg);
-  uint8_t *data = malloc(5 + body);
+/* Encodes `msg` (NULL: building it ran out of memory) behind a gRPC prefix into
+ * s->messages[s->count++]. */
+static bool add_message(lg_script *s, arena *a, extproc_phase phase, const envoy_request *msg) {
+  size_t len;
+  const uint8_t *bytes = msg ? envoy_request_encode(a, msg, &len) : NULL;
+  uint8_t *data = bytes ? malloc(GRPC_PREFIX_BYTES + len) : NULL;
   if (!data) return false;
-  data[0] = 0;
-  data[1] = (uint8_t)(body >> 24);
-  data[2] = (uint8_t)(body >> 16);
-  data[3] = (uint8_t)(body >> 8);
-  data[4] = (uint8_t)body;
-  envoy__service__ext_proc__v3__processing_request__pack(msg, data + 5);
-  s->messages[s->count++] = (lg_message){data, 5 + body, expect, phase};
+  grpc_write_prefix(data, (uint32_t)len);
+  memcpy(data + GRPC_PREFIX_BYTES, bytes, len);
+  s->messages[s->count++] =
+      (lg_message){data, GRPC_PREFIX_BYTES + len, ANSWER[phase], extproc_phase_name(phase)};
   return true;
 }
 
-static bool add_headers(lg_script *s, bool response, const kv *pairs, size_t n,
-                        const char *length_text, bool end_of_stream,
-                        ProtocolConfiguration *config) {
-  header_set set;
-  header_set_init(&set, pairs, n, length_text);
-  HttpHeaders headers = ENVOY__SERVICE__EXT_PROC__V3__HTTP_HEADERS__INIT;
-  headers.headers = &set.map;
-  headers.end_of_stream = end_of_stream;
-  ProcessingRequest msg = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
-  msg.protocol_config = config;
-  if (response) {
-    msg.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS;
-    msg.response_headers = &headers;
-    return add_message(s, &msg,
-                       ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_HEADERS,
-                       "response_headers");
+/* Headers or trailers of `n` pairs: a NULL value becomes `length_text`, or the pair is left out
+ * when length_text is NULL. `modes` (may be NULL) goes in protocol_config. */
+static bool add_headers(lg_script *s, arena *a, extproc_phase phase, const kv *pairs, size_t n,
+                        const char *length_text, bool end_of_stream, const body_modes *modes) {
+  const char *flat[2 * MAX_HEADERS];
+  size_t kept = 0;
+  for (size_t i = 0; i < n && kept < MAX_HEADERS; i++) {
+    const char *value = pairs[i].value ? pairs[i].value : length_text;
+    if (!value) continue;
+    flat[2 * kept] = pairs[i].key;
+    flat[2 * kept++ + 1] = value;
   }
-  msg.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS;
-  msg.request_headers = &headers;
-  return add_message(s, &msg,
-                     ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS,
-                     "request_headers");
+  envoy_request *msg = envoy_request_headers(a, phase, flat, kept, end_of_stream);
+  if (msg && modes && !envoy_request_set_protocol_config(a, msg, modes->request, modes->response))
+    return false;
+  return add_message(s, a, phase, msg);
 }
 
-static bool add_body(lg_script *s, bool response, const uint8_t *data, size_t len,
+static bool add_body(lg_script *s, arena *a, extproc_phase phase, const uint8_t *data, size_t len,
                      bool end_of_stream) {
-  HttpBody body = ENVOY__SERVICE__EXT_PROC__V3__HTTP_BODY__INIT;
-  body.body.data = (uint8_t *)data;
-  body.body.len = len;
-  body.end_of_stream = end_of_stream;
-  ProcessingRequest msg = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
-  if (response) {
-    msg.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY;
-    msg.response_body = &body;
-    return add_message(s, &msg,
-                       ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY,
-                       "response_body");
-  }
-  msg.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY;
-  msg.request_body = &body;
-  return add_message(s, &msg,
-                     ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY,
-                     "request_body");
-}
-
-static bool add_trailers(lg_script *s, bool response, const kv *pairs, size_t n) {
-  header_set set;
-  header_set_init(&set, pairs, n, NULL);
-  HttpTrailers trailers = ENVOY__SERVICE__EXT_PROC__V3__HTTP_TRAILERS__INIT;
-  trailers.trailers = &set.map;
-  ProcessingRequest msg = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
-  if (response) {
-    msg.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS;
-    msg.response_trailers = &trailers;
-    return add_message(
-        s, &msg, ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS,
-        "response_trailers");
-  }
-  msg.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_TRAILERS;
-  msg.request_trailers = &trailers;
-  return add_message(s, &msg,
-                     ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS,
-                     "request_trailers");
+  return add_message(s, a, phase, envoy_request_body(a, phase, data, len, end_of_stream));
 }
 
 /* A body of printable, JSON-ish filler. */
@@ -209,37 +149,42 @@ static size_t find_mark(const uint8_t *data, size_t len) {
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-static bool build(lg_script *s, size_t body_bytes, size_t chunk_bytes, uint8_t *body) {
-  ProtocolConfiguration config = ENVOY__SERVICE__EXT_PROC__V3__PROTOCOL_CONFIGURATION__INIT;
+static bool build(lg_script *s, arena *a, size_t body_bytes, size_t chunk_bytes, uint8_t *body) {
   char length_text[24];
   snprintf(length_text, sizeof(length_text), "%zu", body_bytes);
   switch (s->shape) {
-  case SHAPE_HEADERS:
-    config.request_body_mode = MODE_NONE;
-    config.response_body_mode = MODE_NONE;
-    return add_headers(s, false, GET_REQUEST, COUNT(GET_REQUEST), NULL, true, &config) &&
-           add_headers(s, true, RESPONSE, COUNT(RESPONSE), "0", true, NULL);
-  case SHAPE_FULL:
+  case SHAPE_HEADERS: {
+    const body_modes modes = {EXTPROC_BODY_NONE, EXTPROC_BODY_NONE};
+    return add_headers(s, a, EXTPROC_REQUEST_HEADERS, GET_REQUEST, COUNT(GET_REQUEST), NULL, true,
+                       &modes) &&
+           add_headers(s, a, EXTPROC_RESPONSE_HEADERS, RESPONSE, COUNT(RESPONSE), "0", true, NULL);
+  }
+  case SHAPE_FULL: {
     /* Trailers follow each body, so Envoy sends the buffered body with end_of_stream false
      * and the trailers end the direction. */
-    config.request_body_mode = MODE_BUFFERED;
-    config.response_body_mode = MODE_BUFFERED;
-    return add_headers(s, false, POST_REQUEST, COUNT(POST_REQUEST), length_text, false, &config) &&
-           add_body(s, false, body, body_bytes, false) &&
-           add_trailers(s, false, REQUEST_TRAILERS, COUNT(REQUEST_TRAILERS)) &&
-           add_headers(s, true, RESPONSE, COUNT(RESPONSE), length_text, false, NULL) &&
-           add_body(s, true, body, body_bytes, false) &&
-           add_trailers(s, true, RESPONSE_TRAILERS, COUNT(RESPONSE_TRAILERS));
-  case SHAPE_STREAMED:
-    config.request_body_mode = MODE_STREAMED;
-    config.response_body_mode = MODE_NONE;
-    if (!add_headers(s, false, POST_REQUEST, COUNT(POST_REQUEST), NULL, false, &config))
+    const body_modes modes = {EXTPROC_BODY_BUFFERED, EXTPROC_BODY_BUFFERED};
+    return add_headers(s, a, EXTPROC_REQUEST_HEADERS, POST_REQUEST, COUNT(POST_REQUEST),
+                       length_text, false, &modes) &&
+           add_body(s, a, EXTPROC_REQUEST_BODY, body, body_bytes, false) &&
+           add_headers(s, a, EXTPROC_REQUEST_TRAILERS, REQUEST_TRAILERS, COUNT(REQUEST_TRAILERS),
+                       NULL, false, NULL) &&
+           add_headers(s, a, EXTPROC_RESPONSE_HEADERS, RESPONSE, COUNT(RESPONSE), length_text,
+                       false, NULL) &&
+           add_body(s, a, EXTPROC_RESPONSE_BODY, body, body_bytes, false) &&
+           add_headers(s, a, EXTPROC_RESPONSE_TRAILERS, RESPONSE_TRAILERS, COUNT(RESPONSE_TRAILERS),
+                       NULL, false, NULL);
+  }
+  case SHAPE_STREAMED: {
+    const body_modes modes = {EXTPROC_BODY_STREAMED, EXTPROC_BODY_NONE};
+    if (!add_headers(s, a, EXTPROC_REQUEST_HEADERS, POST_REQUEST, COUNT(POST_REQUEST), NULL, false,
+                     &modes))
       return false;
     for (size_t off = 0; off < body_bytes; off += chunk_bytes) {
       const size_t n = body_bytes - off < chunk_bytes ? body_bytes - off : chunk_bytes;
-      if (!add_body(s, false, body + off, n, off + n == body_bytes)) return false;
+      if (!add_body(s, a, EXTPROC_REQUEST_BODY, body + off, n, off + n == body_bytes)) return false;
     }
-    return add_headers(s, true, RESPONSE, COUNT(RESPONSE), "0", true, NULL);
+    return add_headers(s, a, EXTPROC_RESPONSE_HEADERS, RESPONSE, COUNT(RESPONSE), "0", true, NULL);
+  }
   }
   return false;
 }
@@ -255,7 +200,10 @@ bool script_build(lg_script *s, lg_shape shape, size_t body_bytes, size_t chunk_
   if (shape == SHAPE_STREAMED) max = 2 + (body_bytes + chunk_bytes - 1) / chunk_bytes;
   s->messages = calloc(max, sizeof(*s->messages));
   uint8_t *body = make_body(body_bytes);
-  const bool ok = s->messages && body && build(s, body_bytes, chunk_bytes, body);
+  arena a; /* the messages before they are encoded */
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  const bool ok = s->messages && body && build(s, &a, body_bytes, chunk_bytes, body);
+  arena_free(&a);
   free(body);
   if (ok) s->request_id_offset = find_mark(s->messages[0].data, s->messages[0].len);
   if (!ok || s->request_id_offset == 0) {
