@@ -360,9 +360,11 @@ EXTPROC_API char *extproc_request_strdup(extproc_request *req, const char *s);
  * the trailers. Written to `raw_value` only (Envoy answers 500 when `value` is set too), with
  * the legacy `append` flag and `append_action` set consistently. Names must be valid HTTP
  * header names (copied, lower-cased); values must not contain control characters other than
- * horizontal tab (CR, LF, NUL...) (copied). Each
- * returns 0, EXTPROC_EINVAL for a bad name or value, EXTPROC_ESTATE after an immediate response
- * was started, or EXTPROC_ENOMEM. */
+ * horizontal tab (CR, LF, NUL...) (copied). Each returns 0, EXTPROC_EINVAL for a bad name or
+ * value, EXTPROC_ENOMEM, or EXTPROC_ESTATE with a log line when Envoy would never apply the
+ * write: in observability mode, after an immediate or streamed immediate response was started,
+ * or in a FULL_DUPLEX_STREAMED body phase (whose replies are streamed_response pieces, which
+ * carry no header mutation). */
 
 /* Replaces every existing value (or adds the header): append=false, OVERWRITE_IF_EXISTS_OR_ADD. */
 EXTPROC_API int extproc_header_set(extproc_request *req, const char *name, const char *value);
@@ -386,8 +388,8 @@ EXTPROC_API int extproc_header_remove(extproc_request *req, const char *name);
  *  - in a headers phase, the whole body, with CommonResponse status CONTINUE_AND_REPLACE: Envoy
  *    takes this body and expects no body or trailer reply for that direction any more; any such
  *    message already on its way is dropped unanswered, without a callback.
- * Returns 0, EXTPROC_ESTATE in a trailers phase or after an immediate response,
- * EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
+ * Returns 0, EXTPROC_EINVAL, EXTPROC_ENOMEM, or EXTPROC_ESTATE with a log line in a trailers
+ * phase, in observability mode, or after an immediate or streamed immediate response. */
 EXTPROC_API int extproc_body_replace(extproc_request *req, const void *data, size_t len);
 /* Clears the body: the same as replacing it with nothing (BodyMutation.clear_body; in
  * FULL_DUPLEX_STREAMED this chunk is dropped). Same returns. */
@@ -413,8 +415,11 @@ EXTPROC_API int extproc_streamed_body_send(extproc_request *req, const void *dat
  * phase. */
 EXTPROC_API int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode);
 
-/* Sets CommonResponse.clear_route_cache in a headers or body reply (Envoy acts on it for request
- * headers that were mutated). Returns 0 or EXTPROC_ESTATE in a trailers phase. */
+/* Sets CommonResponse.clear_route_cache in a request headers or request body reply (Envoy acts
+ * on it for request headers that were mutated). Returns 0, EXTPROC_EINVAL for NULL, or
+ * EXTPROC_ESTATE with a log line where Envoy would never act on it: a trailers phase, a response
+ * phase (Envoy ignores it in that direction), a FULL_DUPLEX_STREAMED body phase, observability
+ * mode, or after an immediate response. */
 EXTPROC_API int extproc_clear_route_cache(extproc_request *req);
 
 /* Asks Envoy for more time for this message: sends at once a ProcessingResponse carrying only
@@ -429,12 +434,13 @@ EXTPROC_API int extproc_override_message_timeout(extproc_request *req, uint32_t 
 
 /* Starts an immediate response: instead of the phase's reply, Envoy answers the client at once
  * with `http_status` (100..599) and ends processing. Header and body mutations recorded for the
- * phase are discarded. Returns 0, EXTPROC_EINVAL for a bad status, EXTPROC_ESTATE in
- * observability mode, or EXTPROC_ENOMEM. Calling it again changes the status. */
+ * phase are discarded, and later ones refused. Returns 0, EXTPROC_EINVAL for a bad status,
+ * EXTPROC_ESTATE with a log line in observability mode or after a streamed immediate response,
+ * or EXTPROC_ENOMEM. Calling it again changes the status. */
 EXTPROC_API int extproc_immediate_response(extproc_request *req, uint32_t http_status);
 /* Sets a header of the immediate response (ImmediateResponse.headers, overwrite semantics).
- * Returns 0, EXTPROC_ESTATE if no immediate response was started, EXTPROC_EINVAL, or
- * EXTPROC_ENOMEM. */
+ * Returns 0, EXTPROC_ESTATE with a log line if no immediate response was started (nothing
+ * would carry it), EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_immediate_header_set(extproc_request *req, const char *name,
                                              const char *value);
 /* Sets the immediate response's body (`len` bytes copied). Same returns. */

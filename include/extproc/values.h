@@ -75,7 +75,8 @@ typedef struct extproc_list extproc_list;
  * on first use. Envoy keeps only namespaces listed in the filter's
  * metadata_options.receiving_namespaces.untyped, and merges each into the stream's dynamic
  * metadata (read it in access logs with %DYNAMIC_METADATA(ns:key)%). Returns NULL for a NULL or
- * empty `ns`, in observability mode (no reply is sent), or on out-of-memory. */
+ * empty `ns`, on out-of-memory, or, with a log line, in observability mode (no reply is
+ * sent). */
 EXTPROC_API extproc_struct *extproc_dynamic_metadata(extproc_request *req, const char *ns);
 
 EXTPROC_API int extproc_struct_set_string(extproc_struct *s, const char *key, const char *value);

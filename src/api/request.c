@@ -37,26 +37,39 @@ char *extproc_request_strdup(extproc_request *req, const char *s) {
   return (req && s) ? arena_strndup(&req->arena, s, strlen(s)) : NULL;
 }
 
-static bool in_body_phase(const extproc_request *req) {
-  return req->msg.phase == EXTPROC_REQUEST_BODY || req->msg.phase == EXTPROC_RESPONSE_BODY;
+static extproc_body_mode current_body_mode(const extproc_request *req) {
+  return req->body_mode[req->msg.phase >= EXTPROC_RESPONSE_HEADERS];
 }
 
-static bool in_headers_phase(const extproc_request *req) {
-  return req->msg.phase == EXTPROC_REQUEST_HEADERS || req->msg.phase == EXTPROC_RESPONSE_HEADERS;
-}
-
-static bool in_trailers_phase(const extproc_request *req) {
-  return req->msg.phase == EXTPROC_REQUEST_TRAILERS || req->msg.phase == EXTPROC_RESPONSE_TRAILERS;
-}
-
-/* An author's call that would make a reply Envoy does not expect: refused, and said so. */
+/* An author's call that records something Envoy would never apply (or that would make a
+ * reply Envoy does not expect): refused with EXTPROC_ESTATE, and said so in one line. */
 static int refuse(const extproc_request *req, const char *what) {
   extproc_log(req, EXTPROC_LOG_WARN, "refused: %s", what);
   return EXTPROC_ESTATE;
 }
 
-static extproc_body_mode current_body_mode(const extproc_request *req) {
-  return req->body_mode[req->msg.phase >= EXTPROC_RESPONSE_HEADERS];
+/* Why nothing recorded for this phase's own reply can reach Envoy now, or NULL if it can. */
+static const char *no_phase_reply(const extproc_request *req) {
+  if (req->msg.observability_mode) return "in observability mode, Envoy takes no reply";
+  if (req->streamed_immediate != STREAMED_IMMEDIATE_NONE)
+    return "a streamed immediate response replaces the phase's reply";
+  if (req->reply.immediate) return "an immediate response replaces the phase's reply";
+  return NULL;
+}
+
+/* Refuses `what` when the phase's reply cannot carry it; 0 when it can. */
+static int check_phase_reply(const extproc_request *req, const char *what) {
+  const char *why = no_phase_reply(req);
+  if (!why) return 0;
+  extproc_log(req, EXTPROC_LOG_WARN, "refused: %s: %s", what, why);
+  return EXTPROC_ESTATE;
+}
+
+/* A FULL_DUPLEX_STREAMED body phase is answered with streamed_response pieces only, which carry
+ * no header mutation and no CommonResponse flags. */
+static bool in_duplex_body_phase(const extproc_request *req) {
+  return is_body_phase(req->msg.phase) &&
+         current_body_mode(req) == EXTPROC_BODY_FULL_DUPLEX_STREAMED;
 }
 
 const extproc_protocol_config *extproc_request_protocol_config(const extproc_request *req) {
@@ -85,7 +98,7 @@ bool extproc_request_observability_mode(const extproc_request *req) {
 
 const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {
   if (len) *len = 0;
-  if (!req || !in_body_phase(req)) return NULL;
+  if (!req || !is_body_phase(req->msg.phase)) return NULL;
   const int dir = req->msg.phase == EXTPROC_RESPONSE_BODY;
   if (!req->msg.chunk_accumulated) {
     const size_t need = req->accumulated_len[dir] + req->msg.body_len;
@@ -138,9 +151,20 @@ size_t extproc_header_get_all(const extproc_request *req, const char *name, cons
 
 /* ---- Header edits ---------------------------------------------------------------------- */
 
+/* Whether the phase's reply can carry a header mutation: 0 or EXTPROC_ESTATE (logged). */
+static int check_header_write(const extproc_request *req) {
+  const int rv = check_phase_reply(req, "a header write");
+  if (rv != 0) return rv;
+  if (in_duplex_body_phase(req))
+    return refuse(req, "a header write in a FULL_DUPLEX_STREAMED body phase (its replies are "
+                       "streamed_response pieces, which carry no header mutation)");
+  return 0;
+}
+
 static int record_edit(extproc_request *req, header_op op, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
-  if (req->reply.immediate) return EXTPROC_ESTATE;
+  const int rv = check_header_write(req);
+  if (rv != 0) return rv;
   return header_edits_add(&req->msg_arena, &req->reply.edits, op, name, value);
 }
 
@@ -154,6 +178,8 @@ int extproc_header_append(extproc_request *req, const char *name, const char *va
 
 int extproc_header_add_if_absent(extproc_request *req, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
+  const int rv = check_header_write(req);
+  if (rv != 0) return rv;
   /* Decided here against what Envoy sent, so the result is the same whichever of `append` and
    * `append_action` the data plane honours. */
   if (header_name_valid(name) && extproc_header_get(req, name)) {
@@ -170,8 +196,9 @@ int extproc_header_remove(extproc_request *req, const char *name) {
 
 int extproc_body_replace(extproc_request *req, const void *data, size_t len) {
   if (!req || (!data && len)) return EXTPROC_EINVAL;
-  if (in_trailers_phase(req)) return refuse(req, "a body write in a trailers phase");
-  if (req->reply.immediate) return refuse(req, "a body write after an immediate response");
+  if (is_trailers_phase(req->msg.phase)) return refuse(req, "a body write in a trailers phase");
+  const int rv = check_phase_reply(req, "a body write");
+  if (rv != 0) return rv;
   uint8_t *copy = arena_alloc(&req->msg_arena, len);
   if (!copy) return EXTPROC_ENOMEM;
   if (len) memcpy(copy, data, len);
@@ -183,8 +210,9 @@ int extproc_body_replace(extproc_request *req, const void *data, size_t len) {
 
 int extproc_body_clear(extproc_request *req) {
   if (!req) return EXTPROC_EINVAL;
-  if (in_trailers_phase(req)) return refuse(req, "a body write in a trailers phase");
-  if (req->reply.immediate) return refuse(req, "a body write after an immediate response");
+  if (is_trailers_phase(req->msg.phase)) return refuse(req, "a body write in a trailers phase");
+  const int rv = check_phase_reply(req, "a body write");
+  if (rv != 0) return rv;
   req->reply.body_op = BODY_CLEAR;
   req->reply.body_data = NULL;
   req->reply.body_data_len = 0;
@@ -194,7 +222,7 @@ int extproc_body_clear(extproc_request *req) {
 int extproc_streamed_body_send(extproc_request *req, const void *data, size_t len,
                                bool end_of_stream) {
   if (!req || (!data && len)) return EXTPROC_EINVAL;
-  if (!in_body_phase(req) || current_body_mode(req) != EXTPROC_BODY_FULL_DUPLEX_STREAMED)
+  if (!is_body_phase(req->msg.phase) || current_body_mode(req) != EXTPROC_BODY_FULL_DUPLEX_STREAMED)
     return refuse(req, "a streamed body reply outside a FULL_DUPLEX_STREAMED body phase");
   if (req->reply.immediate || req->duplex_body_ended[req->msg.phase == EXTPROC_RESPONSE_BODY])
     return refuse(req, "a streamed body reply after the body was ended");
@@ -222,7 +250,10 @@ int extproc_mode_override(extproc_request *req, const extproc_processing_mode *g
       !valid_header_mode(mode->request_trailer_mode) ||
       !valid_header_mode(mode->response_trailer_mode))
     return EXTPROC_EINVAL;
-  if (!in_headers_phase(req)) return refuse(req, "mode_override outside a headers phase");
+  if (!is_headers_phase(req->msg.phase))
+    return refuse(req, "mode_override outside a headers phase");
+  const int rv = check_phase_reply(req, "mode_override");
+  if (rv != 0) return rv;
   req->reply.has_mode_override = true;
   req->reply.mode_override = *mode;
   return 0;
@@ -230,7 +261,16 @@ int extproc_mode_override(extproc_request *req, const extproc_processing_mode *g
 
 int extproc_clear_route_cache(extproc_request *req) {
   if (!req) return EXTPROC_EINVAL;
-  if (in_trailers_phase(req)) return refuse(req, "clear_route_cache in a trailers phase");
+  if (is_trailers_phase(req->msg.phase))
+    return refuse(req, "clear_route_cache in a trailers phase");
+  /* Envoy clears the route cache for request headers only; in the response direction it
+   * ignores the flag. */
+  if (req->msg.phase >= EXTPROC_RESPONSE_HEADERS)
+    return refuse(req, "clear_route_cache in a response phase (Envoy ignores it there)");
+  if (in_duplex_body_phase(req))
+    return refuse(req, "clear_route_cache in a FULL_DUPLEX_STREAMED body phase");
+  const int rv = check_phase_reply(req, "clear_route_cache");
+  if (rv != 0) return rv;
   req->reply.clear_route_cache = true;
   return 0;
 }
@@ -260,13 +300,14 @@ int extproc_immediate_response(extproc_request *req, uint32_t http_status) {
 int extproc_immediate_header_set(extproc_request *req, const char *name, const char *value) {
   if (!req || !name) return EXTPROC_EINVAL;
   if (!req->reply.immediate && req->streamed_immediate != STREAMED_IMMEDIATE_STARTING)
-    return EXTPROC_ESTATE;
+    return refuse(req, "an immediate response header with no immediate response started");
   return header_edits_add(&req->msg_arena, &req->reply.immediate_headers, HEADER_SET, name, value);
 }
 
 int extproc_immediate_body(extproc_request *req, const void *data, size_t len) {
   if (!req || (!data && len)) return EXTPROC_EINVAL;
-  if (!req->reply.immediate) return EXTPROC_ESTATE;
+  if (!req->reply.immediate)
+    return refuse(req, "an immediate body with no immediate response started");
   uint8_t *copy = arena_alloc(&req->msg_arena, len);
   if (!copy) return EXTPROC_ENOMEM;
   if (len) memcpy(copy, data, len);
@@ -277,7 +318,8 @@ int extproc_immediate_body(extproc_request *req, const void *data, size_t len) {
 
 int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code) {
   if (!req || (unsigned)code > EXTPROC_GRPC_UNAUTHENTICATED) return EXTPROC_EINVAL;
-  if (!req->reply.immediate) return EXTPROC_ESTATE;
+  if (!req->reply.immediate)
+    return refuse(req, "an immediate grpc_status with no immediate response started");
   req->reply.immediate_has_grpc_status = true;
   req->reply.immediate_grpc_status = (uint32_t)code;
   return 0;
@@ -285,7 +327,8 @@ int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code) 
 
 int extproc_immediate_details(extproc_request *req, const char *details) {
   if (!req || !details) return EXTPROC_EINVAL;
-  if (!req->reply.immediate) return EXTPROC_ESTATE;
+  if (!req->reply.immediate)
+    return refuse(req, "immediate details with no immediate response started");
   req->reply.immediate_details = arena_strndup(&req->msg_arena, details, strlen(details));
   return req->reply.immediate_details ? 0 : EXTPROC_ENOMEM;
 }

@@ -232,7 +232,12 @@ extproc_list *extproc_list_add_list(extproc_list *l) {
 }
 
 extproc_struct *extproc_dynamic_metadata(extproc_request *req, const char *ns) {
-  if (!req || !ns || !*ns || req->msg.observability_mode) return NULL;
+  if (!req || !ns || !*ns) return NULL;
+  if (req->msg.observability_mode) {
+    extproc_log(req, EXTPROC_LOG_WARN,
+                "refused: dynamic metadata in observability mode, Envoy takes no reply");
+    return NULL;
+  }
   if (!req->reply.dynamic_metadata) {
     req->reply.dynamic_metadata = arena_alloc(&req->msg_arena, sizeof(Struct));
     if (!req->reply.dynamic_metadata) return NULL;
