@@ -130,6 +130,14 @@ static extproc_result try_writes(extproc_request *req, void *ctx) {
   return EXTPROC_CONTINUE;
 }
 
+static extproc_processor *processor_with(const char *name, extproc_phase phase,
+                                         extproc_phase_fn fn) {
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, name), 0);
+  assert_int_equal(extproc_processor_on(p, phase, fn), 0);
+  return p;
+}
+
 static extproc_harness *harness_for(extproc_processor *p, extproc_body_mode request,
                                     extproc_body_mode response) {
   extproc_harness *h;
@@ -143,9 +151,7 @@ static const char *const RESPONSE[] = {":status", "200", NULL};
 
 static void test_header_writes_in_a_full_duplex_body_phase_are_refused(void **state) {
   (void)state;
-  extproc_processor *p;
-  assert_int_equal(extproc_processor_new(&p, "duplex"), 0);
-  extproc_processor_on(p, EXTPROC_REQUEST_BODY, try_writes);
+  extproc_processor *p = processor_with("duplex", EXTPROC_REQUEST_BODY, try_writes);
   extproc_harness *h =
       harness_for(p, EXTPROC_BODY_FULL_DUPLEX_STREAMED, EXTPROC_BODY_FULL_DUPLEX_STREAMED);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, false), 0);
@@ -164,9 +170,7 @@ static void test_header_writes_in_a_full_duplex_body_phase_are_refused(void **st
 
 static void test_nothing_is_recorded_in_observability_mode(void **state) {
   (void)state;
-  extproc_processor *p;
-  assert_int_equal(extproc_processor_new(&p, "observer"), 0);
-  extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, try_writes);
+  extproc_processor *p = processor_with("observer", EXTPROC_REQUEST_HEADERS, try_writes);
   extproc_harness *h = harness_for(p, EXTPROC_BODY_NONE, EXTPROC_BODY_NONE);
   extproc_harness_set_observability_mode(h, true);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true), 0);
@@ -196,9 +200,8 @@ static extproc_result clear_in_response(extproc_request *req, void *ctx) {
 
 static void test_writes_after_an_immediate_response_and_response_route_cache(void **state) {
   (void)state;
-  extproc_processor *p;
-  assert_int_equal(extproc_processor_new(&p, "immediate"), 0);
-  extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, answer_immediately_then_write);
+  extproc_processor *p =
+      processor_with("immediate", EXTPROC_REQUEST_HEADERS, answer_immediately_then_write);
   extproc_harness *h = harness_for(p, EXTPROC_BODY_NONE, EXTPROC_BODY_NONE);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true), 0);
   assert_int_equal(header_rv, EXTPROC_ESTATE);
@@ -207,8 +210,7 @@ static void test_writes_after_an_immediate_response_and_response_route_cache(voi
   extproc_harness_free(h);
   extproc_processor_free(p);
 
-  assert_int_equal(extproc_processor_new(&p, "route-cache"), 0);
-  extproc_processor_on(p, EXTPROC_RESPONSE_HEADERS, clear_in_response);
+  p = processor_with("route-cache", EXTPROC_RESPONSE_HEADERS, clear_in_response);
   h = harness_for(p, EXTPROC_BODY_NONE, EXTPROC_BODY_NONE);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true), 0);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE, true), 0);
@@ -229,9 +231,8 @@ static extproc_result resume_without_deferral(extproc_request *req, void *ctx) {
 
 static void test_resume_without_a_deferral_is_refused(void **state) {
   (void)state;
-  extproc_processor *p;
-  assert_int_equal(extproc_processor_new(&p, "no-defer"), 0);
-  extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, resume_without_deferral);
+  extproc_processor *p =
+      processor_with("no-defer", EXTPROC_REQUEST_HEADERS, resume_without_deferral);
   extproc_harness *h = harness_for(p, EXTPROC_BODY_NONE, EXTPROC_BODY_NONE);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true), 0);
   assert_int_equal(resume_rv, EXTPROC_ESTATE);
@@ -249,9 +250,8 @@ static extproc_result defer_then_forget_to_return_defer(extproc_request *req, vo
 
 static void test_a_declared_deferral_waits_whatever_the_callback_returns(void **state) {
   (void)state;
-  extproc_processor *p;
-  assert_int_equal(extproc_processor_new(&p, "declared"), 0);
-  extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, defer_then_forget_to_return_defer);
+  extproc_processor *p =
+      processor_with("declared", EXTPROC_REQUEST_HEADERS, defer_then_forget_to_return_defer);
   extproc_harness *h = harness_for(p, EXTPROC_BODY_NONE, EXTPROC_BODY_NONE);
   extproc_harness_set_timeout_ms(h, 50);
   assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, POST, true),
