@@ -4,6 +4,7 @@
 #include "transport/worker.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/arena.h"
 #include "base/log.h"
@@ -117,7 +118,10 @@ static void close_loop(worker *w) {
 
 int worker_init(worker *w, unsigned index, const transport_config *cfg, transport_stats *stats,
                 listener_spec *specs, unsigned spec_count) {
-  *w = (worker){.cfg = cfg, .stats = stats, .index = index};
+  memset(w, 0, sizeof(*w)); /* not a compound literal: the read buffer is 64 KiB */
+  w->cfg = cfg;
+  w->stats = stats;
+  w->index = index;
   int rv = uv_loop_init(&w->loop);
   if (rv != 0) return rv;
   if ((rv = uv_mutex_init(&w->lock)) != 0) {
