@@ -1,5 +1,6 @@
 /* Server lifecycle: worker threads, their loops, stopping, and the queue that brings deferred
  * requests back to their loop. */
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,18 +207,33 @@ int extproc_server_start(extproc_server *srv) {
 void extproc_server_stop(extproc_server *srv) {
   if (!srv) return;
   atomic_store(&srv->stop_requested, true);
-  if (!srv->started) return;
-  for (unsigned i = 0; i < srv->worker_count; i++)
-    uv_async_send(&srv->workers[i].wakeup);
-  uv_async_t *run = srv->run_wakeup;
-  if (run) uv_async_send(run);
+  /* Announced before looking: extproc_server_wait either sees this call and lets it finish, or
+   * has already set loops_closing, which this call then sees. */
+  atomic_fetch_add(&srv->stops_in_flight, 1);
+  if (!atomic_load(&srv->loops_closing) && srv->started) {
+    for (unsigned i = 0; i < srv->worker_count; i++)
+      uv_async_send(&srv->workers[i].wakeup);
+    uv_async_t *run = srv->run_wakeup;
+    if (run) uv_async_send(run);
+  }
+  atomic_fetch_sub(&srv->stops_in_flight, 1);
+}
+
+/* Waits for extproc_server_stop calls still using the loops or handles they found. */
+static void wait_stops_in_flight(extproc_server *srv) {
+  while (atomic_load(&srv->stops_in_flight) != 0)
+    sched_yield();
 }
 
 void extproc_server_wait(extproc_server *srv) {
   if (!srv || !srv->started) return;
+  for (unsigned i = 0; i < srv->worker_count; i++)
+    uv_thread_join(&srv->workers[i].thread);
+  /* No stop may wake a loop from here on: they are about to close. */
+  atomic_store(&srv->loops_closing, true);
+  wait_stops_in_flight(srv);
   for (unsigned i = 0; i < srv->worker_count; i++) {
     worker *w = &srv->workers[i];
-    uv_thread_join(&w->thread);
     uv_run(&w->loop, UV_RUN_DEFAULT); /* let the last close callbacks run */
     uv_loop_close(&w->loop);
     arena_cache_release(); /* what those callbacks freed on this thread */
@@ -258,6 +274,7 @@ int extproc_server_run(extproc_server *srv) {
   int rv = extproc_server_start(srv);
   if (rv == 0 && !atomic_load(&srv->stop_requested)) uv_run(&loop, UV_RUN_DEFAULT);
   srv->run_wakeup = NULL;
+  wait_stops_in_flight(srv); /* none still holds `wakeup`, closed below */
   extproc_server_stop(srv);
   extproc_server_wait(srv);
   uv_close((uv_handle_t *)&sigint, ignore_close);

@@ -72,6 +72,11 @@ struct extproc_server {
   bool started;
   atomic_bool stop_requested;
   uv_async_t *_Atomic run_wakeup; /* set while extproc_server_run waits */
+  /* extproc_server_stop may come from any thread at any time, even while extproc_server_wait
+   * (or extproc_server_run) closes the loops and handles it wakes: a stop counts itself in
+   * `stops_in_flight` while it uses them, and does nothing once `loops_closing` is set. */
+  atomic_bool loops_closing;
+  atomic_int stops_in_flight;
   atomic_uint_fast64_t open_streams;
   atomic_uint_fast64_t total_streams;
 };
