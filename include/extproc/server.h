@@ -84,7 +84,8 @@ EXTPROC_API int extproc_server_start(extproc_server *srv);
 /* Asks the server to stop: listeners close at once; each connection gets a GOAWAY and is closed
  * when its streams are done or when shutdown_grace_ms runs out, whichever comes first (streams
  * still open then are ended; deferred requests are freed once resumed). Thread-safe and
- * async-signal-safe; returns at once. */
+ * async-signal-safe, also while extproc_server_wait runs (a stop that comes once the loops are
+ * closing does nothing); returns at once. */
 EXTPROC_API void extproc_server_stop(extproc_server *srv);
 
 /* Waits until every worker thread has finished after extproc_server_stop(). */

@@ -1,5 +1,6 @@
 /* The server: options, listeners, starting and stopping the worker loops, and the blocking run
  * with signal handling. The loops themselves are the transport's (transport/worker.c). */
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,11 @@ struct extproc_server {
   atomic_uint running; /* workers whose threads run and must be joined */
   atomic_bool stop_requested;
   uv_async_t *_Atomic run_wakeup; /* set while extproc_server_run waits */
+  /* extproc_server_stop may come from any thread at any time, even while extproc_server_wait
+   * (or extproc_server_run) closes the loops and handles it wakes: a stop counts itself in
+   * `stops_in_flight` while it uses them, and does nothing once `loops_closing` is set. */
+  atomic_bool loops_closing;
+  atomic_int stops_in_flight;
 };
 
 void extproc_server_options_init(extproc_server_options *opts) {
@@ -118,25 +124,43 @@ int extproc_server_start(extproc_server *srv) {
   extproc_server_stop(srv);
   extproc_server_wait(srv);
   for (unsigned i = srv->running; i < ready; i++)
-    worker_discard(&srv->workers[i]);
+    worker_close(&srv->workers[i]);
   return EXTPROC_EIO;
 }
 
 void extproc_server_stop(extproc_server *srv) {
   if (!srv) return;
   atomic_store(&srv->stop_requested, true);
-  const unsigned running = atomic_load(&srv->running);
-  for (unsigned i = 0; i < running; i++)
-    worker_request_stop(&srv->workers[i]);
-  uv_async_t *run = srv->run_wakeup;
-  if (run) uv_async_send(run);
+  /* Counted before looking: extproc_server_wait either sees this call and lets it finish, or
+   * has already set loops_closing, which this call then sees. */
+  atomic_fetch_add(&srv->stops_in_flight, 1);
+  if (!atomic_load(&srv->loops_closing)) {
+    const unsigned running = atomic_load(&srv->running);
+    for (unsigned i = 0; i < running; i++)
+      worker_request_stop(&srv->workers[i]);
+    uv_async_t *run = srv->run_wakeup;
+    if (run) uv_async_send(run);
+  }
+  atomic_fetch_sub(&srv->stops_in_flight, 1);
+}
+
+/* Waits for extproc_server_stop calls still using the loops or handles they found. */
+static void wait_stops_in_flight(extproc_server *srv) {
+  while (atomic_load(&srv->stops_in_flight) != 0)
+    sched_yield();
 }
 
 void extproc_server_wait(extproc_server *srv) {
   if (!srv) return;
-  for (unsigned i = 0; i < srv->running; i++)
+  const unsigned running = atomic_load(&srv->running);
+  for (unsigned i = 0; i < running; i++)
     worker_join(&srv->workers[i]);
-  srv->running = 0; /* waited for; free() must not join them again */
+  /* No stop may wake a loop from here on: they are about to close. */
+  atomic_store(&srv->loops_closing, true);
+  wait_stops_in_flight(srv);
+  for (unsigned i = 0; i < running; i++)
+    worker_close(&srv->workers[i]);
+  atomic_store(&srv->running, 0); /* waited for; free() must not join them again */
 }
 
 static void ignore_close(uv_handle_t *h) { (void)h; }
@@ -170,6 +194,7 @@ int extproc_server_run(extproc_server *srv) {
   int rv = extproc_server_start(srv);
   if (rv == 0 && !atomic_load(&srv->stop_requested)) uv_run(&loop, UV_RUN_DEFAULT);
   srv->run_wakeup = NULL;
+  wait_stops_in_flight(srv); /* none still holds `wakeup`, closed below */
   extproc_server_stop(srv);
   extproc_server_wait(srv);
   uv_close((uv_handle_t *)&sigint, ignore_close);

@@ -152,9 +152,6 @@ void worker_request_stop(worker *w) {
   uv_async_send(&w->wakeup);
 }
 
-void worker_join(worker *w) {
-  uv_thread_join(&w->thread);
-  close_loop(w);
-}
+void worker_join(worker *w) { uv_thread_join(&w->thread); }
 
-void worker_discard(worker *w) { close_loop(w); }
+void worker_close(worker *w) { close_loop(w); }

@@ -1,7 +1,8 @@
 /* Worker loops, as the server layer drives them: set up, start, ask to stop, join.
  *
  * Lifecycle of one worker: worker_init -> worker_start -> worker_request_stop (any thread) ->
- * worker_join; or worker_init -> worker_discard when the server gives up before starting it. */
+ * worker_join -> worker_close; or worker_init -> worker_close when the server gives up before
+ * starting it. */
 #ifndef EXTPROC_WORKER_H
 #define EXTPROC_WORKER_H
 
@@ -21,10 +22,11 @@ int worker_start(worker *w);
  * after the grace period the rest are closed. Thread-safe and async-signal-safe. */
 void worker_request_stop(worker *w);
 
-/* Waits for a started worker's thread, then frees its loop. */
+/* Waits for a started worker's thread to end (its loop has nothing left to run). */
 void worker_join(worker *w);
 
-/* Frees a worker that was set up but never started. */
-void worker_discard(worker *w);
+/* Frees the worker's loop: after worker_join, or for a worker set up but never started. No
+ * worker_request_stop() may run on it from then on. */
+void worker_close(worker *w);
 
 #endif

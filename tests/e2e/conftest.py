@@ -9,6 +9,7 @@ Everything listens on free loopback ports (or unix sockets) and is stopped after
 Environment:
   EXTPROC_EXAMPLES  processor runner binary (default: build/examples/extproc-examples)
   ENVOY             Envoy binary (default: .venv/bin/envoy, else `envoy` on PATH)
+  EXTPROC_WORKERS   event-loop threads per processor runner (--workers; default: one per CPU)
 A missing binary is a test error, not a skip: these tests must never pass by running nothing.
 """
 
@@ -209,6 +210,9 @@ def start_processor(log_dir, transport, sock_dir, services, name="processor", ex
             addresses.append(("tcp", port))
             specs.append(f"{service}@127.0.0.1:{port}")
             probes.append(("127.0.0.1", port))
+    workers = os.environ.get("EXTPROC_WORKERS")
+    if workers:
+        extra_args = ["--workers", workers, *extra_args]
     proc = start(name, [runner_binary(), "--service", ",".join(specs), *extra_args], log_dir)
     wait_until(f"processor on {', '.join(specs)}",
                lambda: all(can_connect(p) for p in probes), [proc])
