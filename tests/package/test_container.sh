@@ -84,4 +84,4 @@ pod rmi "$IMAGE" >/dev/null
 ! pod image exists "$IMAGE" || fail "$IMAGE still exists"
 pass "stopped on SIGTERM with status 0; container and image removed"
 
-log "$checks checks passed"
+log "$checks checks passed in ${SECONDS}s"

@@ -225,4 +225,4 @@ done
 [ ! -e "$LIBDIR/libextproc.so.0" ] && [ ! -e /usr/include/extproc ] || fail "files left after purge"
 pass "packages removed"
 
-log "$checks checks passed"
+log "$checks checks passed in ${SECONDS}s"
