@@ -140,10 +140,9 @@ for prog in extproc-examples extproc-load; do
 done
 
 # ---- a processor built outside the tree ------------------------------------------------
-SRC=$(mktemp -d /tmp/extproc-outside.XXXXXX)
+SRC=$WORK/outside # under mktemp's directory: nothing of the source tree is reachable from it
+mkdir "$SRC"
 cp "$REPO/tests/package/outside/processor.c" "$REPO/tests/package/outside/CMakeLists.txt" "$SRC/"
-mv "$SRC" "$WORK/outside"
-SRC=$WORK/outside
 cd "$SRC"
 needs() { readelf -d "$1" | grep -c "NEEDED.*\[$2\]" >/dev/null; }
 
