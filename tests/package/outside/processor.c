@@ -23,10 +23,14 @@ int main(int argc, char **argv) {
     return 2;
   }
   tag = argv[2];
-  static const extproc_processor_def def = {.name = "Outside", .response_headers = add_header};
-  extproc_processor *proc = extproc_processor_create(&def);
-  extproc_server *srv = proc ? extproc_server_create(NULL) : NULL;
-  int rv = srv ? extproc_server_listen(srv, argv[1], proc) : EXTPROC_ENOMEM;
+  static const extproc_processor_def def = {.struct_size = sizeof(extproc_processor_def),
+                                            .name = "Outside",
+                                            .response_headers = add_header};
+  extproc_processor *proc = NULL;
+  extproc_server *srv = NULL;
+  int rv = extproc_processor_new_from_def(&proc, &def);
+  if (rv == 0) rv = extproc_server_new(&srv, NULL);
+  if (rv == 0) rv = extproc_server_listen(srv, argv[1], proc);
   if (rv < 0) {
     fprintf(stderr, "cannot serve on %s: %s\n", argv[1], extproc_strerror(rv));
   } else {
