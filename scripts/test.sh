@@ -2,9 +2,11 @@
 # Runs every test: formatting, then the whole suite twice, on a normal build and on one with
 # AddressSanitizer + UndefinedBehaviorSanitizer. Each pass runs the C unit tests (ctest) and
 # the Python tests (real Envoy in the loop, and the proto wire-compatibility check) against
-# that build's binaries. A third, shorter pass builds with ThreadSanitizer and runs the C unit
-# tests and the Python tests where threads meet (several workers, deferred answers resumed from
-# other threads, many concurrent streams). Installs what it needs first (scripts/setup.sh).
+# that build's binaries. After the normal pass, once: the Debian packages (built, installed
+# with apt, used, removed) and the container image. A third, shorter pass builds with
+# ThreadSanitizer and runs the C unit tests and the Python tests where threads meet (several
+# workers, deferred answers resumed from other threads, many concurrent streams). Installs what
+# it needs first (scripts/setup.sh); the package test needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +44,13 @@ run_pass() {
 }
 
 run_pass build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+# Once, outside the sanitizer pass: the Debian packages installed and used from outside the
+# tree, and the container image, each behind Envoy.
+echo "== packages (tests/package/test_packages.sh)"
+tests/package/test_packages.sh build-pkg
+echo "== container image (tests/package/test_container.sh)"
+tests/package/test_container.sh
 
 # Sanitizer reports end the process with an error, so any leak or UB fails its test.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66
