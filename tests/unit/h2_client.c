@@ -16,13 +16,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/list.h"
 #include "transport/grpc_frame.h"
 
 enum { READ_CHUNK = 64 * 1024 };
 
 /* Bytes queued on a stream's request body, sent in DATA frames of at most frame_bytes. */
 typedef struct out_seg {
-  struct out_seg *next;
+  queue_link link;
   size_t len, off;
   size_t frame_bytes; /* 0: no limit */
   uint8_t data[];
@@ -31,7 +32,7 @@ typedef struct out_seg {
 typedef struct stream_rec {
   h2_client_stream pub;
   h2_client *client;
-  out_seg *out_head, *out_tail;
+  queue out;          /* out_seg, in order */
   bool half_close;    /* END_STREAM once out is drained */
   grpc_reader reader; /* reassembles the server's gRPC messages */
   size_t message_cap;
@@ -87,12 +88,9 @@ static bool put(h2_client *c, stream_rec *r) {
 }
 
 static void free_output(stream_rec *r) {
-  while (r->out_head) {
-    out_seg *next = r->out_head->next;
-    free(r->out_head);
-    r->out_head = next;
-  }
-  r->out_tail = NULL;
+  queue_link *l;
+  while ((l = queue_pop(&r->out)))
+    free(LIST_ITEM(l, out_seg, link));
 }
 
 static void free_rec(stream_rec *r) {
@@ -281,8 +279,8 @@ static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *b
   (void)session, (void)stream_id, (void)user_data;
   stream_rec *r = source->ptr;
   size_t n = 0;
-  while (r->out_head && n < length) {
-    out_seg *seg = r->out_head;
+  while (!queue_empty(&r->out) && n < length) {
+    out_seg *seg = LIST_ITEM(r->out.head, out_seg, link);
     const size_t frame_bytes = seg->frame_bytes;
     if (frame_bytes && n > 0) break; /* a limited segment starts its own frame */
     size_t take = seg->len - seg->off;
@@ -293,13 +291,12 @@ static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *b
     n += take;
     seg->off += take;
     if (seg->off == seg->len) {
-      r->out_head = seg->next;
-      if (!r->out_head) r->out_tail = NULL;
+      queue_pop(&r->out);
       free(seg);
     }
     if (frame_bytes) break; /* one limited frame per call */
   }
-  if (!r->out_head && r->half_close) {
+  if (queue_empty(&r->out) && r->half_close) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
   }
@@ -715,16 +712,11 @@ int h2_client_send_raw(h2_client *c, int32_t id, const void *data, size_t len, s
   if (!r || c->disconnected) return -1;
   out_seg *seg = malloc(sizeof(*seg) + len);
   if (!seg) return -1;
-  seg->next = NULL;
   seg->len = len;
   seg->off = 0;
   seg->frame_bytes = frame_bytes;
   if (len) memcpy(seg->data, data, len);
-  if (r->out_tail)
-    r->out_tail->next = seg;
-  else
-    r->out_head = seg;
-  r->out_tail = seg;
+  queue_push(&r->out, &seg->link);
   nghttp2_session_resume_data(c->session, id); /* fails harmlessly if not deferred */
   return push_output(c);
 }
@@ -800,8 +792,10 @@ size_t h2_client_pending_output(const h2_client *c) { return c->wlen - c->woff; 
 size_t h2_client_unsent_bytes(const h2_client *c, int32_t id) {
   const stream_rec *r = find(c, id);
   size_t n = 0;
-  for (const out_seg *seg = r ? r->out_head : NULL; seg; seg = seg->next)
+  for (const queue_link *l = r ? r->out.head : NULL; l; l = l->next) {
+    const out_seg *seg = LIST_ITEM(l, out_seg, link);
     n += seg->len - seg->off;
+  }
   return n;
 }
 

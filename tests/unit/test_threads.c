@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/list.h"
 #include "engine/request.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "extproc/extproc.h"
@@ -241,7 +242,7 @@ static void wait_server_idle(const extproc_server *srv) {
 typedef enum job_mode { JOB_EARLY, JOB_LATE } job_mode;
 
 typedef struct job {
-  struct job *next;
+  queue_link link;
   extproc_request *req;
   job_mode mode;
   bool fail;
@@ -254,7 +255,7 @@ enum { RESUMERS = 3 };
 static struct {
   pthread_mutex_t lock;
   pthread_cond_t cond;
-  job *head, *tail;
+  queue jobs; /* job */
   bool quit;
   pthread_t threads[RESUMERS];
 } g_pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
@@ -263,12 +264,7 @@ static atomic_int g_early_resumed, g_late_resumed, g_self_checked;
 
 static void pool_push(job *j) {
   pthread_mutex_lock(&g_pool.lock);
-  j->next = NULL;
-  if (g_pool.tail)
-    g_pool.tail->next = j;
-  else
-    g_pool.head = j;
-  g_pool.tail = j;
+  queue_push(&g_pool.jobs, &j->link);
   pthread_cond_broadcast(&g_pool.cond);
   pthread_mutex_unlock(&g_pool.lock);
 }
@@ -277,16 +273,12 @@ static void *resumer_main(void *arg) {
   (void)arg;
   for (;;) {
     pthread_mutex_lock(&g_pool.lock);
-    while (!g_pool.head && !g_pool.quit)
+    while (queue_empty(&g_pool.jobs) && !g_pool.quit)
       pthread_cond_wait(&g_pool.cond, &g_pool.lock);
-    job *j = g_pool.head;
-    if (!j) {
-      pthread_mutex_unlock(&g_pool.lock);
-      return NULL;
-    }
-    g_pool.head = j->next;
-    if (!g_pool.head) g_pool.tail = NULL;
+    queue_link *l = queue_pop(&g_pool.jobs);
     pthread_mutex_unlock(&g_pool.lock);
+    if (!l) return NULL;
+    job *j = LIST_ITEM(l, job, link);
 
     extproc_request *req = j->req;
     const job_mode mode = j->mode;
@@ -315,7 +307,7 @@ static void *resumer_main(void *arg) {
 
 static void pool_start(void) {
   g_pool.quit = false;
-  g_pool.head = g_pool.tail = NULL;
+  g_pool.jobs = (queue){0};
   for (int i = 0; i < RESUMERS; i++)
     assert_int_equal(pthread_create(&g_pool.threads[i], NULL, resumer_main, NULL), 0);
 }
