@@ -158,6 +158,9 @@ static bool copy_raw_value(extproc_harness_header_write *w, const ProtobufCBinar
 static bool fill_writes(stored_reply *s, const HeaderMutation *m, header_list *view) {
   extproc_harness_reply *r = &s->pub;
   if (!m) return true;
+  /* Envoy applies the removals first, then the writes. */
+  for (size_t i = 0; view && i < m->n_remove_headers; i++)
+    list_remove(view, m->remove_headers[i]);
   s->writes = calloc(m->n_set_headers ? m->n_set_headers : 1, sizeof(*s->writes));
   if (!s->writes) return false;
   for (size_t i = 0; i < m->n_set_headers; i++) {
@@ -174,8 +177,6 @@ static bool fill_writes(stored_reply *s, const HeaderMutation *m, header_list *v
   r->header_writes = s->writes;
   r->header_removes = (const char *const *)m->remove_headers;
   r->header_remove_count = m->n_remove_headers;
-  for (size_t i = 0; view && i < m->n_remove_headers; i++)
-    list_remove(view, m->remove_headers[i]);
   return true;
 }
 
