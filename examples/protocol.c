@@ -25,6 +25,8 @@
  *   x-test-request-body: none | empty | N   (no body: GET; empty: content-length 0; N bytes)
  *   x-test-request-chunks: N                (request body messages received)
  *   x-test-modes: REQUEST_MODE,RESPONSE_MODE   (protocol_config, e.g. BUFFERED,STREAMED)
+ *   x-test-saw-content-length: REQUEST,RESPONSE  the content-length values the processor saw
+ *                                    in the request and response headers ("-": none)
  *   x-test-attribute-path: request.path attribute, when Envoy sends it
  * and the response body (when the mode lets a body reply change it) is transformed as asked. */
 #include <pthread.h>
@@ -122,15 +124,30 @@ static bool decided(extproc_request *req, const protocol_ctx *p, unsigned chunk,
   return false;
 }
 
-static extproc_result override_response_mode(extproc_request *req, const char *name) {
-  extproc_processing_mode mode = {.struct_size = sizeof(mode)};
-  extproc_request_processing_mode(req, &mode);
+/* The body mode named `name`; false when there is none. */
+static bool body_mode_named(const char *name, extproc_body_mode *out) {
   for (int m = EXTPROC_BODY_NONE; m <= EXTPROC_BODY_GRPC; m++) {
     if (strcmp(name, mode_name((extproc_body_mode)m)) != 0) continue;
-    mode.response_body_mode = (extproc_body_mode)m;
-    return extproc_mode_override(req, &mode) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
+    *out = (extproc_body_mode)m;
+    return true;
   }
-  return EXTPROC_FAIL;
+  return false;
+}
+
+/* Overrides the body modes named by x-test-request-mode-override / x-test-mode-override (NULL:
+ * unchanged), starting from the mode in effect. */
+static extproc_result override_modes(extproc_request *req, const char *request,
+                                     const char *response, const char *header_mode) {
+  extproc_processing_mode mode = {.struct_size = sizeof(mode)};
+  extproc_request_processing_mode(req, &mode);
+  if ((request && !body_mode_named(request, &mode.request_body_mode)) ||
+      (response && !body_mode_named(response, &mode.response_body_mode)))
+    return EXTPROC_FAIL;
+  if (header_mode && strcmp(header_mode, "SEND") == 0)
+    mode.request_header_mode = mode.response_header_mode = EXTPROC_HEADER_SEND;
+  else if (header_mode)
+    return EXTPROC_FAIL;
+  return extproc_mode_override(req, &mode) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
 }
 
 typedef struct slow_answer {
@@ -195,7 +212,11 @@ static extproc_result on_request_headers(extproc_request *req, void *ctx) {
     return EXTPROC_FAIL;
   if (add_metadata(req, p) != EXTPROC_CONTINUE) return EXTPROC_FAIL;
   const char *override = extproc_header_get(req, "x-test-mode-override");
-  if (override && override_response_mode(req, override) != EXTPROC_CONTINUE) return EXTPROC_FAIL;
+  const char *request_override = extproc_header_get(req, "x-test-request-mode-override");
+  if ((override || request_override) &&
+      override_modes(req, request_override, override,
+                     extproc_header_get(req, "x-test-override-header-mode")) != EXTPROC_CONTINUE)
+    return EXTPROC_FAIL;
   if (apply_header_ops(req, extproc_header_get(req, "x-test-header-op")) != EXTPROC_CONTINUE)
     return EXTPROC_FAIL;
   const char *slow = extproc_header_get(req, "x-test-slow");
@@ -237,7 +258,7 @@ static extproc_result on_response_headers(extproc_request *req, void *ctx) {
   if (decided(req, p, 0, &result)) return result;
   const extproc_request_info *info = extproc_request_get_info(req);
   const extproc_protocol_config *pc = extproc_request_protocol_config(req);
-  char body_kind[32], chunks[16], modes[64];
+  char body_kind[32], chunks[16], modes[64], saw_length[64];
   if (p->request_chunks == 0 && info->content_length < 0)
     snprintf(body_kind, sizeof(body_kind), "none");
   else if (p->request_bytes == 0)
@@ -247,10 +268,17 @@ static extproc_result on_response_headers(extproc_request *req, void *ctx) {
   snprintf(chunks, sizeof(chunks), "%u", p->request_chunks);
   snprintf(modes, sizeof(modes), "%s,%s", mode_name(pc->request_body_mode),
            mode_name(pc->response_body_mode));
+  const char *response_length = extproc_header_get(req, "content-length");
+  if (info->content_length >= 0)
+    snprintf(saw_length, sizeof(saw_length), "%lld,%s", (long long)info->content_length,
+             response_length ? response_length : "-");
+  else
+    snprintf(saw_length, sizeof(saw_length), "-,%s", response_length ? response_length : "-");
   const char *path = extproc_value_string(extproc_request_attribute(req, "request.path"));
   if (extproc_header_set(req, "x-test-request-body", body_kind) ||
       extproc_header_set(req, "x-test-request-chunks", chunks) ||
       extproc_header_set(req, "x-test-modes", modes) ||
+      extproc_header_set(req, "x-test-saw-content-length", saw_length) ||
       (path && extproc_header_set(req, "x-test-attribute-path", path)))
     return EXTPROC_FAIL;
   if (add_metadata(req, p) != EXTPROC_CONTINUE) return EXTPROC_FAIL;

@@ -408,11 +408,22 @@ EXTPROC_API int extproc_streamed_body_send(extproc_request *req, const void *dat
 
 /* Overrides the processing mode for the rest of the exchange (ProcessingResponse.mode_override),
  * e.g. to ask for the response body after seeing the request. Start from
- * extproc_request_processing_mode(). Envoy honours it only in a headers reply, with the filter's
- * allow_mode_override set, and never for FULL_DUPLEX_STREAMED filters; the SDK cannot see that
- * setting and answers the following phases as if the override took effect, so only override
- * where the filter allows it. Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE outside a headers
- * phase. */
+ * extproc_request_processing_mode(). Envoy grants it only in a headers reply, when the filter
+ * has allow_mode_override (without send_body_without_waiting_for_header_response), never for a
+ * FULL_DUPLEX_STREAMED filter, and, when the filter lists allowed_override_modes, only if the
+ * override equals an entry on every field but request_header_mode. Envoy compares after
+ * replacing the override's DEFAULT header and trailer modes with the filter's processing_mode
+ * as written, and takes the entries as written: an entry saying SEND or SKIP does not match a
+ * filter that leaves that mode DEFAULT, nor the reverse, even though both mean the same.
+ * Envoy refuses silently, so the SDK goes on as if the override took effect
+ * (extproc_request_body_mode() says what was asked; a refused switch to or from
+ * FULL_DUPLEX_STREAMED breaks the exchange). Whatever Envoy decided, content-length stays
+ * true: an override asking for a streaming body mode (STREAMED, BUFFERED_PARTIAL,
+ * FULL_DUPLEX_STREAMED) removes the content-length of its own phase's headers unless Envoy
+ * already dropped it, and a changed body gets its new length where Envoy keeps the header
+ * (docs/protocol.md). Returns 0, EXTPROC_EINVAL (also for a struct_size not set), or
+ * EXTPROC_ESTATE with a log line outside a headers phase, in observability mode, or after an
+ * immediate response. */
 EXTPROC_API int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode);
 
 /* Sets CommonResponse.clear_route_cache in a request headers or request body reply (Envoy acts

@@ -156,6 +156,24 @@ static bool keep_context(extproc_request *req, const ProcessingRequest *msg) {
   return true;
 }
 
+/* Envoy removes content-length in streaming body modes (STREAMED, BUFFERED_PARTIAL,
+ * FULL_DUPLEX_STREAMED) only after sending the headers, and decides with the mode in effect at
+ * that moment: for the request, the filter's mode (protocol_config), since the processor's
+ * mode_override comes later; for the response, the filter's mode or, if Envoy granted it, the
+ * override sent at request_headers, which the processor cannot tell apart. So the processor
+ * sees a content-length Envoy may or may not go on holding; it is surely gone only when both
+ * the filter's mode and the mode asked for are streaming ones. Otherwise a changed body has to
+ * keep it true (send.c). */
+static void note_content_length(extproc_request *req) {
+  const int dir = direction_of(req->msg.phase);
+  const extproc_body_mode filter_mode =
+      dir ? req->protocol.response_body_mode : req->protocol.request_body_mode;
+  const bool removed =
+      drops_content_length(filter_mode) && drops_content_length(req->body_mode[dir]);
+  req->content_length_held[dir] =
+      !removed && headers_find(req->msg.headers, req->msg.header_count, "content-length") != NULL;
+}
+
 /* Points the request at the decoded message's phase data. Returns false on out-of-memory. */
 bool intake_load(extproc_request *req, const ProcessingRequest *msg) {
   const Envoy__Config__Core__V3__HeaderMap *map = NULL;
@@ -198,11 +216,10 @@ bool intake_load(extproc_request *req, const ProcessingRequest *msg) {
     return false;
   if (req->msg.phase == EXTPROC_REQUEST_HEADERS) record_request_info(req);
   if (req->msg.phase == EXTPROC_RESPONSE_HEADERS) record_response_info(req);
-  if (is_headers_phase(req->msg.phase))
-    req->had_content_length[direction_of(req->msg.phase)] =
-        headers_find(req->msg.headers, req->msg.header_count, "content-length") != NULL;
   if (is_body_phase(req->msg.phase)) req->body_messages[direction_of(req->msg.phase)]++;
-  return keep_context(req, msg);
+  if (!keep_context(req, msg)) return false;
+  if (is_headers_phase(req->msg.phase)) note_content_length(req);
+  return true;
 }
 
 bool intake_enqueue(extproc_request *req, const uint8_t *data, size_t len) {

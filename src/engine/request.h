@@ -125,7 +125,7 @@ struct extproc_request {
   /* What Envoy said about the exchange; [0] request, [1] response. */
   extproc_protocol_config protocol;
   extproc_body_mode body_mode[2];       /* protocol_config, then our own mode_override */
-  bool had_content_length[2];           /* the direction's headers carried content-length */
+  bool content_length_held[2];          /* see intake.c: Envoy may still hold a content-length */
   Google__Protobuf__Struct *attributes; /* merged attributes, in the stream arena */
   Envoy__Config__Core__V3__Metadata *metadata_context; /* latest one, in the stream arena */
   uint8_t *accumulated[2];                             /* extproc_body_accumulate(); malloc'd */
@@ -160,6 +160,13 @@ static inline bool is_headers_phase(extproc_phase phase) {
 
 static inline bool is_trailers_phase(extproc_phase phase) {
   return phase == EXTPROC_REQUEST_TRAILERS || phase == EXTPROC_RESPONSE_TRAILERS;
+}
+
+/* The body modes in which Envoy drops content-length itself, since a processor may change the
+ * body after the headers went on: STREAMED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED. */
+static inline bool drops_content_length(extproc_body_mode m) {
+  return m == EXTPROC_BODY_STREAMED || m == EXTPROC_BODY_BUFFERED_PARTIAL ||
+         m == EXTPROC_BODY_FULL_DUPLEX_STREAMED;
 }
 
 /* ---- stream.c: the state machine ---------------------------------------------------------- */

@@ -94,23 +94,56 @@ static void send_streamed_immediate(extproc_request *req) {
   if (req->streamed_immediate == STREAMED_IMMEDIATE_ENDED) req->ended = true;
 }
 
-/* BUFFERED with headers sent: Envoy keeps content-length and answers 500 when it no longer
- * matches the body, so a changed body gets its new length (unless the callback set one). */
-static bool fix_content_length(extproc_request *req) {
-  const int dir = direction_of(req->msg.phase);
-  const extproc_body_mode mode = req->body_mode[dir];
-  const bool whole_body = mode == EXTPROC_BODY_BUFFERED ||
-                          (mode == EXTPROC_BODY_MODE_UNKNOWN && req->msg.end_of_stream);
-  if (!is_body_phase(req->msg.phase) || req->reply.body_op == BODY_KEEP || !whole_body ||
-      !req->had_content_length[dir])
-    return true;
+/* True when the callback wrote content-length itself (its write wins over ours). */
+static bool callback_wrote_content_length(const extproc_request *req) {
   for (const queue_link *l = req->reply.edits.items.head; l; l = l->next)
     if (strcmp(header_edit_of(l)->name, "content-length") == 0) return true;
-  char len[24];
-  snprintf(len, sizeof(len), "%zu",
-           req->reply.body_op == BODY_CLEAR ? (size_t)0 : req->reply.body_data_len);
-  return header_edits_add(&req->msg_arena, &req->reply.edits, HEADER_SET, "content-length", len) ==
-         0;
+  return false;
+}
+
+/* A changed body must leave no content-length that no longer matches it. Envoy holds a
+ * direction's headers while it waits for the reply to the first body message when that message
+ * is the whole body (BUFFERED, or any mode when the whole body arrived before the headers
+ * reply), and answers 500 if a content-length it still has differs from the new body's length.
+ * Whether it still has one depends on the mode Envoy really uses, which a refused or granted
+ * mode_override leaves unknown (intake.c). So a first body message whose length changes gets
+ * both edits: remove content-length, then set it to the new length. Envoy applies removals
+ * first and skips a content-length set in the modes where it drops the header itself, so the
+ * result is the right length where Envoy keeps the header and no header where it does not.
+ * Later messages go on without their headers, and a content-length the callback wrote itself
+ * wins. */
+static bool fix_content_length(extproc_request *req) {
+  const int dir = direction_of(req->msg.phase);
+  if (!is_body_phase(req->msg.phase) || req->reply.immediate || req->reply.body_op == BODY_KEEP ||
+      !req->content_length_held[dir] || req->body_messages[dir] != 1)
+    return true;
+  const size_t len = req->reply.body_op == BODY_CLEAR ? 0 : req->reply.body_data_len;
+  if (len == req->msg.body_len) return true; /* still true */
+  if (callback_wrote_content_length(req)) return true;
+  char value[24];
+  snprintf(value, sizeof(value), "%zu", len);
+  return header_edits_add(&req->msg_arena, &req->reply.edits, HEADER_REMOVE, "content-length",
+                          NULL) == 0 &&
+         header_edits_add(&req->msg_arena, &req->reply.edits, HEADER_SET, "content-length",
+                          value) == 0;
+}
+
+/* A headers reply whose mode_override asks for a body mode in which Envoy drops content-length
+ * comes too late for that: Envoy decided when it sent these headers, with the mode in effect
+ * then. If it kept the header and grants the override, it forwards it with a body the processor
+ * then changes chunk by chunk, and the next hop reads a wrong length. So the reply removes
+ * content-length itself, which is right whether Envoy grants the override or not. */
+static bool drop_content_length_for_override(extproc_request *req) {
+  const int dir = direction_of(req->msg.phase);
+  const extproc_body_mode asked = dir ? req->reply.mode_override.response_body_mode
+                                      : req->reply.mode_override.request_body_mode;
+  if (!is_headers_phase(req->msg.phase) || req->reply.immediate || !req->reply.has_mode_override ||
+      !drops_content_length(asked) || !req->content_length_held[dir] ||
+      req->reply.body_op != BODY_KEEP || callback_wrote_content_length(req))
+    return true;
+  req->content_length_held[dir] = false;
+  return header_edits_add(&req->msg_arena, &req->reply.edits, HEADER_REMOVE, "content-length",
+                          NULL) == 0;
 }
 
 /* Sends what the callback recorded: the phase's one reply, or the streamed replies of a
@@ -125,7 +158,7 @@ void send_replies(extproc_request *req) {
     send_duplex_body(req);
     return;
   }
-  if (!fix_content_length(req)) {
+  if (!fix_content_length(req) || !drop_content_length_for_override(req)) {
     stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory building the reply");
     return;
   }

@@ -105,10 +105,11 @@ bool envoy_view_set(header_list *view, const char *const *pairs, size_t n) {
 
 bool envoy_view_apply(header_list *view, const extproc_harness_reply *r,
                       const Envoy__Service__ExtProc__V3__HeaderMutation *m) {
-  for (size_t i = 0; i < r->header_write_count; i++)
-    if (!list_apply(view, &r->header_writes[i], m->set_headers[i]->append != NULL)) return false;
+  /* Envoy applies the removals first, then the writes. */
   for (size_t i = 0; i < r->header_remove_count; i++)
     list_remove(view, r->header_removes[i]);
+  for (size_t i = 0; i < r->header_write_count; i++)
+    if (!list_apply(view, &r->header_writes[i], m->set_headers[i]->append != NULL)) return false;
   return true;
 }
 

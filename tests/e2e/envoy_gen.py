@@ -40,10 +40,29 @@ FILE_LOG = TYPES + "access_loggers.file.v3.FileAccessLog"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HTTP_OPTIONS = TYPES + "upstreams.http.v3.HttpProtocolOptions"
 
+# (request body mode, response body mode) overrides the STREAMED tests ask of a BUFFERED filter.
+STREAMED_OVERRIDES = [("STREAMED", "STREAMED"), ("STREAMED", "BUFFERED"), ("BUFFERED", "STREAMED")]
+
+
+def _allowed(request_body, response_body, headers="SEND", trailers="SKIP"):
+    """An allowed_override_modes entry; headers or trailers None leaves those modes DEFAULT."""
+    entry = {"request_body_mode": request_body, "response_body_mode": response_body}
+    if headers:
+        entry.update(request_header_mode=headers, response_header_mode=headers)
+    if headers and trailers:
+        entry.update(request_trailer_mode=trailers, response_trailer_mode=trailers)
+    return entry
+
+
 # name -> processing mode (request and response body modes are the same) and options.
 #   trailers   SEND or SKIP, for both directions
 #   allow      failure_mode_allow
 #   buffer     the listener's per_connection_buffer_limit_bytes (None: Envoy's default, 1 MiB)
+#   headers    header modes written in processing_mode, both directions (default SEND; None:
+#              left DEFAULT); trailers None likewise leaves the trailer modes DEFAULT
+#   override   allow_mode_override, with message_timeout 0.3s and max_message_timeout 10s
+#              (unless timeouts is False)
+#   allowed    allow_mode_override with this allowed_override_modes list
 LISTENERS = {
     "buffered": dict(body="BUFFERED", trailers="SKIP", allow=False, buffer=8 * MIB),
     "partial": dict(body="BUFFERED_PARTIAL", trailers="SKIP", allow=False, buffer=None),
@@ -60,6 +79,28 @@ LISTENERS = {
     # allow_mode_override, and a short message_timeout that override_message_timeout may extend
     # up to max_message_timeout.
     "override": dict(body="NONE", trailers="SKIP", allow=False, buffer=None, override=True),
+    # allow_mode_override with an allowed_override_modes list (`allowed`, ProcessingMode dicts),
+    # for a processor asking for STREAMED bodies on a BUFFERED filter. Envoy grants an override
+    # only when it equals an entry on every field but request_header_mode, after filling the
+    # override's DEFAULT header and trailer modes from the filter's processing_mode as written.
+    # Lacks STREAMED: every such override is refused.
+    "allowed_lacks": dict(body="BUFFERED", trailers="SKIP", allow=False, buffer=None,
+                          allowed=[_allowed("BUFFERED", "NONE")]),
+    # Has STREAMED for either direction or both, written as the filter's mode is: granted.
+    "allowed_has": dict(body="BUFFERED", trailers="SKIP", allow=False, buffer=None,
+                        allowed=[_allowed(*m) for m in STREAMED_OVERRIDES]),
+    # The same entries with their header and trailer modes left DEFAULT, which means the same
+    # as the filter's SEND and SKIP but is compared as written: refused.
+    "allowed_differs": dict(body="BUFFERED", trailers="SKIP", allow=False, buffer=None,
+                            allowed=[_allowed(*m, headers=None) for m in STREAMED_OVERRIDES]),
+    # The other way round: the filter's header and trailer modes left DEFAULT, the entries
+    # written SEND and SKIP: refused too.
+    "allowed_differs_static": dict(body="BUFFERED", trailers=None, allow=False, buffer=None,
+                                   headers=None,
+                                   allowed=[_allowed(*m) for m in STREAMED_OVERRIDES]),
+    # A STREAMED filter whose processor asks for BUFFERED: granted (no list: any mode).
+    "streamed_to_buffered": dict(body="STREAMED", trailers="SKIP", allow=False, buffer=None,
+                                 override=True, timeouts=False),
 }
 
 
@@ -76,28 +117,29 @@ def _socket(address):
 
 
 def _ext_proc_filter(name, mode):
-    return {
-        "name": "envoy.filters.http.ext_proc",
-        "typed_config": {
-            "@type": EXT_PROC,
-            "grpc_service": {"envoy_grpc": {"cluster_name": PROCESSOR_CLUSTER}},
-            "stat_prefix": name,
-            "failure_mode_allow": mode["allow"],
-            "message_timeout": "0.3s" if mode.get("override") else "2s",
-            "max_message_timeout": "10s" if mode.get("override") else "0s",
-            "allow_mode_override": bool(mode.get("override")),
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
-                "request_body_mode": mode["body"],
-                "response_body_mode": mode["body"],
-                "request_trailer_mode": mode["trailers"],
-                "response_trailer_mode": mode["trailers"],
-            },
-            "request_attributes": ["request.path"],
-            "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
-        },
+    short_timeout = mode.get("override") and mode.get("timeouts", True)
+    processing_mode = {"request_body_mode": mode["body"], "response_body_mode": mode["body"]}
+    headers = mode.get("headers", "SEND")
+    if headers:
+        processing_mode.update(request_header_mode=headers, response_header_mode=headers)
+    if mode["trailers"]:
+        processing_mode.update(request_trailer_mode=mode["trailers"],
+                               response_trailer_mode=mode["trailers"])
+    config = {
+        "@type": EXT_PROC,
+        "grpc_service": {"envoy_grpc": {"cluster_name": PROCESSOR_CLUSTER}},
+        "stat_prefix": name,
+        "failure_mode_allow": mode["allow"],
+        "message_timeout": "0.3s" if short_timeout else "2s",
+        "max_message_timeout": "10s" if short_timeout else "0s",
+        "allow_mode_override": bool(mode.get("override") or mode.get("allowed")),
+        "processing_mode": processing_mode,
+        "request_attributes": ["request.path"],
+        "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
     }
+    if mode.get("allowed"):
+        config["allowed_override_modes"] = mode["allowed"]
+    return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
 def _listener(name, mode, port, log_dir):

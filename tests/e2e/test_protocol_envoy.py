@@ -700,22 +700,6 @@ def test_normal_requests_log_no_warning(proto):
     assert not [l for l in new if " WARN " in l or " ERROR " in l], new[-20:]
 
 
-def test_zz_whole_module_no_unexpected_warning_and_no_spurious_message(proto):
-    """Runs last: across every test above, the processor logged WARN or ERROR only for the
-    requests meant to fail, and Envoy counted no spurious ext_proc message on any listener."""
-    time.sleep(0.3)
-    lines = proto.proc("processor").log.read_text(errors="replace").splitlines()
-    unexpected = [l for l in lines if (" WARN " in l or " ERROR " in l)
-                  and not any(f"request_id={rid}" in l for rid in EXPECTED_ERRORS)]
-    assert not unexpected, unexpected[:20]
-    spurious = stats(proto, "spurious_msgs_received")
-    # Every listener's counter is listed (so a renamed stat cannot make this pass vacuously)...
-    assert set(spurious) == {f"http.{n}.ext_proc.{n}.spurious_msgs_received"
-                             for n in envoy_gen.LISTENERS}, spurious
-    # ...and none counted anything.
-    assert not {k: v for k, v in spurious.items() if v}, spurious
-
-
 # ---------------------------------------------------------------- mode_override and timeouts
 
 
@@ -740,3 +724,191 @@ def test_override_message_timeout_gives_slow_work_time(proto, slow_ms):
     assert r.echo["headers"]["x-test-slow-done"] == "yes"
     assert r.elapsed >= slow_ms / 1000
     assert stat(proto, "http.override.ext_proc.override.override_message_timeout_received") >= 1
+
+
+# ---------------------------------------------------------------- allowed_override_modes
+
+
+# Listeners whose filter refuses an override to STREAMED (see envoy_gen.LISTENERS): its
+# allowed_override_modes lacks it, lists it written differently (header and trailer modes DEFAULT
+# in the entries, or in the filter's own mode), or allow_mode_override is off altogether.
+REFUSING = ["allowed_lacks", "allowed_differs", "allowed_differs_static", "buffered"]
+# Which body modes an x-test-* header asks to override to STREAMED (the other stays as it is).
+DIRECTIONS = {
+    "request": {"x-test-request-mode-override": "STREAMED"},
+    "response": {"x-test-mode-override": "STREAMED"},
+    "both": {"x-test-request-mode-override": "STREAMED", "x-test-mode-override": "STREAMED"},
+}
+SENT = b"a body the processor doubles"
+
+
+def send_late_body(port, path, body, headers=None, pause=0.4, timeout=10):
+    """A POST with a content-length whose body follows the headers `pause` seconds later, so
+    that Envoy has the processor's answer to the request headers before the body arrives."""
+    headers = with_request_id(headers)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        conn.putrequest("POST", path)
+        for name, value in {**headers, "content-length": str(len(body))}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        time.sleep(pause)
+        conn.send(body)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return Reply(resp.status, joined(resp.getheaders()), raw, headers["x-request-id"],
+                     time.monotonic() - started)
+    finally:
+        conn.close()
+
+
+def check_doubled_exchange(r, sent):
+    """The client got the echo's answer doubled by the processor with a content-length, if any,
+    that is its length; the upstream got `sent` doubled with a length that is true too. Returns
+    the echo's JSON."""
+    assert r.status == 200, (r.status, r.headers, r.raw[:300])
+    check_length(r.headers, r.raw, must_have="transfer-encoding" not in r.headers)
+    original = undouble(r.raw)
+    assert original is not None, r.raw[:400]
+    echoed = json.loads(original)
+    assert echoed["message"] == "echo", echoed
+    up_body = echoed["body"].encode()
+    assert undouble(up_body) == sent, up_body
+    up = echoed["headers"]
+    check_length(up, up_body, must_have="transfer-encoding" not in up)
+    return echoed
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("listener", REFUSING)
+def test_refused_override_body_change_keeps_content_length_true(proto, listener, direction):
+    # Envoy stays BUFFERED, keeps content-length and answers 500 if it no longer matches the
+    # changed body, whatever mode the processor asked for.
+    r = send(proto.ports[listener], "POST", "/refused", body=SENT,
+             headers={"x-test-body": "double", **DIRECTIONS[direction]})
+    echoed = check_doubled_exchange(r, SENT)
+    # Still BUFFERED both ways: the whole body in one message, and the client's answer with the
+    # new content-length (in STREAMED Envoy would have dropped it and sent the body chunked).
+    assert r.headers["x-test-request-chunks"] == "1", r.headers
+    assert r.headers.get("content-length") == str(len(r.raw)), r.headers
+    assert "transfer-encoding" not in r.headers, r.headers
+    assert echoed["body"].encode() == SENT.upper() + SENT
+    assert_reported(r, listener, str(len(SENT)))
+
+
+@pytest.mark.parametrize("listener", REFUSING)
+def test_refused_request_override_with_a_chunked_upload(proto, listener):
+    r = send_chunked(proto.ports[listener], "/refused", PIECES,
+                     headers={"x-test-body": "double", **DIRECTIONS["both"]})
+    echoed = check_doubled_exchange(r, b"".join(PIECES))
+    assert r.headers["x-test-request-chunks"] == "1", r.headers  # refused: buffered whole
+    assert echoed["body"].encode() == b"".join(PIECES).upper() + b"".join(PIECES)
+
+
+@pytest.mark.parametrize("listener", REFUSING)
+def test_refused_request_override_with_a_late_body(proto, listener):
+    r = send_late_body(proto.ports[listener], "/refused-late", SENT,
+                       headers={"x-test-body": "double", **DIRECTIONS["request"]})
+    echoed = check_doubled_exchange(r, SENT)
+    assert r.headers["x-test-request-chunks"] == "1", r.headers
+    assert echoed["body"].encode() == SENT.upper() + SENT
+
+
+@pytest.mark.parametrize("response_chunks", [0, 3], ids=["upstream-length", "upstream-chunked"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_granted_override_body_change_keeps_content_length_true(proto, direction,
+                                                                response_chunks):
+    # allowed_override_modes lists these modes as the filter's mode is written: granted.
+    headers = {"x-test-body": "double", **DIRECTIONS[direction]}
+    if response_chunks:
+        headers["x-echo-response-chunks"] = str(response_chunks)
+    r = send(proto.ports["allowed_has"], "POST", "/granted", body=SENT, headers=headers)
+    check_doubled_exchange(r, SENT)
+    if direction != "request":
+        # The response is STREAMED: Envoy dropped content-length, the client's body is chunked,
+        # each echo chunk doubled as it came.
+        assert "content-length" not in r.headers and r.headers["transfer-encoding"] == "chunked"
+        if response_chunks:
+            assert len(undouble_pieces(r.raw)) > 1, r.raw[:300]
+    elif not response_chunks:  # BUFFERED response: the echo's length, made the new one
+        assert r.headers.get("content-length") == str(len(r.raw)), r.headers
+    assert_reported(r, "allowed_has", str(len(SENT)))
+
+
+@pytest.mark.parametrize("direction", ["request", "both"])
+def test_granted_request_override_streams_a_chunked_upload(proto, direction):
+    r = send_chunked(proto.ports["allowed_has"], "/granted", PIECES,
+                     headers={"x-test-body": "double", **DIRECTIONS[direction]})
+    check_doubled_exchange(r, b"".join(PIECES))
+    assert int(r.headers["x-test-request-chunks"]) >= len(PIECES), r.headers  # granted
+
+
+@pytest.mark.parametrize("direction", ["request", "both"])
+def test_granted_request_override_with_a_late_body(proto, direction):
+    # Envoy kept the request's content-length (it decides when it sends the headers, with the
+    # filter's BUFFERED), then streams the late body; the SDK removed the header in its answer,
+    # so the upstream reads the changed body by chunked coding, not a stale length. Twice, so a
+    # wrong length would also show as leftover bytes in the next request on the connection.
+    for _ in range(2):
+        r = send_late_body(proto.ports["allowed_has"], "/granted-late", SENT,
+                           headers={"x-test-body": "double", **DIRECTIONS[direction]})
+        echoed = check_doubled_exchange(r, SENT)
+        assert echoed["method"] == "POST" and echoed["path"] == "/granted-late", echoed
+        assert int(r.headers["x-test-request-chunks"]) >= 2, r.headers  # streamed, not buffered
+        up = echoed["headers"]
+        assert "content-length" not in up and up["transfer-encoding"] == "chunked", up
+
+
+def test_override_header_modes_written_out_match_the_entries(proto):
+    # With its header modes written SEND, the override still matches allowed_has's entries
+    # (trailer modes DEFAULT take the filter's SKIP), but not allowed_differs_static's, whose
+    # filter leaves the trailer modes DEFAULT while the entries say SKIP.
+    headers = {"x-test-body": "double", "x-test-override-header-mode": "SEND",
+               **DIRECTIONS["response"]}
+    granted = send(proto.ports["allowed_has"], "POST", "/written", body=SENT, headers=headers)
+    check_doubled_exchange(granted, SENT)
+    assert granted.headers.get("transfer-encoding") == "chunked", granted.headers
+    refused = send(proto.ports["allowed_differs_static"], "POST", "/written", body=SENT,
+                   headers=headers)
+    check_doubled_exchange(refused, SENT)
+    assert refused.headers.get("content-length") == str(len(refused.raw)), refused.headers
+
+
+@pytest.mark.parametrize("direction", ["request", "response", "both"])
+def test_override_from_streamed_to_buffered(proto, direction):
+    # The other way: a STREAMED filter (Envoy drops content-length) whose processor asks for
+    # BUFFERED, granted. The client's answer, when buffered, gets the new content-length.
+    ask = {"request": {"x-test-request-mode-override": "BUFFERED"},
+           "response": {"x-test-mode-override": "BUFFERED"},
+           "both": {"x-test-request-mode-override": "BUFFERED",
+                    "x-test-mode-override": "BUFFERED"}}[direction]
+    r = send(proto.ports["streamed_to_buffered"], "POST", "/to-buffered", body=SENT,
+             headers={"x-test-body": "double", **ask})
+    echoed = check_doubled_exchange(r, SENT)
+    # The processor saw the request's content-length; Envoy, STREAMED when it sent the request
+    # headers, dropped it afterwards, override or not: the upstream got the body chunked.
+    assert r.headers["x-test-saw-content-length"].split(",")[0] == str(len(SENT)), r.headers
+    assert "content-length" not in echoed["headers"], echoed["headers"]
+    if direction != "request":
+        assert r.headers.get("content-length") == str(len(r.raw)), r.headers
+        assert len(undouble_pieces(r.raw)) == 1  # buffered whole
+
+
+# ---------------------------------------------------------------- last
+
+
+def test_zz_whole_module_no_unexpected_warning_and_no_spurious_message(proto):
+    """Runs last: across every test above, the processor logged WARN or ERROR only for the
+    requests meant to fail, and Envoy counted no spurious ext_proc message on any listener."""
+    time.sleep(0.3)
+    lines = proto.proc("processor").log.read_text(errors="replace").splitlines()
+    unexpected = [l for l in lines if (" WARN " in l or " ERROR " in l)
+                  and not any(f"request_id={rid}" in l for rid in EXPECTED_ERRORS)]
+    assert not unexpected, unexpected[:20]
+    spurious = stats(proto, "spurious_msgs_received")
+    # Every listener's counter is listed (so a renamed stat cannot make this pass vacuously)...
+    assert set(spurious) == {f"http.{n}.ext_proc.{n}.spurious_msgs_received"
+                             for n in envoy_gen.LISTENERS}, spurious
+    # ...and none counted anything.
+    assert not {k: v for k, v in spurious.items() if v}, spurious

@@ -69,6 +69,163 @@ static void test_buffered_body_change_sets_content_length(void **state) {
   extproc_processor_free(p);
 }
 
+/* ---- content-length when the mode Envoy uses is not known ------------------------------ */
+
+/* At request_headers, asks for STREAMED request and response bodies (the mode in effect is the
+ * starting point); at a body, doubles it. */
+static extproc_result ask_streamed(extproc_request *req, void *ctx) {
+  (void)ctx;
+  extproc_processing_mode mode = {.struct_size = sizeof(mode)};
+  extproc_request_processing_mode(req, &mode);
+  const char *which = extproc_header_get(req, "x-ask");
+  if (strchr(which, 'q')) mode.request_body_mode = EXTPROC_BODY_STREAMED;
+  if (strchr(which, 's')) mode.response_body_mode = EXTPROC_BODY_STREAMED;
+  return extproc_mode_override(req, &mode) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
+}
+
+static bool removes(const extproc_harness_reply *r, const char *name) {
+  for (size_t i = 0; i < r->header_remove_count; i++)
+    if (strcmp(r->header_removes[i], name) == 0) return true;
+  return false;
+}
+
+static extproc_harness *override_harness(extproc_processor *p, const char *ask,
+                                         extproc_body_mode filter_mode) {
+  const char *const post[] = {":method", "POST",  ":path", "/up", "content-length",
+                              "5",       "x-ask", ask,     NULL};
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
+  extproc_harness_set_protocol_config(h, filter_mode, filter_mode);
+  assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, post, false), 0);
+  return h;
+}
+
+static void test_response_override_body_change_sets_content_length_either_way(void **state) {
+  (void)state;
+  extproc_processor *p = processor("asker", EXTPROC_REQUEST_HEADERS, ask_streamed);
+  extproc_processor_on(p, EXTPROC_REQUEST_BODY, doubler);
+  extproc_processor_on(p, EXTPROC_RESPONSE_BODY, doubler);
+  /* A BUFFERED filter; the processor asks for a STREAMED response. Granted, Envoy drops the
+   * response's content-length when it sends the headers; refused, it keeps it and answers 500
+   * unless it matches the changed body. The reply removes it, then sets the new length: Envoy
+   * applies the removal, and the set only where it keeps the header. */
+  extproc_harness *h = override_harness(p, "s", EXTPROC_BODY_BUFFERED);
+  const extproc_harness_reply *r = extproc_harness_last_reply(h);
+  assert_true(r->has_mode_override);
+  assert_int_equal(r->mode_override.response_body_mode, EXTPROC_BODY_STREAMED);
+  assert_int_equal(r->header_remove_count, 0); /* the request's body mode is unchanged */
+  assert_int_equal(extproc_harness_body(h, EXTPROC_REQUEST_BODY, "hello", 5, true), 0);
+  assert_string_equal(extproc_harness_upstream_header(h, "content-length"), "10");
+  assert_int_equal(extproc_harness_headers(h, EXTPROC_RESPONSE_HEADERS, RESPONSE, false), 0);
+  assert_int_equal(extproc_harness_body(h, EXTPROC_RESPONSE_BODY, "resp", 4, true), 0);
+  r = extproc_harness_last_reply(h);
+  assert_true(removes(r, "content-length"));
+  assert_string_equal(extproc_harness_reply_header(r, "content-length"), "8");
+  assert_string_equal(extproc_harness_client_header(h, "content-length"), "8");
+  extproc_harness_free(h);
+  extproc_processor_free(p);
+}
+
+static void test_request_override_removes_content_length_at_headers(void **state) {
+  (void)state;
+  extproc_processor *p = processor("asker", EXTPROC_REQUEST_HEADERS, ask_streamed);
+  extproc_processor_on(p, EXTPROC_REQUEST_BODY, doubler);
+  /* Envoy decided about the request's content-length when it sent the headers, with the
+   * filter's BUFFERED: it kept it. Granted, it would forward it with a body the processor
+   * changes chunk by chunk; so the headers reply removes it, granted or not. */
+  extproc_harness *h = override_harness(p, "qs", EXTPROC_BODY_BUFFERED);
+  const extproc_harness_reply *r = extproc_harness_last_reply(h);
+  assert_true(r->has_mode_override);
+  assert_int_equal(r->header_remove_count, 1);
+  assert_true(removes(r, "content-length"));
+  assert_null(extproc_harness_upstream_header(h, "content-length"));
+  /* Refused: the whole body in one message. Nothing is left to fix. */
+  assert_int_equal(extproc_harness_body(h, EXTPROC_REQUEST_BODY, "hello", 5, true), 0);
+  r = extproc_harness_last_reply(h);
+  assert_int_equal(r->body_len, 10);
+  assert_int_equal(r->header_remove_count, 0);
+  assert_int_equal(r->header_write_count, 0);
+  assert_null(extproc_harness_upstream_header(h, "content-length"));
+  extproc_harness_free(h);
+
+  /* A STREAMED filter: Envoy dropped the request's content-length itself. */
+  h = override_harness(p, "q", EXTPROC_BODY_STREAMED);
+  assert_int_equal(extproc_harness_last_reply(h)->header_remove_count, 0);
+  assert_int_equal(extproc_harness_body(h, EXTPROC_REQUEST_BODY, "hello", 5, true), 0);
+  r = extproc_harness_last_reply(h);
+  assert_int_equal(r->header_remove_count + r->header_write_count, 0);
+  extproc_harness_free(h);
+  extproc_processor_free(p);
+}
+
+static extproc_result upper_or_clear(extproc_request *req, void *ctx) {
+  (void)ctx;
+  size_t len;
+  const uint8_t *body = extproc_body(req, &len);
+  const char *how = extproc_request_get_info(req)->path;
+  if (strcmp(how, "/clear") == 0) return extproc_body_clear(req) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
+  if (strcmp(how, "/own-length") == 0 &&
+      (extproc_header_set(req, "content-length", "99") || extproc_body_replace(req, "x", 1)))
+    return EXTPROC_FAIL;
+  if (strcmp(how, "/own-length") == 0) return EXTPROC_CONTINUE;
+  char out[64];
+  assert_true(len <= sizeof(out));
+  for (size_t i = 0; i < len; i++)
+    out[i] = (char)(body[i] >= 'a' && body[i] <= 'z' ? body[i] - 32 : body[i]);
+  return extproc_body_replace(req, out, len) ? EXTPROC_FAIL : EXTPROC_CONTINUE;
+}
+
+static const extproc_harness_reply *body_reply(extproc_processor *p, const char *path,
+                                               extproc_body_mode mode, extproc_harness **out) {
+  const char *const post[] = {":method", "POST", ":path", path, "content-length", "5", NULL};
+  extproc_harness *h;
+  assert_int_equal(extproc_harness_new(&h, p), 0);
+  extproc_harness_set_protocol_config(h, mode, EXTPROC_BODY_NONE);
+  assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, post, false), 0);
+  assert_int_equal(extproc_harness_body(h, EXTPROC_REQUEST_BODY, "hello", 5, true), 0);
+  *out = h;
+  return extproc_harness_last_reply(h);
+}
+
+static void test_content_length_fix_only_when_the_length_changes(void **state) {
+  (void)state;
+  extproc_processor *p = processor("changer", EXTPROC_REQUEST_BODY, upper_or_clear);
+  extproc_harness *h;
+  /* Same length: the header is still true, nothing is added. */
+  const extproc_harness_reply *r = body_reply(p, "/upper", EXTPROC_BODY_BUFFERED, &h);
+  assert_int_equal(r->body_change, EXTPROC_HARNESS_BODY_REPLACED);
+  assert_int_equal(r->header_remove_count + r->header_write_count, 0);
+  assert_string_equal(extproc_harness_upstream_header(h, "content-length"), "5");
+  extproc_harness_free(h);
+  /* A cleared body: length 0. */
+  r = body_reply(p, "/clear", EXTPROC_BODY_BUFFERED, &h);
+  assert_int_equal(r->body_change, EXTPROC_HARNESS_BODY_CLEARED);
+  assert_true(removes(r, "content-length"));
+  assert_string_equal(extproc_harness_upstream_header(h, "content-length"), "0");
+  extproc_harness_free(h);
+  /* The callback's own content-length wins. */
+  r = body_reply(p, "/own-length", EXTPROC_BODY_BUFFERED, &h);
+  assert_int_equal(r->header_remove_count, 0);
+  assert_string_equal(extproc_harness_upstream_header(h, "content-length"), "99");
+  extproc_harness_free(h);
+  /* A STREAMED filter: Envoy dropped the header when it sent the headers. */
+  r = body_reply(p, "/clear", EXTPROC_BODY_STREAMED, &h);
+  assert_int_equal(r->header_remove_count + r->header_write_count, 0);
+  extproc_harness_free(h);
+  /* Mode unknown (no protocol_config): the first message gets the fix, a later one does not,
+   * since Envoy no longer holds the headers once a body goes on in pieces. */
+  const char *const post[] = {":method", "POST", ":path", "/clear", "content-length", "5", NULL};
+  assert_int_equal(extproc_harness_new(&h, p), 0);
+  assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, post, false), 0);
+  assert_int_equal(extproc_harness_body(h, EXTPROC_REQUEST_BODY, "hel", 3, false), 0);
+  assert_true(removes(extproc_harness_last_reply(h), "content-length"));
+  assert_int_equal(extproc_harness_body(h, EXTPROC_REQUEST_BODY, "lo", 2, true), 0);
+  r = extproc_harness_last_reply(h);
+  assert_int_equal(r->header_remove_count + r->header_write_count, 0);
+  extproc_harness_free(h);
+  extproc_processor_free(p);
+}
+
 static void test_streamed_one_reply_per_chunk(void **state) {
   (void)state;
   extproc_processor *p = processor("doubler", EXTPROC_REQUEST_BODY, doubler);
@@ -550,6 +707,9 @@ static void test_getters_accept_null(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buffered_body_change_sets_content_length),
+      cmocka_unit_test(test_response_override_body_change_sets_content_length_either_way),
+      cmocka_unit_test(test_request_override_removes_content_length_at_headers),
+      cmocka_unit_test(test_content_length_fix_only_when_the_length_changes),
       cmocka_unit_test(test_streamed_one_reply_per_chunk),
       cmocka_unit_test(test_full_duplex),
       cmocka_unit_test(test_buffered_partial_says_if_cut),
