@@ -2,7 +2,8 @@
 # Runs every test: formatting, then the whole suite twice, on a normal build and on one with
 # AddressSanitizer + UndefinedBehaviorSanitizer. Each pass runs the C unit tests (ctest) and
 # the Python tests (real Envoy in the loop, and the proto wire-compatibility check) against
-# that build's binaries. Installs what it needs first (scripts/setup.sh).
+# that build's binaries. The normal pass also generates the API reference, where any Doxygen
+# warning is an error. Installs what it needs first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,10 @@ run_pass() {
   EXTPROC_EXAMPLES="$PWD/$dir/examples/extproc-examples" .venv/bin/python -m pytest -q tests
 }
 
-run_pass build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_pass build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEXTPROC_DOCS=ON
+
+echo "== API reference (Doxygen; a warning fails)"
+cmake --build build --target docs
 
 # Sanitizer reports end the process with an error, so any leak or UB fails its test.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66
