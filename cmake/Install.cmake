@@ -56,3 +56,7 @@ foreach(page extproc-examples.1 extproc-load.1)
 endforeach()
 add_custom_target(extproc_man_pages ALL DEPENDS ${EXTPROC_MAN_PAGES})
 install(FILES ${EXTPROC_MAN_PAGES} DESTINATION ${CMAKE_INSTALL_MANDIR}/man1 COMPONENT tools)
+
+# The HTML API reference, when it was built (cmake --build BUILD --target docs).
+install(DIRECTORY ${CMAKE_BINARY_DIR}/docs/html DESTINATION ${CMAKE_INSTALL_DOCDIR}
+  COMPONENT dev OPTIONAL)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything libextproc needs to build, test and run its demo on Debian 12 or
 # Ubuntu 22.04+: the distro packages (among them dpkg-dev and file for cpack's Debian packages,
-# man-db for the man pages, podman and runc for the container image), then a project-local
+# man-db for the man pages, podman and runc for the container image, doxygen for the API
+# reference), then a project-local
 # virtualenv (.venv) holding the pinned Envoy binary and the Python test tools. Safe to run
 # again: it only does missing work.
 set -euo pipefail
@@ -11,7 +12,7 @@ DEB_PACKAGES=(
   build-essential cmake pkg-config clang-format
   libnghttp2-dev libuv1-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libcmocka-dev libcjson-dev
-  python3 python3-venv curl cargo
+  python3 python3-venv curl cargo doxygen
   dpkg-dev file man-db groff-base podman runc
 )
 

@@ -2,7 +2,8 @@
 # Runs every test: formatting, then the whole suite twice, on a normal build and on one with
 # AddressSanitizer + UndefinedBehaviorSanitizer. Each pass runs the C unit tests (ctest) and
 # the Python tests (real Envoy in the loop, and the proto wire-compatibility check) against
-# that build's binaries. After the normal pass, once: the Debian packages (built, installed
+# that build's binaries; the normal pass also generates the API reference, where any Doxygen
+# warning is an error. After the normal pass, once: the Debian packages (built, installed
 # with apt, used, removed) and the container image. A third, shorter pass builds with
 # ThreadSanitizer and runs the C unit tests and the Python tests where threads meet (several
 # workers, deferred answers resumed from other threads, many concurrent streams). Installs what
@@ -43,7 +44,10 @@ run_pass() {
   test_pass "$1"
 }
 
-run_pass build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_pass build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEXTPROC_DOCS=ON
+
+echo "== API reference (Doxygen; a warning fails)"
+cmake --build build --target docs
 
 # Once, outside the sanitizer pass: the Debian packages installed and used from outside the
 # tree, and the container image, each behind Envoy.

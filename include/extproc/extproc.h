@@ -1,4 +1,5 @@
-/*
+/**
+ * @file
  * libextproc: write Envoy External Processors in C.
  *
  * This header is the processor author's API. A processor is a set of callbacks, one per phase
@@ -34,154 +35,155 @@
 extern "C" {
 #endif
 
-/* Error codes returned (negated) by the API. */
+/** Error codes returned (negated) by the API. */
 typedef enum extproc_error {
-  EXTPROC_OK = 0,
-  EXTPROC_EINVAL = -1, /* an argument is NULL, empty or malformed (e.g. a bad header name) */
+  EXTPROC_OK = 0,      /**< success */
+  EXTPROC_EINVAL = -1, /**< an argument is NULL, empty or malformed (e.g. a bad header name) */
   EXTPROC_ESTATE =
-      -2, /* not allowed in this phase or state (e.g. a body write in a headers phase) */
-  EXTPROC_ENOMEM = -3,    /* out of memory */
-  EXTPROC_EIO = -4,       /* a system call failed (bind, listen, thread creation...) */
-  EXTPROC_ETIMEDOUT = -5, /* a wait ran out (testing harness) */
+      -2, /**< not allowed in this phase or state (e.g. a body write in a headers phase) */
+  EXTPROC_ENOMEM = -3,    /**< out of memory */
+  EXTPROC_EIO = -4,       /**< a system call failed (bind, listen, thread creation...) */
+  EXTPROC_ETIMEDOUT = -5, /**< a wait ran out (testing harness) */
 } extproc_error;
 
-/* Returns a static, human-readable description of an extproc_error. Never NULL. */
+/** Returns a static, human-readable description of an extproc_error. Never NULL. */
 EXTPROC_API const char *extproc_strerror(int error);
 
-/* The phases of one HTTP exchange, named after ProcessingRequest's `request` oneof. */
+/** The phases of one HTTP exchange, named after ProcessingRequest's `request` oneof. */
 typedef enum extproc_phase {
-  EXTPROC_REQUEST_HEADERS = 0,
-  EXTPROC_REQUEST_BODY = 1,
-  EXTPROC_REQUEST_TRAILERS = 2,
-  EXTPROC_RESPONSE_HEADERS = 3,
-  EXTPROC_RESPONSE_BODY = 4,
-  EXTPROC_RESPONSE_TRAILERS = 5,
-  EXTPROC_PHASE_COUNT = 6
+  EXTPROC_REQUEST_HEADERS = 0,   /**< the request's headers (request_headers) */
+  EXTPROC_REQUEST_BODY = 1,      /**< the request's body, or a chunk of it (request_body) */
+  EXTPROC_REQUEST_TRAILERS = 2,  /**< the request's trailers (request_trailers) */
+  EXTPROC_RESPONSE_HEADERS = 3,  /**< the response's headers (response_headers) */
+  EXTPROC_RESPONSE_BODY = 4,     /**< the response's body, or a chunk of it (response_body) */
+  EXTPROC_RESPONSE_TRAILERS = 5, /**< the response's trailers (response_trailers) */
+  EXTPROC_PHASE_COUNT = 6        /**< the number of phases; not a phase itself */
 } extproc_phase;
 
-/* Returns Envoy's name of a phase ("request_headers", ...), or "unknown". Static storage. */
+/** Returns Envoy's name of a phase ("request_headers", ...), or "unknown". Static storage. */
 EXTPROC_API const char *extproc_phase_name(extproc_phase phase);
 
-/* gRPC status codes, as used in the stream's final `grpc-status` and in
+/** gRPC status codes, as used in the stream's final `grpc-status` and in
  * ImmediateResponse.grpc_status. */
 typedef enum extproc_grpc_code {
-  EXTPROC_GRPC_OK = 0,
-  EXTPROC_GRPC_CANCELLED = 1,
-  EXTPROC_GRPC_UNKNOWN = 2,
-  EXTPROC_GRPC_INVALID_ARGUMENT = 3,
-  EXTPROC_GRPC_DEADLINE_EXCEEDED = 4,
-  EXTPROC_GRPC_NOT_FOUND = 5,
-  EXTPROC_GRPC_ALREADY_EXISTS = 6,
-  EXTPROC_GRPC_PERMISSION_DENIED = 7,
-  EXTPROC_GRPC_RESOURCE_EXHAUSTED = 8,
-  EXTPROC_GRPC_FAILED_PRECONDITION = 9,
-  EXTPROC_GRPC_ABORTED = 10,
-  EXTPROC_GRPC_OUT_OF_RANGE = 11,
-  EXTPROC_GRPC_UNIMPLEMENTED = 12,
-  EXTPROC_GRPC_INTERNAL = 13,
-  EXTPROC_GRPC_UNAVAILABLE = 14,
-  EXTPROC_GRPC_DATA_LOSS = 15,
-  EXTPROC_GRPC_UNAUTHENTICATED = 16
+  EXTPROC_GRPC_OK = 0,                  /**< success, not an error */
+  EXTPROC_GRPC_CANCELLED = 1,           /**< the call was cancelled, usually by the caller */
+  EXTPROC_GRPC_UNKNOWN = 2,             /**< an error that fits no other code */
+  EXTPROC_GRPC_INVALID_ARGUMENT = 3,    /**< the request itself is invalid, whatever the state */
+  EXTPROC_GRPC_DEADLINE_EXCEEDED = 4,   /**< time ran out before the call completed */
+  EXTPROC_GRPC_NOT_FOUND = 5,           /**< something the call needs does not exist */
+  EXTPROC_GRPC_ALREADY_EXISTS = 6,      /**< what the call would create exists already */
+  EXTPROC_GRPC_PERMISSION_DENIED = 7,   /**< the caller is known but not allowed to do this */
+  EXTPROC_GRPC_RESOURCE_EXHAUSTED = 8,  /**< a limit or quota was reached (e.g. message size) */
+  EXTPROC_GRPC_FAILED_PRECONDITION = 9, /**< the system is not in a state that allows the call */
+  EXTPROC_GRPC_ABORTED = 10,            /**< the call was aborted, e.g. by a concurrency conflict */
+  EXTPROC_GRPC_OUT_OF_RANGE = 11,       /**< an argument is outside its valid range */
+  EXTPROC_GRPC_UNIMPLEMENTED = 12,      /**< the operation is not implemented or supported */
+  EXTPROC_GRPC_INTERNAL = 13,           /**< an internal error: an invariant was broken */
+  EXTPROC_GRPC_UNAVAILABLE = 14,    /**< the service is unavailable for now; retrying may help */
+  EXTPROC_GRPC_DATA_LOSS = 15,      /**< data was lost or corrupted beyond recovery */
+  EXTPROC_GRPC_UNAUTHENTICATED = 16 /**< the caller has no valid credentials */
 } extproc_grpc_code;
 
-/* What a phase callback returns. */
+/** What a phase callback returns. */
 typedef enum extproc_result {
-  /* Reply now with what the callback recorded (possibly nothing: plain CONTINUE). */
+  /** Reply now with what the callback recorded (possibly nothing: plain CONTINUE). */
   EXTPROC_CONTINUE = 0,
-  /* The callback failed: the processor's error policy applies (see extproc_error_policy). */
+  /** The callback failed: the processor's error policy applies (see extproc_error_policy). */
   EXTPROC_FAIL = 1,
-  /* The answer comes later: the callback called extproc_request_defer() and it (or a thread it
+  /** The answer comes later: the callback called extproc_request_defer() and it (or a thread it
    * handed the request to) will call extproc_request_resume() exactly once. No reply is sent and no
    * later message of this stream is dispatched until then. */
   EXTPROC_DEFER = 2
 } extproc_result;
 
-/* What happens when a callback returns EXTPROC_FAIL (or its context_init fails).
+/** What happens when a callback returns EXTPROC_FAIL (or its context_init fails).
  * Either way one log line names the processor, the phase and the request id. */
 typedef enum extproc_error_policy {
-  /* End the gRPC stream with a non-OK grpc-status (INTERNAL unless extproc_request_fail gave
+  /** End the gRPC stream with a non-OK grpc-status (INTERNAL unless extproc_request_fail gave
    * another) and a grpc-message. Envoy then applies the filter's `failure_mode_allow`: the HTTP
    * request continues unprocessed if true, or fails with a 500 if false. */
   EXTPROC_ON_ERROR_FAIL_STREAM = 0,
-  /* Answer the phase with an ImmediateResponse carrying the processor's error HTTP status
+  /** Answer the phase with an ImmediateResponse carrying the processor's error HTTP status
    * (default 500) and no body. */
   EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE = 1
 } extproc_error_policy;
 
-/* How Envoy sends a body (ProcessingMode.BodySendMode). */
+/** How Envoy sends a body (ProcessingMode.BodySendMode). */
 typedef enum extproc_body_mode {
-  EXTPROC_BODY_MODE_UNKNOWN = -1, /* Envoy did not say (no protocol_config) */
-  EXTPROC_BODY_NONE = 0,
-  EXTPROC_BODY_STREAMED = 1,             /* chunk by chunk, one reply per chunk */
-  EXTPROC_BODY_BUFFERED = 2,             /* whole, in one message */
-  EXTPROC_BODY_BUFFERED_PARTIAL = 3,     /* whole, or cut at Envoy's buffer limit */
-  EXTPROC_BODY_FULL_DUPLEX_STREAMED = 4, /* chunks without waiting; any number of replies */
-  EXTPROC_BODY_GRPC = 5
+  EXTPROC_BODY_MODE_UNKNOWN = -1,        /**< Envoy did not say (no protocol_config) */
+  EXTPROC_BODY_NONE = 0,                 /**< no body is sent */
+  EXTPROC_BODY_STREAMED = 1,             /**< chunk by chunk, one reply per chunk */
+  EXTPROC_BODY_BUFFERED = 2,             /**< whole, in one message */
+  EXTPROC_BODY_BUFFERED_PARTIAL = 3,     /**< whole, or cut at Envoy's buffer limit */
+  EXTPROC_BODY_FULL_DUPLEX_STREAMED = 4, /**< chunks without waiting; any number of replies */
+  EXTPROC_BODY_GRPC = 5 /**< Envoy's GRPC mode, for gRPC traffic (ProcessingMode.GRPC) */
 } extproc_body_mode;
 
-/* Whether Envoy sends headers or trailers (ProcessingMode.HeaderSendMode). */
+/** Whether Envoy sends headers or trailers (ProcessingMode.HeaderSendMode). */
 typedef enum extproc_header_mode {
-  EXTPROC_HEADER_DEFAULT = 0, /* in an override: keep what the filter is configured with */
-  EXTPROC_HEADER_SEND = 1,
-  EXTPROC_HEADER_SKIP = 2
+  EXTPROC_HEADER_DEFAULT = 0, /**< in an override: keep what the filter is configured with */
+  EXTPROC_HEADER_SEND = 1,    /**< sent to the processor */
+  EXTPROC_HEADER_SKIP = 2     /**< not sent */
 } extproc_header_mode;
 
-/* ProcessingMode, for reading the mode in effect and for mode_override.
+/** ProcessingMode, for reading the mode in effect and for mode_override.
  *
  * Set `struct_size` to sizeof(extproc_processing_mode) before use, e.g.
  *   extproc_processing_mode mode = {.struct_size = sizeof(mode)};
  * It lets a later minor release add fields at the end without breaking compiled callers (see
  * extproc/version.h); a struct_size of 0 is refused with EXTPROC_EINVAL. */
 typedef struct extproc_processing_mode {
-  size_t struct_size; /* sizeof(extproc_processing_mode), as compiled by the caller */
-  extproc_header_mode request_header_mode;
-  extproc_header_mode response_header_mode;
-  extproc_body_mode request_body_mode;
-  extproc_body_mode response_body_mode;
-  extproc_header_mode request_trailer_mode;
-  extproc_header_mode response_trailer_mode;
+  size_t struct_size; /**< sizeof(extproc_processing_mode), as compiled by the caller */
+  extproc_header_mode request_header_mode;   /**< whether request headers are sent */
+  extproc_header_mode response_header_mode;  /**< whether response headers are sent */
+  extproc_body_mode request_body_mode;       /**< how the request body is sent */
+  extproc_body_mode response_body_mode;      /**< how the response body is sent */
+  extproc_header_mode request_trailer_mode;  /**< whether request trailers are sent */
+  extproc_header_mode response_trailer_mode; /**< whether response trailers are sent */
 } extproc_processing_mode;
 
-/* ProcessingRequest.protocol_config: what Envoy says its body modes are. Envoy sends it in the
+/** ProcessingRequest.protocol_config: what Envoy says its body modes are. Envoy sends it in the
  * stream's first message only; the SDK keeps it. */
 typedef struct extproc_protocol_config {
-  bool known; /* false when Envoy sent none (older Envoy, or observability mode) */
-  extproc_body_mode request_body_mode;
-  extproc_body_mode response_body_mode;
+  bool known; /**< false when Envoy sent none (older Envoy, or observability mode) */
+  extproc_body_mode request_body_mode;  /**< how Envoy sends the request body */
+  extproc_body_mode response_body_mode; /**< how Envoy sends the response body */
+  /** True when Envoy sends body chunks without waiting for the reply to the headers. */
   bool send_body_without_waiting_for_header_response;
 } extproc_protocol_config;
 
-/* One HTTP exchange as seen by one processor (one ext_proc gRPC stream). Opaque. */
+/** One HTTP exchange as seen by one processor (one ext_proc gRPC stream). Opaque. */
 typedef struct extproc_request extproc_request;
 
-/* The facts the SDK extracts while the exchange goes on. Strings are NUL-terminated, owned by
+/** The facts the SDK extracts while the exchange goes on. Strings are NUL-terminated, owned by
  * the request, and stay valid until the request ends; NULL when not (yet) known. */
 typedef struct extproc_request_info {
-  const char *method;     /* request `:method` */
-  const char *path;       /* request `:path`, with the query string */
-  const char *scheme;     /* request `:scheme` */
-  const char *authority;  /* request `:authority` */
-  const char *request_id; /* request `x-request-id` */
-  const char *content_type;
-  int64_t content_length;   /* request `content-length` in bytes; -1 when absent or invalid */
-  uint32_t response_status; /* response `:status`; 0 until response_headers is seen */
+  const char *method;       /**< request `:method` */
+  const char *path;         /**< request `:path`, with the query string */
+  const char *scheme;       /**< request `:scheme` */
+  const char *authority;    /**< request `:authority` */
+  const char *request_id;   /**< request `x-request-id` */
+  const char *content_type; /**< request `content-type` */
+  int64_t content_length;   /**< request `content-length` in bytes; -1 when absent or invalid */
+  uint32_t response_status; /**< response `:status`; 0 until response_headers is seen */
 } extproc_request_info;
 
-/* A phase callback. `ctx` is the processor's per-request context (context_size bytes, zeroed,
+/** A phase callback. `ctx` is the processor's per-request context (context_size bytes, zeroed,
  * then given to context_init) or NULL when context_size is 0. Runs on the event-loop thread: it
  * must not block. */
 typedef extproc_result (*extproc_phase_fn)(extproc_request *req, void *ctx);
 
-/* Called once per request before its first callback, with the zeroed context. Return 0, or
+/** Called once per request before its first callback, with the zeroed context. Return 0, or
  * non-zero to fail the request (the error policy applies); context_cleanup is then not called,
  * so a failing init frees whatever it allocated itself. May read the request. */
 typedef int (*extproc_context_init_fn)(extproc_request *req, void *ctx);
 
-/* Called once per request when it ends (normally, by reset, or at server shutdown), if
+/** Called once per request when it ends (normally, by reset, or at server shutdown), if
  * context_init succeeded or was not set. Frees what the context owns (not the context). */
 typedef void (*extproc_context_cleanup_fn)(void *ctx);
 
-/* The static-table way to define a processor. Unset callbacks answer their phase with a plain
+/** The static-table way to define a processor. Unset callbacks answer their phase with a plain
  * CONTINUE. Set `struct_size` to sizeof(extproc_processor_def):
  *
  *   static const extproc_processor_def def = {
@@ -193,56 +195,58 @@ typedef void (*extproc_context_cleanup_fn)(void *ctx);
  * so a later minor release can add fields at the end without breaking compiled callers (fields
  * the caller's version lacks take their defaults; see extproc/version.h). */
 typedef struct extproc_processor_def {
-  size_t struct_size; /* sizeof(extproc_processor_def), as compiled by the caller */
-  const char *name;   /* shown in logs; copied */
-  size_t context_size;
-  extproc_context_init_fn context_init;
-  extproc_context_cleanup_fn context_cleanup;
-  extproc_phase_fn request_headers;
-  extproc_phase_fn request_body;
-  extproc_phase_fn request_trailers;
-  extproc_phase_fn response_headers;
-  extproc_phase_fn response_body;
-  extproc_phase_fn response_trailers;
-  extproc_error_policy on_error;
-  uint32_t error_http_status; /* for EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE; 0 means 500 */
-  void *user_data;            /* returned by extproc_request_user_data(); not owned */
+  size_t struct_size;  /**< sizeof(extproc_processor_def), as compiled by the caller */
+  const char *name;    /**< shown in logs; copied */
+  size_t context_size; /**< bytes of per-request context, zeroed per request; 0 for none */
+  extproc_context_init_fn context_init;       /**< sets up the context; may be NULL */
+  extproc_context_cleanup_fn context_cleanup; /**< frees what the context owns; may be NULL */
+  extproc_phase_fn request_headers;           /**< callback for request_headers; may be NULL */
+  extproc_phase_fn request_body;              /**< callback for request_body; may be NULL */
+  extproc_phase_fn request_trailers;          /**< callback for request_trailers; may be NULL */
+  extproc_phase_fn response_headers;          /**< callback for response_headers; may be NULL */
+  extproc_phase_fn response_body;             /**< callback for response_body; may be NULL */
+  extproc_phase_fn response_trailers;         /**< callback for response_trailers; may be NULL */
+  extproc_error_policy on_error;              /**< what EXTPROC_FAIL does (default: FAIL_STREAM) */
+  uint32_t error_http_status; /**< for EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE; 0 means 500 */
+  void *user_data;            /**< returned by extproc_request_user_data(); not owned */
 } extproc_processor_def;
 
+/** A processor: its name, callbacks, context and error settings. Opaque; created by
+ * extproc_processor_new() or extproc_processor_new_from_def(). */
 typedef struct extproc_processor extproc_processor;
 
-/* Creates a processor from a static table, which is copied (the name too). On success stores
+/** Creates a processor from a static table, which is copied (the name too). On success stores
  * it in `*out` (free it with extproc_processor_free()) and returns 0; otherwise stores NULL and
  * returns EXTPROC_EINVAL (out, def or def->name NULL, struct_size not set or from a newer
  * version using fields this library lacks, a bad error policy or status) or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_processor_new_from_def(extproc_processor **out,
                                                const extproc_processor_def *def);
 
-/* Creates an empty processor named `name` (copied) for the builder style: register callbacks
+/** Creates an empty processor named `name` (copied) for the builder style: register callbacks
  * with extproc_processor_on() and friends before serving it. Stores it in `*out` and returns 0;
  * otherwise stores NULL and returns EXTPROC_EINVAL (out or name NULL) or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_processor_new(extproc_processor **out, const char *name);
 
-/* Registers `fn` for `phase`, replacing any earlier one; NULL unregisters.
+/** Registers `fn` for `phase`, replacing any earlier one; NULL unregisters.
  * Returns 0, or EXTPROC_EINVAL for a NULL processor or an unknown phase. Not thread-safe:
  * call before the processor is served. */
 EXTPROC_API int extproc_processor_on(extproc_processor *proc, extproc_phase phase,
                                      extproc_phase_fn fn);
 
-/* Sets the per-request context: `size` bytes allocated and zeroed per request, then given to
+/** Sets the per-request context: `size` bytes allocated and zeroed per request, then given to
  * `init` (may be NULL); `cleanup` (may be NULL) runs when the request ends. Returns 0 or
  * EXTPROC_EINVAL. Call before serving. */
 EXTPROC_API int extproc_processor_set_context(extproc_processor *proc, size_t size,
                                               extproc_context_init_fn init,
                                               extproc_context_cleanup_fn cleanup);
 
-/* Sets the error policy; `http_status` is used by EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE
+/** Sets the error policy; `http_status` is used by EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE
  * (0 means 500; otherwise 200..599). Returns 0 or EXTPROC_EINVAL. Call before serving. */
 EXTPROC_API int extproc_processor_set_error_policy(extproc_processor *proc,
                                                    extproc_error_policy policy,
                                                    uint32_t http_status);
 
-/* Reveals the processor chain to the client: when `header` is set (e.g. "x-ext-procs-applied"),
+/** Reveals the processor chain to the client: when `header` is set (e.g. "x-ext-procs-applied"),
  * the processor puts its name first in that header of the client's response, as
  * "Name,earlier,names" built on the value the response already carries (the upstream's
  * response headers as earlier processors left them; never the request, which a client could
@@ -253,75 +257,76 @@ EXTPROC_API int extproc_processor_set_error_policy(extproc_processor *proc,
  * EXTPROC_ENOMEM. Call before serving. */
 EXTPROC_API int extproc_processor_set_chain_header(extproc_processor *proc, const char *header);
 
-/* Sets the pointer returned by extproc_request_user_data(). Not owned. Call before serving. */
+/** Sets the pointer returned by extproc_request_user_data(). Not owned. Call before serving. */
 EXTPROC_API void extproc_processor_set_user_data(extproc_processor *proc, void *user_data);
 
-/* Returns the processor's name (owned by the processor), or "" for NULL. */
+/** Returns the processor's name (owned by the processor), or "" for NULL. */
 EXTPROC_API const char *extproc_processor_name(const extproc_processor *proc);
 
-/* Frees a processor. It must no longer be served. NULL is ignored. */
+/** Frees a processor. It must no longer be served. NULL is ignored. */
 EXTPROC_API void extproc_processor_free(extproc_processor *proc);
 
-/* ---- Reading the request -------------------------------------------------------------- */
+/** @name Reading the request
+ * @{ */
 
-/* The phase being processed (EXTPROC_PHASE_COUNT for a NULL request). The getters below accept
+/** The phase being processed (EXTPROC_PHASE_COUNT for a NULL request). The getters below accept
  * NULL and then answer "nothing": NULL, false, -1 or unknown. */
 EXTPROC_API extproc_phase extproc_request_phase(const extproc_request *req);
 
-/* The facts extracted so far; owned by the request, valid until it ends. */
+/** The facts extracted so far; owned by the request, valid until it ends. */
 EXTPROC_API const extproc_request_info *extproc_request_get_info(const extproc_request *req);
 
-/* The processor's user_data (see extproc_processor_def.user_data). */
+/** The processor's user_data (see extproc_processor_def.user_data). */
 EXTPROC_API void *extproc_request_user_data(const extproc_request *req);
 
-/* The name of the processor serving this request. */
+/** The name of the processor serving this request. */
 EXTPROC_API const char *extproc_request_processor_name(const extproc_request *req);
 
-/* True when Envoy said nothing follows this message in its direction: for a headers phase,
+/** True when Envoy said nothing follows this message in its direction: for a headers phase,
  * HttpHeaders.end_of_stream (the request or response has no body and no trailers); for a body
  * phase, HttpBody.end_of_stream; always true for trailers. */
 EXTPROC_API bool extproc_request_end_of_stream(const extproc_request *req);
 
-/* One header of the current phase's header map (request headers, response headers or
+/** One header of the current phase's header map (request headers, response headers or
  * trailers). Names are lower case as Envoy sends them; values are read from `raw_value`,
  * falling back to `value`. Both strings are NUL-terminated and owned by the request; they are
  * valid until the callback returns. */
 typedef struct extproc_header {
-  const char *name;
-  size_t name_len;
-  const char *value;
-  size_t value_len; /* bytes, without the terminating NUL */
+  const char *name;  /**< the header's name */
+  size_t name_len;   /**< bytes, without the terminating NUL */
+  const char *value; /**< the header's value */
+  size_t value_len;  /**< bytes, without the terminating NUL */
 } extproc_header;
 
-/* The current phase's headers in the order Envoy sent them, pseudo-headers included; `*count`
+/** The current phase's headers in the order Envoy sent them, pseudo-headers included; `*count`
  * receives their number. Returns NULL with *count = 0 in a body phase. Valid until the callback
  * returns. */
 EXTPROC_API const extproc_header *extproc_headers(const extproc_request *req, size_t *count);
 
-/* The first value of header `name` (compared case-insensitively) in the current phase, or NULL
+/** The first value of header `name` (compared case-insensitively) in the current phase, or NULL
  * if absent (or in a body phase). Valid until the callback returns. */
 EXTPROC_API const char *extproc_header_get(const extproc_request *req, const char *name);
 
-/* Every value of a repeated header: stores up to `max` value pointers into `values` (may be
+/** Every value of a repeated header: stores up to `max` value pointers into `values` (may be
  * NULL when max is 0) in the order sent and returns how many there are in all. */
 EXTPROC_API size_t extproc_header_get_all(const extproc_request *req, const char *name,
                                           const char **values, size_t max);
 
-/* The current body chunk (HttpBody.body) and its length in bytes in `*len`. Returns NULL with
+/** The current body chunk (HttpBody.body) and its length in bytes in `*len`. Returns NULL with
  * *len = 0 outside body phases; a non-NULL pointer with *len = 0 for an empty chunk. Valid
  * until the callback returns. */
 EXTPROC_API const uint8_t *extproc_body(const extproc_request *req, size_t *len);
 
-/* ProcessingRequest.protocol_config as Envoy sent it in the first message. Owned by the
+/** ProcessingRequest.protocol_config as Envoy sent it in the first message. Owned by the
  * request. */
 EXTPROC_API const extproc_protocol_config *
 extproc_request_protocol_config(const extproc_request *req);
 
-/* The body mode in effect for the current phase's direction: Envoy's protocol_config, updated
+/** The body mode in effect for the current phase's direction: Envoy's protocol_config, updated
  * by this processor's own mode_override; EXTPROC_BODY_MODE_UNKNOWN if Envoy did not say. */
 EXTPROC_API extproc_body_mode extproc_request_body_mode(const extproc_request *req);
 
-/* The processing mode in effect, as far as Envoy told: body modes as above (unknown ones as
+/** The processing mode in effect, as far as Envoy told: body modes as above (unknown ones as
  * NONE: without protocol_config, set both body modes yourself before overriding, or the override
  * turns a body off), header and trailer modes EXTPROC_HEADER_DEFAULT ("as configured"). The
  * starting point for extproc_mode_override(). `mode->struct_size` must be set; the fields its
@@ -330,30 +335,31 @@ EXTPROC_API extproc_body_mode extproc_request_body_mode(const extproc_request *r
 EXTPROC_API int extproc_request_processing_mode(const extproc_request *req,
                                                 extproc_processing_mode *mode);
 
-/* True when Envoy sent this message in observability mode: it expects no reply, and none is
+/** True when Envoy sent this message in observability mode: it expects no reply, and none is
  * sent whatever the callback records. */
 EXTPROC_API bool extproc_request_observability_mode(const extproc_request *req);
 
-/* In a body phase: appends the current chunk to the direction's accumulated body (once per
+/** In a body phase: appends the current chunk to the direction's accumulated body (once per
  * chunk, however often called) and returns the whole body so far, `*len` bytes. For STREAMED,
  * BUFFERED_PARTIAL and FULL_DUPLEX_STREAMED processors that need the whole body at the end.
  * The buffer is owned by the request and valid until the next call or the end of the request.
  * Returns NULL (and *len = 0) outside body phases or on out-of-memory. */
 EXTPROC_API const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len);
 
-/* The per-request context (see extproc_processor_set_context), or NULL if it has none. */
+/** The per-request context (see extproc_processor_set_context), or NULL if it has none. */
 EXTPROC_API void *extproc_request_context(const extproc_request *req);
 
-/* Allocates `size` bytes (aligned for any type, uninitialized) that live until the request
+/** Allocates `size` bytes (aligned for any type, uninitialized) that live until the request
  * ends; never freed individually. Handy for keeping values across phases in the context.
  * Returns NULL on out-of-memory. Same thread rules as the rest of the request. */
 EXTPROC_API void *extproc_request_alloc(extproc_request *req, size_t size);
 
-/* Copies the NUL-terminated string `s` into memory that lives until the request ends.
+/** Copies the NUL-terminated string `s` into memory that lives until the request ends.
  * Returns NULL if `s` is NULL or on out-of-memory. */
 EXTPROC_API char *extproc_request_strdup(extproc_request *req, const char *s);
+/** @} */
 
-/* ---- Header mutations (HeaderMutation of the phase's reply) ------------------------------
+/** @name Header mutations (HeaderMutation of the phase's reply)
  *
  * They apply to the headers of the current phase's direction: in request phases to the headers
  * sent upstream, in response phases to the headers sent to the client, in trailer phases to
@@ -364,22 +370,25 @@ EXTPROC_API char *extproc_request_strdup(extproc_request *req, const char *s);
  * value, EXTPROC_ENOMEM, or EXTPROC_ESTATE with a log line when Envoy would never apply the
  * write: in observability mode, after an immediate or streamed immediate response was started,
  * or in a FULL_DUPLEX_STREAMED body phase (whose replies are streamed_response pieces, which
- * carry no header mutation). */
+ * carry no header mutation).
+ * @{ */
 
-/* Replaces every existing value (or adds the header): append=false, OVERWRITE_IF_EXISTS_OR_ADD. */
+/** Replaces every existing value (or adds the header): append=false, OVERWRITE_IF_EXISTS_OR_ADD. */
 EXTPROC_API int extproc_header_set(extproc_request *req, const char *name, const char *value);
-/* Adds one more value: append=true, APPEND_IF_EXISTS_OR_ADD. */
+/** Adds one more value: append=true, APPEND_IF_EXISTS_OR_ADD. */
 EXTPROC_API int extproc_header_append(extproc_request *req, const char *name, const char *value);
-/* Adds the header only if the phase's headers lack it (checked here against what Envoy sent,
+/** Adds the header only if the phase's headers lack it (checked here against what Envoy sent,
  * and sent as ADD_IF_ABSENT), so an existing value is never touched. */
 EXTPROC_API int extproc_header_add_if_absent(extproc_request *req, const char *name,
                                              const char *value);
-/* Removes the header (HeaderMutation.remove_headers). */
+/** Removes the header (HeaderMutation.remove_headers). */
 EXTPROC_API int extproc_header_remove(extproc_request *req, const char *name);
+/** @} */
 
-/* ---- Body mutations (BodyMutation) ------------------------------------------------------ */
+/** @name Body mutations (BodyMutation)
+ * @{ */
 
-/* Replaces the body with `len` bytes copied from `data`:
+/** Replaces the body with `len` bytes copied from `data`:
  *  - in a body phase, this chunk (BUFFERED: the whole body; STREAMED: this chunk;
  *    BUFFERED_PARTIAL: the part Envoy sent; FULL_DUPLEX_STREAMED: what is sent on in place of
  *    this chunk, as a streamed_response). In BUFFERED mode, when the direction's headers carried
@@ -391,11 +400,11 @@ EXTPROC_API int extproc_header_remove(extproc_request *req, const char *name);
  * Returns 0, EXTPROC_EINVAL, EXTPROC_ENOMEM, or EXTPROC_ESTATE with a log line in a trailers
  * phase, in observability mode, or after an immediate or streamed immediate response. */
 EXTPROC_API int extproc_body_replace(extproc_request *req, const void *data, size_t len);
-/* Clears the body: the same as replacing it with nothing (BodyMutation.clear_body; in
+/** Clears the body: the same as replacing it with nothing (BodyMutation.clear_body; in
  * FULL_DUPLEX_STREAMED this chunk is dropped). Same returns. */
 EXTPROC_API int extproc_body_clear(extproc_request *req);
 
-/* FULL_DUPLEX_STREAMED only: sends `len` bytes on as body (a StreamedBodyResponse); call it any
+/** FULL_DUPLEX_STREAMED only: sends `len` bytes on as body (a StreamedBodyResponse); call it any
  * number of times per chunk, or not at all (the chunk is then passed on unchanged, unless it was
  * cleared or replaced). `end_of_stream` ends the direction's body; the SDK sends an empty
  * end_of_stream reply itself when Envoy's last chunk comes and none was sent. Returns 0,
@@ -403,10 +412,12 @@ EXTPROC_API int extproc_body_clear(extproc_request *req);
  * EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_streamed_body_send(extproc_request *req, const void *data, size_t len,
                                            bool end_of_stream);
+/** @} */
 
-/* ---- Other reply fields ----------------------------------------------------------------- */
+/** @name Other reply fields
+ * @{ */
 
-/* Overrides the processing mode for the rest of the exchange (ProcessingResponse.mode_override),
+/** Overrides the processing mode for the rest of the exchange (ProcessingResponse.mode_override),
  * e.g. to ask for the response body after seeing the request. Start from
  * extproc_request_processing_mode(). Envoy grants it only in a headers reply, when the filter
  * has allow_mode_override (without send_body_without_waiting_for_header_response), never for a
@@ -426,42 +437,44 @@ EXTPROC_API int extproc_streamed_body_send(extproc_request *req, const void *dat
  * immediate response. */
 EXTPROC_API int extproc_mode_override(extproc_request *req, const extproc_processing_mode *mode);
 
-/* Sets CommonResponse.clear_route_cache in a request headers or request body reply (Envoy acts
+/** Sets CommonResponse.clear_route_cache in a request headers or request body reply (Envoy acts
  * on it for request headers that were mutated). Returns 0, EXTPROC_EINVAL for NULL, or
  * EXTPROC_ESTATE with a log line where Envoy would never act on it: a trailers phase, a response
  * phase (Envoy ignores it in that direction), a FULL_DUPLEX_STREAMED body phase, observability
  * mode, or after an immediate response. */
 EXTPROC_API int extproc_clear_route_cache(extproc_request *req);
 
-/* Asks Envoy for more time for this message: sends at once a ProcessingResponse carrying only
+/** Asks Envoy for more time for this message: sends at once a ProcessingResponse carrying only
  * override_message_timeout (`ms` milliseconds, at least 1), then the callback answers as usual,
  * typically later through EXTPROC_DEFER. Envoy honours it up to the filter's
  * max_message_timeout (0, the default, disables it). Only from the callback itself (the loop
  * thread). Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE (outside a callback, in observability
  * mode, or after the stream ended). */
 EXTPROC_API int extproc_override_message_timeout(extproc_request *req, uint32_t ms);
+/** @} */
 
-/* ---- Immediate response (ProcessingResponse.immediate_response) ------------------------ */
+/** @name Immediate response (ProcessingResponse.immediate_response)
+ * @{ */
 
-/* Starts an immediate response: instead of the phase's reply, Envoy answers the client at once
+/** Starts an immediate response: instead of the phase's reply, Envoy answers the client at once
  * with `http_status` (100..599) and ends processing. Header and body mutations recorded for the
  * phase are discarded, and later ones refused. Returns 0, EXTPROC_EINVAL for a bad status,
  * EXTPROC_ESTATE with a log line in observability mode or after a streamed immediate response,
  * or EXTPROC_ENOMEM. Calling it again changes the status. */
 EXTPROC_API int extproc_immediate_response(extproc_request *req, uint32_t http_status);
-/* Sets a header of the immediate response (ImmediateResponse.headers, overwrite semantics).
+/** Sets a header of the immediate response (ImmediateResponse.headers, overwrite semantics).
  * Returns 0, EXTPROC_ESTATE with a log line if no immediate response was started (nothing
  * would carry it), EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_immediate_header_set(extproc_request *req, const char *name,
                                              const char *value);
-/* Sets the immediate response's body (`len` bytes copied). Same returns. */
+/** Sets the immediate response's body (`len` bytes copied). Same returns. */
 EXTPROC_API int extproc_immediate_body(extproc_request *req, const void *data, size_t len);
-/* Sets ImmediateResponse.grpc_status, for gRPC clients behind Envoy. Same returns. */
+/** Sets ImmediateResponse.grpc_status, for gRPC clients behind Envoy. Same returns. */
 EXTPROC_API int extproc_immediate_grpc_status(extproc_request *req, extproc_grpc_code code);
-/* Sets ImmediateResponse.details (Envoy's response code details; copied). Same returns. */
+/** Sets ImmediateResponse.details (Envoy's response code details; copied). Same returns. */
 EXTPROC_API int extproc_immediate_details(extproc_request *req, const char *details);
 
-/* A streamed immediate response (ProcessingResponse.streamed_immediate_response): like an
+/** A streamed immediate response (ProcessingResponse.streamed_immediate_response): like an
  * immediate response, but its body may be sent in pieces, over this and later callbacks. Start
  * it in request_headers (Envoy requires request headers SEND) with the status; headers set with
  * extproc_immediate_header_set() in the same callback go with it. Then send body pieces with
@@ -471,20 +484,22 @@ EXTPROC_API int extproc_immediate_details(extproc_request *req, const char *deta
  * observability mode, or in another request body mode), or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_streamed_immediate_response(extproc_request *req, uint32_t http_status,
                                                     bool end_of_stream);
-/* Sends a body piece of a started streamed immediate response. Returns 0, EXTPROC_ESTATE (none
+/** Sends a body piece of a started streamed immediate response. Returns 0, EXTPROC_ESTATE (none
  * started, or it has ended), EXTPROC_EINVAL, or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_streamed_immediate_body(extproc_request *req, const void *data, size_t len,
                                                 bool end_of_stream);
+/** @} */
 
-/* ---- Failure and deferred answers ------------------------------------------------------ */
+/** @name Failure and deferred answers
+ * @{ */
 
-/* Records why the callback is about to return EXTPROC_FAIL: the gRPC status (not OK) and a
+/** Records why the callback is about to return EXTPROC_FAIL: the gRPC status (not OK) and a
  * message (copied; may be NULL) used by EXTPROC_ON_ERROR_FAIL_STREAM and in the log line.
  * Returns 0 or EXTPROC_EINVAL. */
 EXTPROC_API int extproc_request_fail(extproc_request *req, extproc_grpc_code code,
                                      const char *message);
 
-/* Declares that the current phase will be answered later, through extproc_request_resume().
+/** Declares that the current phase will be answered later, through extproc_request_resume().
  * Call it in the callback before the request can reach another thread (or a timer, or an
  * asynchronous client), then return EXTPROC_DEFER. From this call on the phase is deferred
  * whatever the callback returns, so a resume that comes before the callback returns is never
@@ -492,7 +507,7 @@ EXTPROC_API int extproc_request_fail(extproc_request *req, extproc_grpc_code cod
  * Returns 0, EXTPROC_EINVAL for NULL, or EXTPROC_ESTATE (with a log line) outside a callback. */
 EXTPROC_API int extproc_request_defer(extproc_request *req);
 
-/* Finishes a deferred phase, as if its callback had returned `result` (EXTPROC_CONTINUE or
+/** Finishes a deferred phase, as if its callback had returned `result` (EXTPROC_CONTINUE or
  * EXTPROC_FAIL). Thread-safe: call it from any thread, exactly once per deferral. It may come
  * before the callback has even returned, if the callback called extproc_request_defer() first;
  * the reply is then sent when the callback returns. A callback that returns EXTPROC_DEFER
@@ -509,27 +524,31 @@ EXTPROC_API int extproc_request_defer(extproc_request *req);
  * line (no phase of this request is waiting for a resume: not deferred, not declared with
  * extproc_request_defer(), or already resumed). */
 EXTPROC_API int extproc_request_resume(extproc_request *req, extproc_result result);
+/** @} */
 
-/* ---- Logging --------------------------------------------------------------------------- */
+/** @name Logging
+ * @{ */
 
+/** How important a log line is; lines below the threshold are not written. */
 typedef enum extproc_log_level {
-  EXTPROC_LOG_DEBUG = 0,
-  EXTPROC_LOG_INFO = 1,
-  EXTPROC_LOG_WARN = 2,
-  EXTPROC_LOG_ERROR = 3,
-  EXTPROC_LOG_OFF = 4
+  EXTPROC_LOG_DEBUG = 0, /**< detail for debugging, e.g. how long each message took */
+  EXTPROC_LOG_INFO = 1,  /**< normal events, e.g. a signal that stops the server */
+  EXTPROC_LOG_WARN = 2,  /**< something wrong that the SDK handled, e.g. a refused call */
+  EXTPROC_LOG_ERROR = 3, /**< a failure, e.g. a failed request or a listener that cannot bind */
+  EXTPROC_LOG_OFF = 4    /**< as a threshold: no lines at all */
 } extproc_log_level;
 
-/* Sets the process-wide log threshold (default EXTPROC_LOG_INFO). Lines go to stderr. Thread-safe.
+/** Sets the process-wide log threshold (default EXTPROC_LOG_INFO). Lines go to stderr. Thread-safe.
  */
 EXTPROC_API void extproc_log_set_level(extproc_log_level level);
-/* Parses "debug", "info", "warn"/"warning", "error", "off" (any case). Returns 0 and stores the
+/** Parses "debug", "info", "warn"/"warning", "error", "off" (any case). Returns 0 and stores the
  * level, or EXTPROC_EINVAL. */
 EXTPROC_API int extproc_log_level_parse(const char *text, extproc_log_level *level);
-/* Logs a line from processor code at `level`, prefixed with the processor name, phase and
+/** Logs a line from processor code at `level`, prefixed with the processor name, phase and
  * request id of `req` (may be NULL). printf-style. Thread-safe. */
 EXTPROC_API void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt,
                              ...) __attribute__((format(printf, 3, 4)));
+/** @} */
 
 #ifdef __cplusplus
 }

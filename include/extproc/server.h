@@ -1,4 +1,5 @@
-/*
+/**
+ * @file
  * libextproc server: serves processors to Envoy over gRPC (HTTP/2 cleartext, TCP or unix
  * socket) as `envoy.service.ext_proc.v3.ExternalProcessor/Process`, plus
  * `grpc.health.v1.Health/Check`.
@@ -24,41 +25,42 @@
 extern "C" {
 #endif
 
-/* Server settings. Fill with extproc_server_options_init() and change what you need; a field
+/** Server settings. Fill with extproc_server_options_init() and change what you need; a field
  * left 0 takes its default (except shutdown_grace_ms, where 0 means no grace). `struct_size`,
  * set by extproc_server_options_init(), lets a later minor release add fields at the end
  * without breaking compiled callers (see extproc/version.h). */
 typedef struct extproc_server_options {
-  size_t struct_size; /* sizeof(extproc_server_options), as compiled by the caller */
-  /* Largest gRPC message accepted, in bytes; larger ones end their stream with
+  size_t struct_size; /**< sizeof(extproc_server_options), as compiled by the caller */
+  /** Largest gRPC message accepted, in bytes; larger ones end their stream with
    * RESOURCE_EXHAUSTED and the server goes on. Default 16 MiB (Envoy buffers 1 MiB by default);
    * at most 2 GiB. */
   size_t max_message_bytes;
-  /* Number of event-loop threads. Default: one per online CPU. */
+  /** Number of event-loop threads. Default: one per online CPU. */
   unsigned workers;
-  /* HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection. Default 10000. */
+  /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection. Default 10000. */
   uint32_t max_concurrent_streams;
-  /* HTTP/2 initial per-stream receive window in bytes. Default 1 MiB; at most 2^31-1. */
+  /** HTTP/2 initial per-stream receive window in bytes. Default 1 MiB; at most 2^31-1. */
   uint32_t initial_window_bytes;
-  /* On stop, how long open streams may go on, in milliseconds, after each connection is sent a
+  /** On stop, how long open streams may go on, in milliseconds, after each connection is sent a
    * GOAWAY (so Envoy opens no new stream on it); connections still busy then are closed.
    * Default (from extproc_server_options_init) 5000; 0 closes at once. */
   uint32_t shutdown_grace_ms;
 } extproc_server_options;
 
-/* Fills `opts` with the defaults above and sets its struct_size. NULL is ignored. */
+/** Fills `opts` with the defaults above and sets its struct_size. NULL is ignored. */
 EXTPROC_API void extproc_server_options_init(extproc_server_options *opts);
 
+/** A server: its listeners, worker threads and the processors it serves. Opaque. */
 typedef struct extproc_server extproc_server;
 
-/* Creates a server. `opts` may be NULL for the defaults; it is copied. A server runs once:
+/** Creates a server. `opts` may be NULL for the defaults; it is copied. A server runs once:
  * start (or run) it, stop, wait, free. Stores the server in `*out` and returns 0; otherwise
  * stores NULL and returns EXTPROC_EINVAL (out NULL, struct_size not set or from a newer version
  * using fields this library lacks, max_message_bytes above 2 GiB, initial_window_bytes above
  * 2^31-1) or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_options *opts);
 
-/* Serves `proc` (not owned; must outlive the server) on `address`:
+/** Serves `proc` (not owned; must outlive the server) on `address`:
  *   "HOST:PORT"     an IPv4 address or host name, e.g. "0.0.0.0:50051", "127.0.0.1:0"
  *   "[IPV6]:PORT"   e.g. "[::1]:50051", "[::]:0"
  *   "unix:PATH"     a unix socket; a stale socket file at PATH is replaced, but one a live
@@ -72,38 +74,38 @@ EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_op
 EXTPROC_API int extproc_server_listen(extproc_server *srv, const char *address,
                                       const extproc_processor *proc);
 
-/* The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index.
+/** The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index.
  * Thread-safe once the listener exists. */
 EXTPROC_API int extproc_server_port(const extproc_server *srv, int index);
 
-/* Starts the worker threads and returns. Sets SIGPIPE to be ignored, process-wide, so a peer
+/** Starts the worker threads and returns. Sets SIGPIPE to be ignored, process-wide, so a peer
  * that disconnects mid-write cannot kill the process. Returns 0, EXTPROC_ESTATE if already started
  * or no listener was added, or EXTPROC_EIO if a thread could not be created. */
 EXTPROC_API int extproc_server_start(extproc_server *srv);
 
-/* Asks the server to stop: listeners close at once; each connection gets a GOAWAY and is closed
+/** Asks the server to stop: listeners close at once; each connection gets a GOAWAY and is closed
  * when its streams are done or when shutdown_grace_ms runs out, whichever comes first (streams
  * still open then are ended; deferred requests are freed once resumed). Thread-safe and
  * async-signal-safe, also while extproc_server_wait runs (a stop that comes once the loops are
  * closing does nothing); returns at once. */
 EXTPROC_API void extproc_server_stop(extproc_server *srv);
 
-/* Waits until every worker thread has finished after extproc_server_stop(). */
+/** Waits until every worker thread has finished after extproc_server_stop(). */
 EXTPROC_API void extproc_server_wait(extproc_server *srv);
 
-/* Starts the server and blocks until SIGINT or SIGTERM or extproc_server_stop(); then waits for
+/** Starts the server and blocks until SIGINT or SIGTERM or extproc_server_stop(); then waits for
  * the workers. The signals are handled (through libuv) only while it runs; afterwards their
  * disposition is the default one again. Returns 0 or the error of start. */
 EXTPROC_API int extproc_server_run(extproc_server *srv);
 
-/* Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */
+/** Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */
 EXTPROC_API uint64_t extproc_server_open_streams(const extproc_server *srv);
 
-/* Number of gRPC streams served since start (Process and health), over all loops.
+/** Number of gRPC streams served since start (Process and health), over all loops.
  * Thread-safe. */
 EXTPROC_API uint64_t extproc_server_total_streams(const extproc_server *srv);
 
-/* Frees a stopped (or never started) server. NULL is ignored. */
+/** Frees a stopped (or never started) server. NULL is ignored. */
 EXTPROC_API void extproc_server_free(extproc_server *srv);
 
 #ifdef __cplusplus
