@@ -74,6 +74,15 @@ EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_op
 EXTPROC_API int extproc_server_listen(extproc_server *srv, const char *address,
                                       const extproc_processor *proc);
 
+/** Serves the server's metrics in the Prometheus text format (version 0.0.4) at
+ * `GET /metrics` on `address` ("HOST:PORT" or "[IPV6]:PORT"; port 0 picks one), from a thread of
+ * its own (libmicrohttpd), from this call until extproc_server_free(), also while the server
+ * drains. The metrics, their names and units are listed in docs/metrics.md. Returns the port
+ * (> 0), or EXTPROC_EINVAL for a malformed address, EXTPROC_EIO if binding fails (detail in the
+ * log), EXTPROC_ESTATE if the server already has a metrics address, or EXTPROC_ENOMEM. Call
+ * from the thread that created the server. */
+EXTPROC_API int extproc_server_metrics_listen(extproc_server *srv, const char *address);
+
 /** The TCP port listener `index` is bound to, or 0 for a unix socket or a bad index.
  * Thread-safe once the listener exists. */
 EXTPROC_API int extproc_server_port(const extproc_server *srv, int index);

@@ -9,6 +9,8 @@
 #include "base/log.h"
 #include "base/sized_struct.h"
 #include "extproc/server.h"
+#include "server/metrics_http.h"
+#include "server/server_metrics.h"
 #include "transport/listener.h"
 #include "transport/worker.h"
 
@@ -29,6 +31,8 @@ struct extproc_server {
    * `stops_in_flight` while it uses them, and does nothing once `loops_closing` is set. */
   atomic_bool loops_closing;
   atomic_int stops_in_flight;
+  server_metrics metrics;
+  metrics_endpoint *metrics_endpoint; /* NULL unless extproc_server_metrics_listen() was called */
 };
 
 void extproc_server_options_init(extproc_server_options *opts) {
@@ -71,7 +75,8 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
                                 .shutdown_grace_ms = o.shutdown_grace_ms};
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
-  if (!srv->workers) {
+  if (!srv->workers || server_metrics_init(&srv->metrics, &srv->stats) != 0) {
+    free(srv->workers);
     free(srv);
     return EXTPROC_ENOMEM;
   }
@@ -88,6 +93,13 @@ int extproc_server_listen(extproc_server *srv, const char *address, const extpro
   const int rv = listener_open(address, spec, srv->worker_count);
   if (rv != 0) return rv;
   return (int)srv->listener_count++;
+}
+
+int extproc_server_metrics_listen(extproc_server *srv, const char *address) {
+  if (!srv || !address) return EXTPROC_EINVAL;
+  if (srv->metrics_endpoint) return EXTPROC_ESTATE;
+  return metrics_endpoint_start(&srv->metrics_endpoint, address, srv->metrics.registry,
+                                server_metrics_collect, &srv->metrics);
 }
 
 int extproc_server_port(const extproc_server *srv, int index) {
@@ -221,6 +233,8 @@ void extproc_server_free(extproc_server *srv) {
   }
   for (unsigned i = 0; i < srv->listener_count; i++)
     listener_spec_free(&srv->listeners[i], srv->workers ? srv->opts.workers : 0);
+  metrics_endpoint_stop(srv->metrics_endpoint);
+  server_metrics_free(&srv->metrics);
   free(srv->workers);
   free(srv);
 }

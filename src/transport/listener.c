@@ -79,24 +79,48 @@ static void set_port(struct sockaddr_storage *ss, int port) {
     ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
 }
 
-static int open_tcp(const char *address, listener_spec *spec, unsigned workers) {
+/* Resolves "HOST:PORT" or "[V6]:PORT" into `ss`. Returns 0 or a negative extproc_error. */
+static int resolve_tcp(const char *address, struct sockaddr_storage *ss, socklen_t *sslen,
+                       int *port) {
   char host[256];
-  int port;
-  if (!split_host_port(address, host, sizeof(host), &port)) return EXTPROC_EINVAL;
+  if (!split_host_port(address, host, sizeof(host), port)) return EXTPROC_EINVAL;
   struct addrinfo hints = {
       .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
   struct addrinfo *ai = NULL;
   char service[8];
-  snprintf(service, sizeof(service), "%d", port);
+  snprintf(service, sizeof(service), "%d", *port);
   const int gai = getaddrinfo(host, service, &hints, &ai);
   if (gai != 0) {
     log_line(EXTPROC_LOG_ERROR, "listen %s: %s", address, gai_strerror(gai));
     return EXTPROC_EINVAL;
   }
-  struct sockaddr_storage ss;
-  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-  const socklen_t sslen = ai->ai_addrlen;
+  memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+  *sslen = ai->ai_addrlen;
   freeaddrinfo(ai);
+  return 0;
+}
+
+int listener_open_single(const char *address, int *port) {
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  const int rv = resolve_tcp(address, &ss, &sslen, port);
+  if (rv != 0) return rv;
+  const int fd = bind_tcp((struct sockaddr *)&ss, sslen, false);
+  if (fd < 0 || listen(fd, LISTEN_BACKLOG) != 0) {
+    log_line(EXTPROC_LOG_ERROR, "listen %s: %s", address, strerror(errno));
+    if (fd >= 0) close(fd);
+    return EXTPROC_EIO;
+  }
+  *port = port_of(fd);
+  return fd;
+}
+
+static int open_tcp(const char *address, listener_spec *spec, unsigned workers) {
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  int port;
+  const int rv = resolve_tcp(address, &ss, &sslen, &port);
+  if (rv != 0) return rv;
   /* SO_REUSEPORT would also let another process join our port and take a share of Envoy's
    * connections (an old instance, say). A plain bind first makes a taken port an error. */
   if (port != 0) {

@@ -8,6 +8,12 @@
  * worker for TCP. Returns 0 or a negative extproc_error (spec is left empty on error). */
 int listener_open(const char *address, listener_spec *spec, unsigned workers);
 
+/* Binds and listens on one TCP socket for `address` ("HOST:PORT" or "[V6]:PORT"), for an
+ * endpoint served outside the worker loops (metrics). Returns the socket (>= 0), owned by the
+ * caller, with its port in `*port`; or EXTPROC_EINVAL for a malformed address, EXTPROC_EIO if
+ * binding fails (detail in the log). */
+int listener_open_single(const char *address, int *port);
+
 /* Closes sockets no worker took over and frees the per-worker table. */
 void listener_spec_free(listener_spec *spec, unsigned workers);
 

@@ -1,0 +1,166 @@
+/* Metrics: the registry renders the Prometheus text format exactly (types, labels, escaping,
+ * cumulative histogram buckets), counts from many threads add up, and the server's endpoint
+ * answers GET /metrics over real HTTP. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "base/metrics.h"
+#include "extproc/server.h"
+
+static void test_counter_gauge_and_labels_render(void **state) {
+  (void)state;
+  metrics *m = metrics_new();
+  assert_non_null(m);
+  const char *labels[] = {"processor", "phase"};
+  metric_family *f = metrics_family(m, "extproc_messages_total", "Messages.", METRIC_COUNTER,
+                                    labels, 2, NULL, 0, 0);
+  assert_non_null(f);
+  /* The same name gives the same family. */
+  assert_ptr_equal(
+      f, metrics_family(m, "extproc_messages_total", "x", METRIC_GAUGE, NULL, 0, NULL, 0, 0));
+  const char *a[] = {"Trivial", "request_headers"};
+  const char *b[] = {"Say \"hi\"\\\n", "response_body"};
+  metric_series *sa = metrics_series(f, a);
+  assert_ptr_equal(sa, metrics_series(f, a));
+  metric_add(sa, 3);
+  metric_add(metrics_series(f, b), 1);
+  metric_series *g = metrics_series(
+      metrics_family(m, "extproc_streams_active", "Open.\nNow.", METRIC_GAUGE, NULL, 0, NULL, 0, 0),
+      NULL);
+  metric_set(g, 7);
+  metric_sub(g, 2);
+  assert_int_equal(metric_value(g), 5);
+  metric_add(NULL, 1); /* an unset series is ignored */
+
+  size_t len = 0;
+  char *text = metrics_render(m, &len);
+  assert_non_null(text);
+  assert_int_equal(len, strlen(text));
+  assert_string_equal(text,
+                      "# HELP extproc_messages_total Messages.\n"
+                      "# TYPE extproc_messages_total counter\n"
+                      "extproc_messages_total{processor=\"Trivial\",phase=\"request_headers\"} 3\n"
+                      "extproc_messages_total{processor=\"Say \\\"hi\\\"\\\\\\n\","
+                      "phase=\"response_body\"} 1\n"
+                      "# HELP extproc_streams_active Open.\\nNow.\n"
+                      "# TYPE extproc_streams_active gauge\n"
+                      "extproc_streams_active 5\n");
+  free(text);
+  metrics_free(m);
+}
+
+static void test_histogram_buckets_are_cumulative(void **state) {
+  (void)state;
+  metrics *m = metrics_new();
+  const uint64_t bounds[] = {1000, 10000, 100000}; /* ns */
+  const char *labels[] = {"phase"};
+  metric_family *f = metrics_family(m, "extproc_callback_duration_seconds", "Callback time.",
+                                    METRIC_HISTOGRAM, labels, 1, bounds, 3, 1e-9);
+  const char *v[] = {"request_headers"};
+  metric_series *s = metrics_series(f, v);
+  const uint64_t observed[] = {500, 1000, 5000, 50000, 2000000};
+  for (size_t i = 0; i < 5; i++)
+    metric_observe(s, observed[i]);
+  char *text = metrics_render(m, NULL);
+  assert_non_null(text);
+  assert_non_null(strstr(
+      text, "extproc_callback_duration_seconds_bucket{phase=\"request_headers\",le=\"1e-06\"} 2\n"
+            "extproc_callback_duration_seconds_bucket{phase=\"request_headers\",le=\"1e-05\"} 3\n"
+            "extproc_callback_duration_seconds_bucket{phase=\"request_headers\",le=\"0.0001\"} 4\n"
+            "extproc_callback_duration_seconds_bucket{phase=\"request_headers\",le=\"+Inf\"} 5\n"
+            "extproc_callback_duration_seconds_sum{phase=\"request_headers\"} 0.0020565\n"
+            "extproc_callback_duration_seconds_count{phase=\"request_headers\"} 5\n"));
+  assert_non_null(strstr(text, "# TYPE extproc_callback_duration_seconds histogram\n"));
+  free(text);
+  /* Bad shapes are refused. */
+  assert_null(metrics_family(m, "h2", "x", METRIC_HISTOGRAM, NULL, 0, NULL, 0, 1));
+  assert_null(
+      metrics_family(m, "l5", "x", METRIC_COUNTER, labels, METRIC_MAX_LABELS + 1, NULL, 0, 0));
+  metrics_free(m);
+}
+
+enum { THREADS = 4, ADDS = 100000 };
+
+static void *add_many(void *arg) {
+  for (int i = 0; i < ADDS; i++)
+    metric_add(arg, 1);
+  return NULL;
+}
+
+static void test_counts_from_many_threads_add_up(void **state) {
+  (void)state;
+  metrics *m = metrics_new();
+  metric_series *s = metrics_series(
+      metrics_family(m, "extproc_x_total", "x", METRIC_COUNTER, NULL, 0, NULL, 0, 0), NULL);
+  pthread_t t[THREADS];
+  for (int i = 0; i < THREADS; i++)
+    pthread_create(&t[i], NULL, add_many, s);
+  for (int i = 0; i < THREADS; i++)
+    pthread_join(t[i], NULL);
+  assert_int_equal(metric_value(s), THREADS * ADDS);
+  metrics_free(m);
+}
+
+/* One HTTP/1.1 request to 127.0.0.1:port; returns the whole response (malloc'd). */
+static char *http_get(int port, const char *method, const char *path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  char req[256];
+  const int n = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                         method, path);
+  assert_int_equal(write(fd, req, (size_t)n), n);
+  size_t cap = 65536, len = 0;
+  char *out = malloc(cap);
+  ssize_t r;
+  while ((r = read(fd, out + len, cap - len - 1)) > 0)
+    len += (size_t)r;
+  out[len] = '\0';
+  close(fd);
+  return out;
+}
+
+static void test_the_endpoint_serves_metrics_over_http(void **state) {
+  (void)state;
+  extproc_server *srv;
+  assert_int_equal(extproc_server_new(&srv, NULL), 0);
+  assert_int_equal(extproc_server_metrics_listen(srv, "not an address"), EXTPROC_EINVAL);
+  const int port = extproc_server_metrics_listen(srv, "127.0.0.1:0");
+  assert_true(port > 0);
+  assert_int_equal(extproc_server_metrics_listen(srv, "127.0.0.1:0"), EXTPROC_ESTATE);
+  char *r = http_get(port, "GET", "/metrics");
+  assert_non_null(strstr(r, "HTTP/1.1 200"));
+  assert_non_null(strstr(r, "text/plain; version=0.0.4"));
+  assert_non_null(strstr(r, "# TYPE extproc_streams_total counter\nextproc_streams_total 0\n"));
+  free(r);
+  r = http_get(port, "GET", "/other");
+  assert_non_null(strstr(r, "HTTP/1.1 404"));
+  free(r);
+  r = http_get(port, "POST", "/metrics");
+  assert_non_null(strstr(r, "HTTP/1.1 405"));
+  free(r);
+  extproc_server_free(srv);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_counter_gauge_and_labels_render),
+      cmocka_unit_test(test_histogram_buckets_are_cumulative),
+      cmocka_unit_test(test_counts_from_many_threads_add_up),
+      cmocka_unit_test(test_the_endpoint_serves_metrics_over_http),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
