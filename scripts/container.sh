@@ -60,8 +60,11 @@ podman)
   shift
   pod "$@"
   ;;
+-h | --help)
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  ;;
 *)
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
   ;;
 esac
