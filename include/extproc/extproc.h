@@ -538,14 +538,36 @@ typedef enum extproc_log_level {
   EXTPROC_LOG_OFF = 4    /**< as a threshold: no lines at all */
 } extproc_log_level;
 
+/** How log lines are written. */
+typedef enum extproc_log_format {
+  /** One line per event: `TIME LEVEL processor=P phase=F request_id=R peer=A: message`, each
+   * field only where known; control characters are shown as '?'. The default. */
+  EXTPROC_LOG_FORMAT_TEXT = 0,
+  /** One JSON object per line (RFC 8259, valid UTF-8): "time" (RFC 3339 UTC, microseconds),
+   * "level" (DEBUG, INFO, WARN, ERROR), "message", and "processor", "phase", "request_id",
+   * "peer" where known; "suppressed" when the rate limit dropped similar lines before it. */
+  EXTPROC_LOG_FORMAT_JSON = 1
+} extproc_log_format;
+
 /** Sets the process-wide log threshold (default EXTPROC_LOG_INFO). Lines go to stderr. Thread-safe.
+ *
+ * Warnings and errors are rate-limited per call site (the format string): at most 10 lines per
+ * second each; the next line printed from that call site ends with "(N similar lines
+ * suppressed)". Debug and info lines are not limited; serving a request logs nothing at info.
  */
 EXTPROC_API void extproc_log_set_level(extproc_log_level level);
 /** Parses "debug", "info", "warn"/"warning", "error", "off" (any case). Returns 0 and stores the
  * level, or EXTPROC_EINVAL. */
 EXTPROC_API int extproc_log_level_parse(const char *text, extproc_log_level *level);
-/** Logs a line from processor code at `level`, prefixed with the processor name, phase and
- * request id of `req` (may be NULL). printf-style. Thread-safe. */
+/** Sets the process-wide log format (default EXTPROC_LOG_FORMAT_TEXT); a value that is not an
+ * extproc_log_format is ignored. Thread-safe; lines already being written keep their format. */
+EXTPROC_API void extproc_log_set_format(extproc_log_format format);
+/** Parses "text" or "json" (any case). Returns 0 and stores the format, or EXTPROC_EINVAL. */
+EXTPROC_API int extproc_log_format_parse(const char *text, extproc_log_format *format);
+/** Logs a line from processor code at `level`, naming the processor, phase, request id
+ * (Envoy's `x-request-id`) and peer address (Envoy's end of the connection) of `req` (may be
+ * NULL), in the format set by extproc_log_set_format(). printf-style; `fmt` is also the rate
+ * limit's key. Thread-safe. */
 EXTPROC_API void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt,
                              ...) __attribute__((format(printf, 3, 4)));
 /** @} */

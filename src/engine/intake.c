@@ -23,7 +23,7 @@ const ProcessingRequest *intake_decode(extproc_request *req, const uint8_t *data
   if (check == WIRE_TOO_DEEP || check == WIRE_TOO_MANY_MESSAGES) {
     const char *why = check == WIRE_TOO_DEEP ? "ProcessingRequest nested too deeply"
                                              : "ProcessingRequest has too many sub-messages";
-    log_line(EXTPROC_LOG_WARN, "processor=%s: %s (%zu bytes)", req->proc->name, why, len);
+    extproc_log(req, EXTPROC_LOG_WARN, "%s (%zu bytes)", why, len);
     stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, why);
     return NULL;
   }
@@ -31,8 +31,7 @@ const ProcessingRequest *intake_decode(extproc_request *req, const uint8_t *data
   ProcessingRequest *msg =
       envoy__service__ext_proc__v3__processing_request__unpack(&alloc, len, data);
   if (!msg) {
-    log_line(EXTPROC_LOG_WARN, "processor=%s: malformed ProcessingRequest (%zu bytes)",
-             req->proc->name, len);
+    extproc_log(req, EXTPROC_LOG_WARN, "malformed ProcessingRequest (%zu bytes)", len);
     stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "malformed ProcessingRequest");
     return NULL;
   }

@@ -111,6 +111,7 @@ struct extproc_request {
   const stream_sink *sink;
   void *io; /* NULL once the transport has let go of the stream */
   stream_poster poster;
+  const char *peer; /* for log lines; in the stream arena, set once before the first message */
 
   arena arena;     /* lives as long as the stream: info strings, the context */
   arena msg_arena; /* the message being processed and its reply; reset per message */

@@ -1,20 +1,21 @@
-/* extproc_log: a log line that names the request it is about (processor, phase, request id). */
+/* extproc_log: a log line that names the request it is about. The engine knows the processor,
+ * phase and request id; the peer's address is the one the transport gave stream_set_peer(). */
 #include <stdarg.h>
-#include <stdio.h>
 
 #include "base/log.h"
 #include "engine/request.h"
 
 void extproc_log(const extproc_request *req, extproc_log_level level, const char *fmt, ...) {
   if (!log_enabled(level)) return;
-  char prefix[512] = "";
+  log_context ctx = {0};
   if (req) {
-    const char *rid = req->info.request_id ? req->info.request_id : "-";
-    snprintf(prefix, sizeof(prefix), "processor=%s phase=%s request_id=%s: ", req->proc->name,
-             extproc_phase_name(req->msg.phase), rid);
+    ctx = (log_context){.processor = req->proc->name,
+                        .phase = extproc_phase_name(req->msg.phase),
+                        .request_id = req->info.request_id,
+                        .peer = req->peer};
   }
   va_list ap;
   va_start(ap, fmt);
-  log_linev(level, prefix, fmt, ap);
+  log_emit(level, req ? &ctx : NULL, fmt, ap);
   va_end(ap);
 }

@@ -39,6 +39,11 @@ extproc_request *stream_open(const extproc_processor *proc, const stream_sink *s
   return req;
 }
 
+int stream_set_peer(extproc_request *req, const char *peer) {
+  req->peer = arena_strndup(&req->arena, peer, strlen(peer));
+  return req->peer ? 0 : EXTPROC_ENOMEM;
+}
+
 static void stream_free(extproc_request *req) {
   if (req->ctx_started && req->proc->context_cleanup) req->proc->context_cleanup(req->ctx);
   intake_discard(req);
@@ -237,8 +242,7 @@ void stream_process(extproc_request *req, const uint8_t *data, size_t len) {
 
 void stream_on_message(extproc_request *req, const uint8_t *data, size_t len) {
   if (req->ended) {
-    log_line(EXTPROC_LOG_DEBUG, "processor=%s: message after the stream ended, ignored",
-             req->proc->name);
+    extproc_log(req, EXTPROC_LOG_DEBUG, "message after the stream ended, ignored");
     return;
   }
   if (!req->deferred && queue_empty(&req->waiting)) {

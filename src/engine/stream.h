@@ -46,6 +46,11 @@ typedef struct stream_poster {
 extproc_request *stream_open(const extproc_processor *proc, const stream_sink *sink, void *io,
                              const stream_poster *poster);
 
+/* Names the peer (e.g. "127.0.0.1:41234") in the stream's log lines; copied. Call before the
+ * first message: the copy is read from any thread that logs about the request. Returns 0 or
+ * EXTPROC_ENOMEM (the lines then go without it). */
+int stream_set_peer(extproc_request *req, const char *peer);
+
 /* Hands the engine one whole gRPC message (copied if it must wait). */
 void stream_on_message(extproc_request *req, const uint8_t *data, size_t len);
 

@@ -85,7 +85,7 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
       extproc_log(s->engine, EXTPROC_LOG_DEBUG, "stream %d reset by peer (%s)", stream_id,
                   nghttp2_http2_strerror(error_code));
     else
-      log_line(EXTPROC_LOG_DEBUG, "stream %d reset by peer (%s)", stream_id,
+      conn_log(s->conn, EXTPROC_LOG_DEBUG, "stream %d reset by peer (%s)", stream_id,
                nghttp2_http2_strerror(error_code));
   }
   nghttp2_session_set_stream_user_data(session, stream_id, NULL);
@@ -242,19 +242,37 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)c->w->read_buf, sizeof(c->w->read_buf));
 }
 
+/* Keeps the connection's first bytes for peer_refuse_foreign(); true on its first read. */
+static bool keep_head(connection *c, const uint8_t *data, size_t len) {
+  const bool first = c->head_len == 0;
+  if (c->head_len < sizeof(c->head)) {
+    const size_t take = len < sizeof(c->head) - c->head_len ? len : sizeof(c->head) - c->head_len;
+    memcpy(c->head + c->head_len, data, take);
+    c->head_len += (uint8_t)take;
+  }
+  return first;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   connection *c = stream->data;
   if (nread < 0) {
     if (nread != UV_EOF)
-      log_line(EXTPROC_LOG_DEBUG, "connection read: %s", uv_strerror((int)nread));
+      conn_log(c, EXTPROC_LOG_DEBUG, "connection read: %s", uv_strerror((int)nread));
     connection_close(c);
     return;
   }
   if (nread == 0) return;
-  const ssize_t rv =
-      nghttp2_session_mem_recv(c->session, (const uint8_t *)buf->base, (size_t)nread);
+  const uint8_t *data = (const uint8_t *)buf->base;
+  const bool first_read = keep_head(c, data, (size_t)nread);
+  const ssize_t rv = nghttp2_session_mem_recv(c->session, data, (size_t)nread);
+  if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+    /* The first read usually holds a whole HTTP/1.x request line; later ones only the head. */
+    peer_refuse_foreign(c, first_read ? data : c->head, first_read ? (size_t)nread : c->head_len);
+    connection_close(c);
+    return;
+  }
   if (rv < 0) {
-    log_line(EXTPROC_LOG_WARN, "HTTP/2 error from peer: %s", nghttp2_strerror((int)rv));
+    conn_log(c, EXTPROC_LOG_WARN, "HTTP/2 error from peer: %s", nghttp2_strerror((int)rv));
     /* nghttp2 has queued a GOAWAY for protocol errors: try to send it, then close. */
     conn_flush(c);
     connection_close(c);
@@ -284,10 +302,10 @@ void connection_accept(listener *l) {
   }
   c->closing = false;
   if (!l->spec->is_unix) uv_tcp_nodelay(&c->h.tcp, 1);
+  peer_describe(&c->h, l->spec->is_unix ? l->spec->unix_path : NULL, c->peer, sizeof(c->peer));
   dlist_push_front(&w->connections, &c->link);
-  if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
-    connection_close(c);
-    return;
-  }
-  conn_flush(c); /* our SETTINGS */
+  /* Our SETTINGS go out with the first answer to the client's bytes (RFC 9113 allows the
+   * server's preface to wait): a client that is not an HTTP/2 client then gets no binary
+   * frame ahead of the plain answer peer_refuse_foreign() gives it. */
+  if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) connection_close(c);
 }

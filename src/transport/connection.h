@@ -16,6 +16,7 @@
 
 #include "base/list.h"
 #include "transport/grpc_frame.h"
+#include "transport/peer.h"
 #include "transport/transport.h"
 
 typedef struct connection connection;
@@ -64,6 +65,11 @@ struct connection {
   size_t queued_out_bytes; /* reply bytes queued, not yet handed to nghttp2 */
   h2_stream *favoured;     /* over the partial budget: the one stream still fed */
   bool input_held;         /* some stream holds credit for budget reasons */
+  /* The peer (peer.c): its address for log lines, and its first bytes, which name what it
+   * speaks if it turns out not to be an HTTP/2 client. */
+  char peer[PEER_TEXT_BYTES];
+  uint8_t head[PEER_HEAD_BYTES];
+  uint8_t head_len;
 };
 
 static inline h2_stream *stream_of(const dlist_link *l) { return LIST_ITEM(l, h2_stream, link); }

@@ -201,7 +201,10 @@ static void feed_input(h2_stream *s, const uint8_t *data, size_t len) {
     } else {
       snprintf(why, sizeof(why), "out of memory reassembling a message");
     }
-    log_line(EXTPROC_LOG_WARN, "stream %d: %s", s->id, why);
+    if (s->engine)
+      extproc_log(s->engine, EXTPROC_LOG_WARN, "stream %d: %s", s->id, why);
+    else
+      conn_log(s->conn, EXTPROC_LOG_WARN, "stream %d: %s", s->id, why);
     finish_stream(s, code, why);
     s->discard_input = true;
     grpc_reader_free(&s->reader);
@@ -272,6 +275,7 @@ int h2_stream_start(h2_stream *s) {
     s->engine = stream_open(c->proc, &engine_sink, s, &poster);
     if (!s->engine)
       return submit_trailers_only(s, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    (void)stream_set_peer(s->engine, c->peer); /* out of memory: lines go without it */
   }
   return submit_response_headers(s);
 }
