@@ -1,15 +1,17 @@
 /* extproc-examples: serves example processors, each on its own address, from one process.
  *
  *   extproc-examples --service SPEC[,SPEC...] [--service SPEC...] [--listen ADDR]
- *                    [--grace-period SECONDS] [--log-level LEVEL] [--workers N]
- *                    [--max-message-bytes N]
+ *                    [--grace-period SECONDS] [--drain-delay SECONDS] [--health-listen ADDR]
+ *                    [--log-level LEVEL] [--workers N] [--max-message-bytes N]
  *
  * SPEC is NAME, NAME:PORT or NAME@ADDR. NAME is a class name of the Python SDK
  * (TrivialExtProcService) or its short name (trivial). NAME:PORT listens on 0.0.0.0:PORT;
  * NAME@ADDR on ADDR (HOST:PORT, [IPV6]:PORT or unix:PATH); a bare NAME on --listen (default
  * 0.0.0.0:50051). LEVEL defaults to the LOG_LEVEL environment variable, else info. The chain
- * header follows REVEAL_EXTPROC_CHAIN and EXTPROCS_APPLIED_HEADER. Stops on SIGINT or SIGTERM,
- * letting open streams finish for the grace period (default 5 s). */
+ * header follows REVEAL_EXTPROC_CHAIN and EXTPROCS_APPLIED_HEADER. Stops on SIGINT or SIGTERM:
+ * health says NOT_SERVING and everything is still served for the drain delay (default 3 s),
+ * then open streams may finish for the grace period (default 5 s); a second signal stops at
+ * once. --health-listen adds an address serving only grpc.health.v1.Health. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +30,8 @@ typedef struct service {
 static void usage(FILE *out) {
   fprintf(out,
           "usage: extproc-examples --service SPEC[,SPEC...] [--listen ADDR]\n"
-          "                        [--grace-period SECONDS] [--log-level debug|info|warn|error]\n"
+          "                        [--grace-period SECONDS] [--drain-delay SECONDS]\n"
+          "                        [--health-listen ADDR] [--log-level debug|info|warn|error]\n"
           "                        [--workers N] [--max-message-bytes N]\n"
           "  SPEC: NAME (served on --listen), NAME:PORT (on 0.0.0.0:PORT) or NAME@ADDR\n"
           "  ADDR: HOST:PORT, [IPV6]:PORT or unix:PATH (default 0.0.0.0:50051)\n"
@@ -102,6 +105,10 @@ int main(int argc, char **argv) {
       level_text = val;
     } else if (strcmp(arg, "--grace-period") == 0 && parse_number(val, &n) && n <= 3600) {
       opts.shutdown_grace_ms = (uint32_t)(n * 1000);
+    } else if (strcmp(arg, "--drain-delay") == 0 && parse_number(val, &n) && n <= 3600) {
+      opts.drain_delay_ms = (uint32_t)(n * 1000);
+    } else if (strcmp(arg, "--health-listen") == 0) {
+      opts.health_listen = val;
     } else if (strcmp(arg, "--workers") == 0 && parse_number(val, &n) && n <= 1024) {
       opts.workers = (unsigned)n;
     } else if (strcmp(arg, "--max-message-bytes") == 0 && parse_number(val, &n) && n >= 1) {
@@ -130,6 +137,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "extproc-examples: cannot create the server: %s\n", extproc_strerror(created));
     return 1;
   }
+  if (opts.health_listen)
+    fprintf(stderr, "extproc-examples: serving grpc.health.v1.Health alone on %s\n",
+            opts.health_listen);
   int rv = 0;
   for (size_t i = 0; i < count && rv == 0; i++) {
     service *s = &services[i];
