@@ -68,12 +68,15 @@ typedef struct extproc_server_options {
   uint32_t shutdown_grace_ms;
   /** On stop, how long the server keeps serving, in milliseconds, with health already
    * NOT_SERVING, before it closes its listeners and sends GOAWAY. Make it longer than Envoy
-   * needs to take the host out of rotation: its gRPC active health check marks a host
-   * unhealthy after `unhealthy_threshold` failed checks, one per `interval` (so allow
-   * unhealthy_threshold x interval plus a margin; the cluster's `no_traffic_interval` applies
-   * instead while it has had no traffic). Default (from extproc_server_options_init) 3000,
-   * which suits the demo's Envoy: interval 1 s, unhealthy_threshold 2. 0 skips the drain (and
-   * a zeroed struct gets 0, as for shutdown_grace_ms). At most 2^32-1. */
+   * needs to take the host out of rotation: Envoy's gRPC active health check ejects a host at
+   * the first NOT_SERVING answer, so within one health check `interval` (plus
+   * `interval_jitter` and the check's round trip); its `unhealthy_threshold` counts only
+   * network failures (a check that times out, a refused connection), so allow
+   * unhealthy_threshold x interval if checks may time out under load. While the cluster has
+   * had no traffic, `no_traffic_interval` (default 60 s) replaces `interval`. Default (from
+   * extproc_server_options_init) 3000, which suits the demo's Envoy (deploy/envoy.yaml:
+   * interval 1 s, unhealthy_threshold 2). 0 skips the drain (and a zeroed struct gets 0, as
+   * for shutdown_grace_ms). */
   uint32_t drain_delay_ms;
   /** An extra address that serves only `grpc.health.v1.Health` (Process calls there get
    * UNIMPLEMENTED), in the forms extproc_server_listen() takes, e.g. "127.0.0.1:8081"; NULL

@@ -13,10 +13,12 @@
 #include "transport/worker.h"
 
 /* How long a stop keeps serving with health NOT_SERVING before it closes the listeners. Envoy's
- * active health checker takes a host out of rotation after `unhealthy_threshold` failed checks
- * in a row, one per `interval`: up to unhealthy_threshold x interval after the status changes.
- * The demo's Envoy (deploy/envoy.yaml) checks every 1 s with unhealthy_threshold 2, so 2 s, plus
- * a check's round trip and a margin for the checker's timing: 3 s. */
+ * gRPC active health checker takes a host out of rotation at the first answer that is not
+ * SERVING (an "active" failure; unhealthy_threshold counts only network failures: timeouts,
+ * refused connections), so within one `interval` (plus `interval_jitter` and the check's round
+ * trip) of the change. The demo's Envoy (deploy/envoy.yaml) checks every 1 s with
+ * unhealthy_threshold 2: 3 s covers one interval, and also unhealthy_threshold timed-out checks
+ * of a host too busy to answer in time. */
 enum { DEFAULT_DRAIN_DELAY_MS = 3000 };
 
 struct extproc_server {
