@@ -437,6 +437,7 @@ static void test_deferred_answer_abandoned_when_the_grace_runs_out(void **state)
  */
 
 static pthread_barrier_t g_go;
+static atomic_int g_resumed; /* how many the resumer has resumed so far */
 
 static void *resume_all(void *arg) {
   atomic_int *failures = arg;
@@ -448,12 +449,13 @@ static void *resume_all(void *arg) {
     pthread_mutex_unlock(&g_park.lock);
     if (!req) return NULL;
     if (extproc_request_resume(req, EXTPROC_CONTINUE) != 0) atomic_fetch_add(failures, 1);
+    atomic_fetch_add(&g_resumed, 1);
     if (i % 8 == 0) sched_yield();
   }
 }
 
-static void test_resumes_racing_the_abandon(void **state) {
-  (void)state;
+/* One round: STREAMS parked requests; the stop comes once `head_start` of them are resumed. */
+static void race_round(int head_start) {
   enum { STREAMS = 100 };
   extproc_processor *proc = parking_processor();
   /* No grace: the loops abandon what is deferred as soon as they stop, while the resumer is at
@@ -474,18 +476,21 @@ static void test_resumes_racing_the_abandon(void **state) {
   /* Every warning would be a line per request: keep the output readable. */
   extproc_log_set_level(EXTPROC_LOG_ERROR);
   atomic_int failures = 0;
+  atomic_store(&g_resumed, 0);
   pthread_t resumer;
   assert_int_equal(pthread_barrier_init(&g_go, NULL, 2), 0);
   assert_int_equal(pthread_create(&resumer, NULL, resume_all, &failures), 0);
   pthread_barrier_wait(&g_go);
+  while (atomic_load(&g_resumed) < head_start)
+    sched_yield();
   const int64_t ms = stop_and_wait(srv, false);
   pthread_join(resumer, NULL);
   pthread_barrier_destroy(&g_go);
   extproc_log_set_level(EXTPROC_LOG_INFO);
   /* How the race went is up to the scheduler; every outcome must free each request once. */
-  printf("stop racing %d resumes: workers done in %lld ms; %d requests freed by their resume "
-         "after being abandoned, %d on their loop\n",
-         STREAMS, (long long)ms, atomic_load(&g_cleanups_resuming),
+  printf("stop after %d of %d resumes: workers done in %lld ms; %d requests freed by their "
+         "resume after being abandoned, %d on their loop\n",
+         head_start, STREAMS, (long long)ms, atomic_load(&g_cleanups_resuming),
          STREAMS - atomic_load(&g_cleanups_resuming));
   assert_true(ms < STOP_BOUND_MS);
   assert_int_equal(atomic_load(&failures), 0);
@@ -498,6 +503,13 @@ static void test_resumes_racing_the_abandon(void **state) {
   }
   extproc_server_free(srv);
   extproc_processor_free(proc);
+}
+
+static void test_resumes_racing_the_abandon(void **state) {
+  (void)state;
+  race_round(0);
+  race_round(30);
+  race_round(60);
 }
 
 int main(void) {
