@@ -87,6 +87,7 @@ PYTEST_ARGS=(
   "tests/e2e/test_protocol_envoy.py::test_override_message_timeout_gives_slow_work_time"
   "tests/e2e/test_loadgen.py::test_shape[headers]"
   "tests/e2e/test_loadgen.py::test_shape[full]"
+  "tests/e2e/test_drain_envoy.py"
 )
 test_pass build-tsan
 unset EXTPROC_WORKERS

@@ -67,7 +67,7 @@ if [ -x "$LOADGEN" ] && "$LOADGEN" --help 2>&1 | grep -qi -- '--hold'; then
 fi
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-SERVER_CMD=("$RUNNER" --service "trivial@127.0.0.1:$PORT" --workers 1 --grace-period 1)
+SERVER_CMD=("$RUNNER" --service "trivial@127.0.0.1:$PORT" --workers 1 --grace-period 1 --drain-delay 0)
 "${SERVER_CMD[@]}" >"$TMP/processor.log" 2>&1 </dev/null &
 SERVER_PID=$!
 for _ in $(seq 200); do

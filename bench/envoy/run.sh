@@ -347,7 +347,7 @@ run_config() {
   shift 6
   log "== $name: $filters ext_proc filter(s)"
   start_bg "$name-processor" "$PROC_CPU" "$LOGS/$name-processor.log" \
-    "$RUNNER" --service "$specs" --workers 1 --grace-period 1
+    "$RUNNER" --service "$specs" --workers 1 --grace-period 1 --drain-delay 0
   local proc_pid=$LAST_PID port
   for port in "$@"; do
     wait_for "processor on $port" "$proc_pid" "$LOGS/$name-processor.log" tcp_open "$port"

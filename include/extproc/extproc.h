@@ -517,8 +517,14 @@ EXTPROC_API int extproc_request_defer(extproc_request *req);
  * Ownership while deferred: from the moment the callback hands `req` to another thread until
  * that thread calls this function, only that thread may use `req` (to read it and record the
  * answer); after the call, nobody may. If Envoy ended the exchange meanwhile (for instance its
- * message_timeout ran out), the answer is dropped with a warning and the request freed. Every
- * deferred request must be resumed before its server is freed.
+ * message_timeout ran out), the answer is dropped with a warning and the request freed.
+ *
+ * At shutdown a deferred request waits at most for the server's grace period
+ * (extproc_server_options.shutdown_grace_ms): then it is abandoned, with a warning saying so.
+ * A late resume of an abandoned request, even after extproc_server_wait() or
+ * extproc_server_free() has returned, frees it on the calling thread (running context_cleanup
+ * there, without touching the processor or the server) and returns 0; nothing is sent. The
+ * request must still be resumed (or the process exit) for its memory to be freed.
  *
  * Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or EXTPROC_ESTATE with a log
  * line (no phase of this request is waiting for a resume: not deferred, not declared with

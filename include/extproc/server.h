@@ -2,11 +2,31 @@
  * @file
  * libextproc server: serves processors to Envoy over gRPC (HTTP/2 cleartext, TCP or unix
  * socket) as `envoy.service.ext_proc.v3.ExternalProcessor/Process`, plus
- * `grpc.health.v1.Health/Check`.
+ * `grpc.health.v1.Health/Check` and `grpc.health.v1.Health/Watch`.
  *
  * Lifecycle: extproc_server_new -> extproc_server_listen (one or more) -> extproc_server_start
  * (or extproc_server_run, which blocks) -> extproc_server_stop -> extproc_server_wait ->
  * extproc_server_free.
+ *
+ * Stopping drains, in stages, so that Envoy moves traffic elsewhere without a failed request:
+ *  1. health turns NOT_SERVING at once (Check answers it, every Watch is sent it) while
+ *     everything else goes on for `drain_delay_ms`: new connections and streams are served, and
+ *     Envoy's active health checker takes this host out of rotation meanwhile;
+ *  2. the listeners close and every connection gets a GOAWAY (Envoy opens no new stream on it);
+ *     open streams have `shutdown_grace_ms` to finish (connections close as their streams end);
+ *  3. then connections still open are closed, and deferred requests not yet resumed are
+ *     abandoned: each is logged ("abandoned at shutdown"), and its late extproc_request_resume()
+ *     frees it on the resuming thread and returns 0. The worker threads end within the grace
+ *     period whatever the callbacks do.
+ * extproc_server_stop_now() runs all three at once; so does a second SIGINT or SIGTERM under
+ * extproc_server_run.
+ *
+ * Health: the known services are "" (the server as a whole) and
+ * `envoy.service.ext_proc.v3.ExternalProcessor`. Check answers SERVING or NOT_SERVING, or
+ * NOT_FOUND for any other name; Watch sends the status at once and again on every change, and
+ * SERVICE_UNKNOWN (keeping the stream open) for any other name, as the gRPC health protocol
+ * says. A Watch ends with UNAVAILABLE at stage 2. Every listener serves health; `health_listen`
+ * adds an address that serves only health.
  *
  * Threading: the server runs `workers` event loops, one thread each. A connection and all its
  * streams live on one loop; on TCP each loop accepts on its own SO_REUSEPORT socket, so the
@@ -42,9 +62,28 @@ typedef struct extproc_server_options {
   /** HTTP/2 initial per-stream receive window in bytes. Default 1 MiB; at most 2^31-1. */
   uint32_t initial_window_bytes;
   /** On stop, how long open streams may go on, in milliseconds, after each connection is sent a
-   * GOAWAY (so Envoy opens no new stream on it); connections still busy then are closed.
-   * Default (from extproc_server_options_init) 5000; 0 closes at once. */
+   * GOAWAY (so Envoy opens no new stream on it); connections still busy then are closed and
+   * deferred requests not yet resumed are abandoned (see the stages above). Default (from
+   * extproc_server_options_init) 5000; 0 closes at once. */
   uint32_t shutdown_grace_ms;
+  /** On stop, how long the server keeps serving, in milliseconds, with health already
+   * NOT_SERVING, before it closes its listeners and sends GOAWAY. Make it longer than Envoy
+   * needs to take the host out of rotation: Envoy's gRPC active health check ejects a host at
+   * the first NOT_SERVING answer, so within one health check `interval` (plus
+   * `interval_jitter` and the check's round trip); its `unhealthy_threshold` counts only
+   * network failures (a check that times out, a refused connection), so allow
+   * unhealthy_threshold x interval if checks may time out under load. While the cluster has
+   * had no traffic, `no_traffic_interval` (default 60 s) replaces `interval`. Default (from
+   * extproc_server_options_init) 3000, which suits the demo's Envoy (deploy/envoy.yaml:
+   * interval 1 s, unhealthy_threshold 2). 0 skips the drain (and a zeroed struct gets 0, as
+   * for shutdown_grace_ms). */
+  uint32_t drain_delay_ms;
+  /** An extra address that serves only `grpc.health.v1.Health` (Process calls there get
+   * UNIMPLEMENTED), in the forms extproc_server_listen() takes, e.g. "127.0.0.1:8081"; NULL
+   * (the default) for none. Bound by extproc_server_new() (see extproc_server_health_port());
+   * the string is copied there. It counts as one of the 16 listeners a server may have, and it
+   * closes with the others at stage 2. */
+  const char *health_listen;
 } extproc_server_options;
 
 /** Fills `opts` with the defaults above and sets its struct_size. NULL is ignored. */
@@ -57,7 +96,8 @@ typedef struct extproc_server extproc_server;
  * start (or run) it, stop, wait, free. Stores the server in `*out` and returns 0; otherwise
  * stores NULL and returns EXTPROC_EINVAL (out NULL, struct_size not set or from a newer version
  * using fields this library lacks, max_message_bytes above 2 GiB, initial_window_bytes above
- * 2^31-1) or EXTPROC_ENOMEM. */
+ * 2^31-1, a malformed health_listen), EXTPROC_EIO (health_listen cannot be bound) or
+ * EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_options *opts);
 
 /** Serves `proc` (not owned; must outlive the server) on `address`:
@@ -87,24 +127,42 @@ EXTPROC_API int extproc_server_metrics_listen(extproc_server *srv, const char *a
  * Thread-safe once the listener exists. */
 EXTPROC_API int extproc_server_port(const extproc_server *srv, int index);
 
+/** The TCP port of the health-only listener (extproc_server_options.health_listen), or 0 when
+ * there is none or it is a unix socket. Thread-safe. */
+EXTPROC_API int extproc_server_health_port(const extproc_server *srv);
+
 /** Starts the worker threads and returns. Sets SIGPIPE to be ignored, process-wide, so a peer
  * that disconnects mid-write cannot kill the process. Returns 0, EXTPROC_ESTATE if already started
  * or no listener was added, or EXTPROC_EIO if a thread could not be created. */
 EXTPROC_API int extproc_server_start(extproc_server *srv);
 
-/** Asks the server to stop: listeners close at once; each connection gets a GOAWAY and is closed
- * when its streams are done or when shutdown_grace_ms runs out, whichever comes first (streams
- * still open then are ended; deferred requests are freed once resumed). Thread-safe and
- * async-signal-safe, also while extproc_server_wait runs (a stop that comes once the loops are
- * closing does nothing); returns at once. */
+/** Asks the server to stop, draining (the stages above): health turns NOT_SERVING before this
+ * returns; after drain_delay_ms the listeners close and each connection gets a GOAWAY and is
+ * closed when its streams are done or when shutdown_grace_ms runs out, whichever comes first
+ * (streams still open then are ended; deferred requests still waiting are abandoned). So the
+ * workers end within drain_delay_ms + shutdown_grace_ms. A stop before start applies at start.
+ * Thread-safe and async-signal-safe, also while extproc_server_wait runs (a stop that comes once
+ * the loops are closing does nothing); returns at once. */
 EXTPROC_API void extproc_server_stop(extproc_server *srv);
 
-/** Waits until every worker thread has finished after extproc_server_stop(). */
+/** Asks the server to stop at once: as extproc_server_stop() with no drain delay and no grace
+ * period. Connections are closed without waiting for their streams (Envoy sees them reset) and
+ * deferred requests are abandoned. Also cuts short a draining stop under way. Thread-safe and
+ * async-signal-safe, as extproc_server_stop(). */
+EXTPROC_API void extproc_server_stop_now(extproc_server *srv);
+
+/** Waits until every worker thread has finished after extproc_server_stop() (at most
+ * drain_delay_ms + shutdown_grace_ms plus what a loop needs to close). Deferred requests
+ * abandoned at shutdown stay valid for their late extproc_request_resume(), which frees them and
+ * returns 0 even after this returns and after extproc_server_free(). Call from one thread. */
 EXTPROC_API void extproc_server_wait(extproc_server *srv);
 
-/** Starts the server and blocks until SIGINT or SIGTERM or extproc_server_stop(); then waits for
- * the workers. The signals are handled (through libuv) only while it runs; afterwards their
- * disposition is the default one again. Returns 0 or the error of start. */
+/** Starts the server and blocks until SIGINT or SIGTERM or extproc_server_stop() has stopped it
+ * and the workers are done. The first signal drains (extproc_server_stop()); a second one, or a
+ * signal during a stop begun by extproc_server_stop(), stops at once
+ * (extproc_server_stop_now()). The signals are handled (through libuv) only while it runs;
+ * afterwards their disposition is the default one again. Uses one extra thread to wait for the
+ * workers. Returns 0, the error of start, or EXTPROC_EIO if that thread could not be created. */
 EXTPROC_API int extproc_server_run(extproc_server *srv);
 
 /** Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */
@@ -114,7 +172,9 @@ EXTPROC_API uint64_t extproc_server_open_streams(const extproc_server *srv);
  * Thread-safe. */
 EXTPROC_API uint64_t extproc_server_total_streams(const extproc_server *srv);
 
-/** Frees a stopped (or never started) server. NULL is ignored. */
+/** Frees a stopped (or never started) server; a running one is stopped first (draining, as
+ * extproc_server_stop()) and waited for. NULL is ignored. Deferred requests abandoned at
+ * shutdown outlive it (see extproc_server_wait()). */
 EXTPROC_API void extproc_server_free(extproc_server *srv);
 
 #ifdef __cplusplus

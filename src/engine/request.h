@@ -44,7 +44,8 @@ typedef enum handoff_state {
   HANDOFF_RESUMED_EARLY_FAIL,
   HANDOFF_DEFERRED,        /* the callback returned; waiting for extproc_request_resume() */
   HANDOFF_POSTED_CONTINUE, /* resumed; the loop will complete the phase */
-  HANDOFF_POSTED_FAIL
+  HANDOFF_POSTED_FAIL,
+  HANDOFF_ABANDONED /* its loop stopped while it waited: the resume frees it on its own thread */
 } handoff_state;
 
 /* A piece of a FULL_DUPLEX_STREAMED body or of a streamed immediate response, sent after the
@@ -143,9 +144,16 @@ struct extproc_request {
   /* Flow. */
   bool deferred;      /* the phase is deferred and has not been resumed */
   atomic_int handoff; /* handoff_state; the only field other threads touch */
-  bool ended;         /* the stream's outcome is decided: later messages are ignored */
-  bool half_closed;   /* Envoy has sent its last message */
-  queue waiting;      /* queued_message, in arrival order */
+  /* While deferred, in the poster's deferred_list (loop thread only). */
+  dlist_link deferred_link;
+  bool deferred_linked;
+  /* Set by stream_abandon_deferred: the resume that frees an abandoned request runs after the
+   * processor may be gone, so it takes the cleanup from here (published by the hand-off). */
+  extproc_context_cleanup_fn abandoned_cleanup;
+  bool closed_at_shutdown; /* its resume was already on its way when the loop gave up */
+  bool ended;              /* the stream's outcome is decided: later messages are ignored */
+  bool half_closed;        /* Envoy has sent its last message */
+  queue waiting;           /* queued_message, in arrival order */
 };
 
 /* The direction of a phase: 0 request, 1 response. */

@@ -4,6 +4,7 @@
  * once Envoy has half-closed and everything is answered. */
 #include "engine/stream.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -44,14 +45,41 @@ int stream_set_peer(extproc_request *req, const char *peer) {
   return req->peer ? 0 : EXTPROC_ENOMEM;
 }
 
-static void stream_free(extproc_request *req) {
-  if (req->ctx_started && req->proc->context_cleanup) req->proc->context_cleanup(req->ctx);
+static void free_memory(extproc_request *req) {
   intake_discard(req);
   free(req->accumulated[0]);
   free(req->accumulated[1]);
   arena_free(&req->msg_arena);
   arena_free(&req->arena);
   free(req);
+}
+
+static void stream_free(extproc_request *req) {
+  if (req->ctx_started && req->proc->context_cleanup) req->proc->context_cleanup(req->ctx);
+  free_memory(req);
+}
+
+/* The late resume of a request abandoned at shutdown, on the resuming thread: the loop, the
+ * server and the processor may all be gone, so nothing of theirs is touched. */
+static void free_abandoned(extproc_request *req) {
+  if (req->ctx_started && req->abandoned_cleanup) req->abandoned_cleanup(req->ctx);
+  free_memory(req);
+  /* Arena blocks went to this thread's cache; it may be one that never uses arenas. */
+  arena_cache_release();
+}
+
+static void link_deferred(extproc_request *req) {
+  if (req->poster.deferred) (*req->poster.deferred)++;
+  if (!req->poster.deferred_list) return;
+  dlist_push_front(req->poster.deferred_list, &req->deferred_link);
+  req->deferred_linked = true;
+}
+
+static void unlink_deferred(extproc_request *req) {
+  if (req->poster.deferred) (*req->poster.deferred)--;
+  if (!req->deferred_linked) return;
+  dlist_remove(req->poster.deferred_list, &req->deferred_link);
+  req->deferred_linked = false;
 }
 
 bool stream_busy(const extproc_request *req) { return req->deferred; }
@@ -189,7 +217,7 @@ static void after_callback(extproc_request *req, extproc_result result) {
                     "callback called extproc_request_defer() but did not return EXTPROC_DEFER; "
                     "waiting for extproc_request_resume()");
       req->deferred = true;
-      if (req->poster.deferred) (*req->poster.deferred)++;
+      link_deferred(req);
       return;
     }
     /* A resume came in between: `state` now holds it; look again. */
@@ -269,17 +297,53 @@ void stream_close(extproc_request *req) {
 void stream_resume_on_loop(extproc_request *req) {
   const int state = atomic_exchange(&req->handoff, HANDOFF_IDLE);
   req->deferred = false;
-  if (req->poster.deferred) (*req->poster.deferred)--;
+  unlink_deferred(req);
   if (!req->io) { /* the exchange went away while we waited */
-    extproc_log(req, EXTPROC_LOG_WARN,
-                "deferred answer dropped: Envoy had already ended the stream "
-                "(its message_timeout may have run out)");
+    if (req->closed_at_shutdown)
+      extproc_log(req, EXTPROC_LOG_WARN,
+                  "deferred answer dropped: its stream was closed at shutdown (the grace period "
+                  "ran out)");
+    else
+      extproc_log(req, EXTPROC_LOG_WARN,
+                  "deferred answer dropped: Envoy had already ended the stream "
+                  "(its message_timeout may have run out)");
     stream_free(req);
     return;
   }
   complete_phase(req, state == HANDOFF_POSTED_FAIL ? EXTPROC_FAIL : EXTPROC_CONTINUE);
   intake_drain(req);
   if (req->io) req->sink->resumed(req->io);
+}
+
+size_t stream_abandon_deferred(const stream_poster *poster) {
+  if (!poster->deferred_list) return 0;
+  dlist still_coming = {0};
+  size_t abandoned = 0;
+  while (poster->deferred_list->head) {
+    extproc_request *req = LIST_ITEM(poster->deferred_list->head, extproc_request, deferred_link);
+    unlink_deferred(req);
+    req->abandoned_cleanup = req->proc->context_cleanup;
+    req->closed_at_shutdown = true;
+    /* Named before the hand-off: once ABANDONED, the resuming thread may free it at any time. */
+    char who[256];
+    snprintf(who, sizeof(who), "processor=%s phase=%s request_id=%s", req->proc->name,
+             extproc_phase_name(req->msg.phase), req->info.request_id ? req->info.request_id : "-");
+    int expected = HANDOFF_DEFERRED;
+    if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_ABANDONED)) {
+      log_line(EXTPROC_LOG_WARN,
+               "%s: deferred answer abandoned at shutdown: the grace period ran out before "
+               "extproc_request_resume(), which will only free the request",
+               who);
+      abandoned++;
+      continue;
+    }
+    /* Resumed just now: it is on its way through the poster, which still counts it. */
+    if (req->poster.deferred) (*req->poster.deferred)++;
+    dlist_push_front(&still_coming, &req->deferred_link);
+    req->deferred_linked = true;
+  }
+  *poster->deferred_list = still_coming;
+  return abandoned;
 }
 
 int extproc_request_defer(extproc_request *req) {
@@ -306,6 +370,13 @@ int extproc_request_resume(extproc_request *req, extproc_result result) {
   if (atomic_compare_exchange_strong(&req->handoff, &expected,
                                      fail ? HANDOFF_POSTED_FAIL : HANDOFF_POSTED_CONTINUE)) {
     req->poster.post(req->poster.data, req);
+    return 0;
+  }
+  /* Its loop stopped while it waited: the answer has nowhere to go. Taking the state back to
+   * IDLE makes this resume the only one that frees it. */
+  expected = HANDOFF_ABANDONED;
+  if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_IDLE)) {
+    free_abandoned(req);
     return 0;
   }
   /* Not a line with the request's details: another thread may be using them. */

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/list.h"
 #include "extproc/extproc.h"
 
 /* Where the engine's output goes. `io` is the transport's per-stream object. */
@@ -39,6 +40,9 @@ typedef struct stream_poster {
   void (*post)(void *data, extproc_request *req);
   void *data;
   size_t *deferred; /* counts deferred, unresumed requests; touched on the loop thread only */
+  /* Optional: the deferred, unresumed requests themselves (loop thread only), so a stopping
+   * loop can abandon them (stream_abandon_deferred). */
+  dlist *deferred_list;
 } stream_poster;
 
 /* Opens a stream for `proc`. `sink` is static; `io` and `poster` are the transport's.
@@ -66,5 +70,13 @@ void stream_close(extproc_request *req);
 
 /* Called on the loop thread after extproc_request_resume() posted the request. */
 void stream_resume_on_loop(extproc_request *req);
+
+/* A stopping loop gives up on the deferred requests of `poster`'s deferred_list: call it once
+ * their streams are closed, when the loop will not wait any longer. Each one not yet resumed is
+ * abandoned (logged; it leaves the list and the count): its late extproc_request_resume() frees
+ * it on the resuming thread, touching neither the loop nor the processor. One whose resume is
+ * already on its way stays in the list and still comes back through the poster, so the loop
+ * must keep its poster working until the list is empty. Returns how many were abandoned. */
+size_t stream_abandon_deferred(const stream_poster *poster);
 
 #endif

@@ -14,21 +14,33 @@
 #include "transport/listener.h"
 #include "transport/worker.h"
 
+/* How long a stop keeps serving with health NOT_SERVING before it closes the listeners. Envoy's
+ * gRPC active health checker takes a host out of rotation at the first answer that is not
+ * SERVING (an "active" failure; unhealthy_threshold counts only network failures: timeouts,
+ * refused connections), so within one `interval` (plus `interval_jitter` and the check's round
+ * trip) of the change. The demo's Envoy (deploy/envoy.yaml) checks every 1 s with
+ * unhealthy_threshold 2: 3 s covers one interval, and also unhealthy_threshold timed-out checks
+ * of a host too busy to answer in time. */
+enum { DEFAULT_DRAIN_DELAY_MS = 3000 };
+
 struct extproc_server {
   extproc_server_options opts;
   transport_config cfg;
   transport_stats stats;
   worker *workers;
   unsigned worker_count;
+  /* The health-only listener (health_listen) first, if any, then extproc_server_listen's, whose
+   * indexes count from `first_listener`. */
   listener_spec listeners[MAX_LISTENERS];
   unsigned listener_count;
+  unsigned first_listener;
   bool started;        /* start was called (a server runs once) */
   atomic_uint running; /* workers whose threads run and must be joined */
   atomic_bool stop_requested;
-  uv_async_t *_Atomic run_wakeup; /* set while extproc_server_run waits */
+  atomic_bool stop_now_requested;
   /* extproc_server_stop may come from any thread at any time, even while extproc_server_wait
-   * (or extproc_server_run) closes the loops and handles it wakes: a stop counts itself in
-   * `stops_in_flight` while it uses them, and does nothing once `loops_closing` is set. */
+   * closes the loops it wakes: a stop counts itself in `stops_in_flight` while it uses them, and
+   * does nothing once `loops_closing` is set. */
   atomic_bool loops_closing;
   atomic_int stops_in_flight;
   server_metrics metrics;
@@ -44,6 +56,19 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->max_concurrent_streams = 10000;
   opts->initial_window_bytes = 1u << 20;
   opts->shutdown_grace_ms = 5000;
+  opts->drain_delay_ms = DEFAULT_DRAIN_DELAY_MS;
+  opts->health_listen = NULL;
+}
+
+/* Opens the health-only listener as listeners[0]. Returns 0 or a negative extproc_error. */
+static int open_health_listener(extproc_server *srv, const char *address) {
+  listener_spec *spec = &srv->listeners[0];
+  memset(spec, 0, sizeof(*spec));
+  spec->proc = NULL; /* the transport serves only grpc.health.v1.Health there */
+  const int rv = listener_open(address, spec, srv->worker_count);
+  if (rv != 0) return rv;
+  srv->listener_count = srv->first_listener = 1;
+  return 0;
 }
 
 int extproc_server_new(extproc_server **out, const extproc_server_options *opts) {
@@ -72,13 +97,23 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   srv->cfg = (transport_config){.max_message_bytes = o.max_message_bytes,
                                 .max_concurrent_streams = o.max_concurrent_streams,
                                 .initial_window_bytes = o.initial_window_bytes,
-                                .shutdown_grace_ms = o.shutdown_grace_ms};
+                                .shutdown_grace_ms = o.shutdown_grace_ms,
+                                .drain_delay_ms = o.drain_delay_ms};
+  srv->opts.health_listen = NULL; /* the caller's string is not kept */
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
   if (!srv->workers || server_metrics_init(&srv->metrics, &srv->stats) != 0) {
     free(srv->workers);
     free(srv);
     return EXTPROC_ENOMEM;
+  }
+  if (o.health_listen) {
+    const int rv = open_health_listener(srv, o.health_listen);
+    if (rv != 0) {
+      free(srv->workers);
+      free(srv);
+      return rv;
+    }
   }
   *out = srv;
   return 0;
@@ -92,7 +127,7 @@ int extproc_server_listen(extproc_server *srv, const char *address, const extpro
   spec->proc = proc;
   const int rv = listener_open(address, spec, srv->worker_count);
   if (rv != 0) return rv;
-  return (int)srv->listener_count++;
+  return (int)(srv->listener_count++ - srv->first_listener);
 }
 
 int extproc_server_metrics_listen(extproc_server *srv, const char *address) {
@@ -102,13 +137,19 @@ int extproc_server_metrics_listen(extproc_server *srv, const char *address) {
                                 server_metrics_collect, &srv->metrics);
 }
 
+static int port_of_spec(const listener_spec *spec) { return spec->is_unix ? 0 : spec->port; }
+
 int extproc_server_port(const extproc_server *srv, int index) {
-  if (!srv || index < 0 || (unsigned)index >= srv->listener_count) return 0;
-  return srv->listeners[index].is_unix ? 0 : srv->listeners[index].port;
+  if (!srv || index < 0 || (unsigned)index >= srv->listener_count - srv->first_listener) return 0;
+  return port_of_spec(&srv->listeners[srv->first_listener + (unsigned)index]);
+}
+
+int extproc_server_health_port(const extproc_server *srv) {
+  return srv && srv->first_listener ? port_of_spec(&srv->listeners[0]) : 0;
 }
 
 int extproc_server_start(extproc_server *srv) {
-  if (!srv || srv->started || srv->listener_count == 0) return EXTPROC_ESTATE;
+  if (!srv || srv->started || srv->listener_count == srv->first_listener) return EXTPROC_ESTATE;
   srv->started = true;
   /* A peer that closes while we write must be an error return, not a process kill. */
   signal(SIGPIPE, SIG_IGN);
@@ -128,32 +169,49 @@ int extproc_server_start(extproc_server *srv) {
       srv->running++;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (srv->running == srv->worker_count) {
-    if (atomic_load(&srv->stop_requested)) extproc_server_stop(srv); /* stop came first */
+    /* A stop that came first found no worker to tell. */
+    if (atomic_load(&srv->stop_now_requested))
+      extproc_server_stop_now(srv);
+    else if (atomic_load(&srv->stop_requested))
+      extproc_server_stop(srv);
     return 0;
   }
   /* Some worker could not be set up or started: stop the ones that run, free the others. */
   log_line(EXTPROC_LOG_ERROR, "could not start worker %u of %u", srv->running, srv->worker_count);
-  extproc_server_stop(srv);
+  extproc_server_stop_now(srv);
   extproc_server_wait(srv);
   for (unsigned i = srv->running; i < ready; i++)
     worker_close(&srv->workers[i]);
   return EXTPROC_EIO;
 }
 
-void extproc_server_stop(extproc_server *srv) {
-  if (!srv) return;
+/* Only atomics and uv_async_send: async-signal-safe. */
+static void request_stop(extproc_server *srv, bool now) {
+  /* Health says NOT_SERVING from here on, on every loop, before any loop hears of the stop. */
+  atomic_store(&srv->stats.draining, 1);
   atomic_store(&srv->stop_requested, true);
+  if (now) atomic_store(&srv->stop_now_requested, true);
   /* Counted before looking: extproc_server_wait either sees this call and lets it finish, or
    * has already set loops_closing, which this call then sees. */
   atomic_fetch_add(&srv->stops_in_flight, 1);
   if (!atomic_load(&srv->loops_closing)) {
     const unsigned running = atomic_load(&srv->running);
-    for (unsigned i = 0; i < running; i++)
-      worker_request_stop(&srv->workers[i]);
-    uv_async_t *run = srv->run_wakeup;
-    if (run) uv_async_send(run);
+    for (unsigned i = 0; i < running; i++) {
+      if (now)
+        worker_request_stop_now(&srv->workers[i]);
+      else
+        worker_request_stop(&srv->workers[i]);
+    }
   }
   atomic_fetch_sub(&srv->stops_in_flight, 1);
+}
+
+void extproc_server_stop(extproc_server *srv) {
+  if (srv) request_stop(srv, false);
+}
+
+void extproc_server_stop_now(extproc_server *srv) {
+  if (srv) request_stop(srv, true);
 }
 
 /* Waits for extproc_server_stop calls still using the loops or handles they found. */
@@ -179,40 +237,82 @@ static void ignore_close(uv_handle_t *h) { (void)h; }
 
 /* ---- Blocking run with signal handling ------------------------------------------------- */
 
+/* extproc_server_run's loop: it handles the signals until the workers are done, so a second
+ * signal can still cut a drain short. */
+typedef struct run_state {
+  extproc_server *srv;
+  uv_signal_t sigint, sigterm;
+  uv_async_t done; /* the waiter thread has seen every worker finish */
+  uv_thread_t waiter;
+} run_state;
+
 static void on_signal(uv_signal_t *sig, int signum) {
-  log_line(EXTPROC_LOG_INFO, "received signal %d, stopping", signum);
-  extproc_server_stop(sig->data);
+  extproc_server *srv = sig->data;
+  if (atomic_load(&srv->stop_requested)) {
+    log_line(EXTPROC_LOG_WARN,
+             "received signal %d while stopping: stopping now (no drain delay, no grace period)",
+             signum);
+    extproc_server_stop_now(srv);
+    return;
+  }
+  log_line(EXTPROC_LOG_INFO,
+           "received signal %d: health NOT_SERVING, draining for %u ms, then closing with a "
+           "grace period of %u ms (a second signal stops at once)",
+           signum, srv->cfg.drain_delay_ms, srv->cfg.shutdown_grace_ms);
+  extproc_server_stop(srv);
 }
 
-static void on_run_wakeup(uv_async_t *async) {
-  extproc_server *srv = async->data;
-  if (atomic_load(&srv->stop_requested)) uv_stop(async->loop);
+static void on_workers_done(uv_async_t *async) {
+  run_state *r = async->data;
+  uv_close((uv_handle_t *)&r->sigint, ignore_close);
+  uv_close((uv_handle_t *)&r->sigterm, ignore_close);
+  uv_close((uv_handle_t *)&r->done, ignore_close);
+}
+
+static void waiter_main(void *arg) {
+  run_state *r = arg;
+  extproc_server_wait(r->srv);
+  uv_async_send(&r->done);
+}
+
+/* Starts the waiter thread with SIGINT and SIGTERM blocked: they are for the run loop. */
+static int start_waiter(run_state *r) {
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  const int rv = uv_thread_create(&r->waiter, waiter_main, r);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rv;
 }
 
 int extproc_server_run(extproc_server *srv) {
   if (!srv) return EXTPROC_EINVAL;
   uv_loop_t loop;
-  uv_signal_t sigint, sigterm;
-  uv_async_t wakeup;
+  run_state r = {.srv = srv};
   if (uv_loop_init(&loop) != 0) return EXTPROC_EIO;
-  uv_async_init(&loop, &wakeup, on_run_wakeup);
-  wakeup.data = srv;
-  uv_signal_init(&loop, &sigint);
-  uv_signal_init(&loop, &sigterm);
-  sigint.data = sigterm.data = srv;
-  uv_signal_start(&sigint, on_signal, SIGINT);
-  uv_signal_start(&sigterm, on_signal, SIGTERM);
-  srv->run_wakeup = &wakeup;
+  uv_async_init(&loop, &r.done, on_workers_done);
+  r.done.data = &r;
+  uv_signal_init(&loop, &r.sigint);
+  uv_signal_init(&loop, &r.sigterm);
+  r.sigint.data = r.sigterm.data = srv;
+  uv_signal_start(&r.sigint, on_signal, SIGINT);
+  uv_signal_start(&r.sigterm, on_signal, SIGTERM);
   int rv = extproc_server_start(srv);
-  if (rv == 0 && !atomic_load(&srv->stop_requested)) uv_run(&loop, UV_RUN_DEFAULT);
-  srv->run_wakeup = NULL;
-  wait_stops_in_flight(srv); /* none still holds `wakeup`, closed below */
-  extproc_server_stop(srv);
-  extproc_server_wait(srv);
-  uv_close((uv_handle_t *)&sigint, ignore_close);
-  uv_close((uv_handle_t *)&sigterm, ignore_close);
-  uv_close((uv_handle_t *)&wakeup, ignore_close);
-  uv_run(&loop, UV_RUN_DEFAULT);
+  bool waiting = false;
+  if (rv == 0) {
+    waiting = start_waiter(&r) == 0;
+    if (!waiting) { /* nobody would see the workers finish: stop them, then wait here */
+      log_line(EXTPROC_LOG_ERROR, "could not start the thread that waits for the workers");
+      extproc_server_stop_now(srv);
+      extproc_server_wait(srv);
+      rv = EXTPROC_EIO;
+    }
+  }
+  if (!waiting) on_workers_done(&r.done);
+  uv_run(&loop, UV_RUN_DEFAULT); /* until the workers are done and the handles closed */
+  if (waiting) uv_thread_join(&r.waiter);
   uv_loop_close(&loop);
   return rv;
 }
@@ -232,7 +332,7 @@ void extproc_server_free(extproc_server *srv) {
     extproc_server_wait(srv);
   }
   for (unsigned i = 0; i < srv->listener_count; i++)
-    listener_spec_free(&srv->listeners[i], srv->workers ? srv->opts.workers : 0);
+    listener_spec_free(&srv->listeners[i], srv->worker_count);
   metrics_endpoint_stop(srv->metrics_endpoint);
   server_metrics_free(&srv->metrics);
   free(srv->workers);

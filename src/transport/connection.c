@@ -156,8 +156,14 @@ static void connection_close(connection *c) {
 }
 
 void connections_close_all(worker *w) {
-  while (w->connections.head)
-    connection_close(connection_of(w->connections.head));
+  uint64_t cut = 0;
+  while (w->connections.head) {
+    connection *c = connection_of(w->connections.head);
+    for (const dlist_link *l = c->streams.head; l; l = l->next)
+      cut++;
+    connection_close(c);
+  }
+  atomic_fetch_add(&w->stats->streams_cut, cut);
 }
 
 void connections_drain_all(worker *w) {

@@ -21,7 +21,12 @@
 
 typedef struct connection connection;
 
-typedef enum stream_kind { KIND_UNKNOWN, KIND_PROCESS, KIND_HEALTH } stream_kind;
+typedef enum stream_kind {
+  KIND_UNKNOWN,
+  KIND_PROCESS,
+  KIND_HEALTH_CHECK, /* unary */
+  KIND_HEALTH_WATCH  /* server streaming: open until the client or the stop ends it */
+} stream_kind;
 
 /* A framed reply waiting for the stream's data provider (malloc'd). */
 typedef struct out_chunk {
@@ -46,6 +51,10 @@ typedef struct h2_stream {
   char *message;
   bool discard_input; /* after an error: input is consumed and dropped */
   size_t held_bytes;  /* received but not yet returned to the peer's window */
+  /* Health/Watch: the request arrived, and the last status sent (-1 before the first). */
+  bool watch_started;
+  bool watch_known; /* the service asked for is one we serve */
+  int watch_sent;
 } h2_stream;
 
 struct connection {
@@ -100,6 +109,23 @@ void h2_stream_on_remote_end(h2_stream *s);
 
 /* The stream is closed (or its connection is): frees it and closes its engine stream. */
 void h2_stream_release(h2_stream *s);
+
+/* Queues one gRPC message on the stream's response and wakes its data provider (dropped
+ * quietly once the stream is finished). Returns 0 or EXTPROC_ENOMEM. */
+int h2_stream_send(h2_stream *s, const ProtobufCMessage *msg);
+
+/* Sets the stream's final gRPC status (once); trailers follow the queued messages. `message`
+ * may be NULL. */
+void h2_stream_finish(h2_stream *s, uint32_t status, const char *message);
+
+/* ---- health.c -------------------------------------------------------------------------- */
+
+/* One whole request message of a Health/Check or Health/Watch stream. */
+void health_on_message(h2_stream *s, const uint8_t *msg, size_t len);
+
+/* The client half-closed a health stream: a Check (or Watch) without its request is an error;
+ * a Watch that has its request stays open. */
+void health_on_remote_end(h2_stream *s);
 
 /* ---- flow.c ---------------------------------------------------------------------------- */
 

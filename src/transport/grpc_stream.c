@@ -1,17 +1,17 @@
 /* Per-stream gRPC handling: a stream is routed by its path (ext_proc's Process, the health
- * service's Check, or UNIMPLEMENTED), refused at the HTTP level when it is not gRPC at all, its
- * DATA is reassembled into messages for the engine or the health service, and its replies are
- * queued behind one data provider that ends with the trailers. */
+ * service's Check and Watch (health.c), or UNIMPLEMENTED), refused at the HTTP level when it is
+ * not gRPC at all, its DATA is reassembled into messages for the engine or the health service,
+ * and its replies are queued behind one data provider that ends with the trailers. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/log.h"
-#include "grpc/health/v1/health.pb-c.h"
 #include "transport/connection.h"
 
 #define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 #define HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
+#define HEALTH_WATCH_PATH "/grpc.health.v1.Health/Watch"
 
 /* ---- Output ---------------------------------------------------------------------------- */
 
@@ -26,8 +26,7 @@ static int queue_output(h2_stream *s, size_t len, uint8_t **dst) {
   return 0;
 }
 
-/* Queues one framed gRPC message and wakes the stream's data provider. */
-static int send_message(h2_stream *s, const ProtobufCMessage *msg) {
+int h2_stream_send(h2_stream *s, const ProtobufCMessage *msg) {
   if (s->finished) return 0; /* the outcome is already sent or decided: drop quietly */
   const size_t len = protobuf_c_message_get_packed_size(msg);
   uint8_t *dst;
@@ -39,7 +38,7 @@ static int send_message(h2_stream *s, const ProtobufCMessage *msg) {
   return 0;
 }
 
-static void finish_stream(h2_stream *s, uint32_t status, const char *message) {
+void h2_stream_finish(h2_stream *s, uint32_t status, const char *message) {
   if (s->finished) return;
   s->finished = true;
   s->status = status;
@@ -129,10 +128,10 @@ static int submit_trailers_only(h2_stream *s, uint32_t status, const char *messa
 
 /* ---- The engine's view of a stream ----------------------------------------------------- */
 
-static int sink_send(void *io, const ProtobufCMessage *reply) { return send_message(io, reply); }
+static int sink_send(void *io, const ProtobufCMessage *reply) { return h2_stream_send(io, reply); }
 
 static void sink_finish(void *io, uint32_t status, const char *message) {
-  finish_stream(io, status, message);
+  h2_stream_finish(io, status, message);
 }
 
 static void sink_resumed(void *io) {
@@ -146,36 +145,11 @@ static const stream_sink engine_sink = {
 
 /* ---- Per-stream input ------------------------------------------------------------------ */
 
-static void answer_health(h2_stream *s, const uint8_t *msg, size_t len) {
-  Grpc__Health__V1__HealthCheckRequest *in =
-      grpc__health__v1__health_check_request__unpack(NULL, len, msg);
-  if (!in) {
-    finish_stream(s, EXTPROC_GRPC_INVALID_ARGUMENT, "malformed HealthCheckRequest");
-    return;
-  }
-  /* The server as a whole ("") and the ext_proc service are what we serve. */
-  const bool known = in->service[0] == '\0' ||
-                     strcmp(in->service, "envoy.service.ext_proc.v3.ExternalProcessor") == 0;
-  grpc__health__v1__health_check_request__free_unpacked(in, NULL);
-  if (!known) {
-    finish_stream(s, EXTPROC_GRPC_NOT_FOUND, "unknown service");
-    return;
-  }
-  Grpc__Health__V1__HealthCheckResponse out = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-  out.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
-  if (send_message(s, &out.base) != 0) {
-    finish_stream(s, EXTPROC_GRPC_INTERNAL, "out of memory");
-    return;
-  }
-  /* Check is unary: one answer, then the status; anything more the client sends is dropped. */
-  finish_stream(s, EXTPROC_GRPC_OK, NULL);
-}
-
 static void deliver(h2_stream *s, const uint8_t *msg, size_t len) {
   if (s->kind == KIND_PROCESS)
     stream_on_message(s->engine, msg, len);
   else
-    answer_health(s, msg, len);
+    health_on_message(s, msg, len);
 }
 
 static void feed_input(h2_stream *s, const uint8_t *data, size_t len) {
@@ -205,7 +179,7 @@ static void feed_input(h2_stream *s, const uint8_t *data, size_t len) {
       extproc_log(s->engine, EXTPROC_LOG_WARN, "stream %d: %s", s->id, why);
     else
       conn_log(s->conn, EXTPROC_LOG_WARN, "stream %d: %s", s->id, why);
-    finish_stream(s, code, why);
+    h2_stream_finish(s, code, why);
     s->discard_input = true;
     grpc_reader_free(&s->reader);
   }
@@ -214,13 +188,13 @@ static void feed_input(h2_stream *s, const uint8_t *data, size_t len) {
 void h2_stream_on_remote_end(h2_stream *s) {
   if (s->discard_input || s->finished) return;
   if (!grpc_reader_idle(&s->reader)) {
-    finish_stream(s, EXTPROC_GRPC_INTERNAL, "stream ended inside a message");
+    h2_stream_finish(s, EXTPROC_GRPC_INTERNAL, "stream ended inside a message");
     return;
   }
   if (s->kind == KIND_PROCESS)
     stream_on_half_close(s->engine);
-  else /* a health check that ended without its request */
-    finish_stream(s, EXTPROC_GRPC_INVALID_ARGUMENT, "no HealthCheckRequest was sent");
+  else
+    health_on_remote_end(s);
 }
 
 /* ---- Stream lifecycle ------------------------------------------------------------------ */
@@ -230,6 +204,7 @@ h2_stream *h2_stream_new(connection *c, int32_t id) {
   if (!s) return NULL;
   s->conn = c;
   s->id = id;
+  s->watch_sent = -1;
   grpc_reader_init(&s->reader, c->w->cfg->max_message_bytes);
   dlist_push_front(&c->streams, &s->link);
   atomic_fetch_add(&c->w->stats->open_streams, 1);
@@ -247,7 +222,9 @@ void h2_stream_on_header(h2_stream *s, const uint8_t *name, size_t namelen, cons
     if (bytes_equal(value, valuelen, PROCESS_PATH))
       s->kind = KIND_PROCESS;
     else if (bytes_equal(value, valuelen, HEALTH_CHECK_PATH))
-      s->kind = KIND_HEALTH;
+      s->kind = KIND_HEALTH_CHECK;
+    else if (bytes_equal(value, valuelen, HEALTH_WATCH_PATH))
+      s->kind = KIND_HEALTH_WATCH;
   } else if (bytes_equal(name, namelen, ":method")) {
     s->post = bytes_equal(value, valuelen, "POST");
   } else if (bytes_equal(name, namelen, "content-type")) {
@@ -270,6 +247,9 @@ int h2_stream_start(h2_stream *s) {
   if (!s->grpc_content_type) return submit_http_error(s, "415");
   if (s->kind == KIND_UNKNOWN)
     return submit_trailers_only(s, EXTPROC_GRPC_UNIMPLEMENTED, "unknown method");
+  if (s->kind == KIND_PROCESS && !c->proc)
+    return submit_trailers_only(s, EXTPROC_GRPC_UNIMPLEMENTED,
+                                "this address serves only grpc.health.v1.Health");
   if (s->kind == KIND_PROCESS) {
     const stream_poster poster = worker_poster(c->w);
     s->engine = stream_open(c->proc, &engine_sink, s, &poster);

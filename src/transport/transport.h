@@ -28,18 +28,36 @@ typedef struct transport_config {
   uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
   uint32_t initial_window_bytes;   /* SETTINGS_INITIAL_WINDOW_SIZE */
   uint32_t shutdown_grace_ms;      /* how long draining connections may go on */
+  uint32_t drain_delay_ms;         /* at stop: health NOT_SERVING, still serving, this long */
 } transport_config;
 
-/* Counters shared by all workers (atomics: any thread reads them). */
+/* Counters and gauges shared by all workers (atomics: any thread reads them). Each is named by
+ * the Prometheus metric a metrics endpoint would export it as:
+ *   open_streams          extproc_open_streams (gauge): gRPC streams open now
+ *   total_streams         extproc_streams_total: gRPC streams served (Process and health)
+ *   draining              extproc_draining (gauge): 1 from the stop request on; health then
+ *                         answers NOT_SERVING. The one value here that is also state: set by
+ *                         the server, read by the health service on every loop.
+ *   health_checks         extproc_health_checks_total: grpc.health.v1.Health/Check answered
+ *   health_watches        extproc_health_watches_total: Health/Watch streams started
+ *   streams_cut           extproc_shutdown_streams_cut_total: streams still open when the
+ *                         shutdown grace period ran out (or at an immediate stop), closed by us
+ *   deferred_abandoned    extproc_deferred_abandoned_total: deferred requests not yet resumed
+ *                         when their loop stopped; each is freed by its late resume */
 typedef struct transport_stats {
   atomic_uint_fast64_t open_streams;
   atomic_uint_fast64_t total_streams;
+  atomic_uint_fast64_t draining;
+  atomic_uint_fast64_t health_checks;
+  atomic_uint_fast64_t health_watches;
+  atomic_uint_fast64_t streams_cut;
+  atomic_uint_fast64_t deferred_abandoned;
 } transport_stats;
 
 /* One address given to extproc_server_listen. TCP listeners have one socket per worker
  * (SO_REUSEPORT); a unix socket has one, served by worker 0. */
 typedef struct listener_spec {
-  const extproc_processor *proc;
+  const extproc_processor *proc; /* NULL: a health-only listener */
   bool is_unix;
   int port;
   int *fds;        /* per worker; -1 where that worker does not serve this listener */
@@ -69,11 +87,15 @@ struct worker {
   uv_async_t wakeup; /* stop requests and deferred completions */
   listener listeners[MAX_LISTENERS];
   unsigned listener_count;
-  dlist connections; /* for shutdown */
-  size_t deferred;   /* requests deferred and not yet resumed; loop thread only */
-  bool stopping;
+  dlist connections;   /* for shutdown */
+  size_t deferred;     /* requests deferred and not yet resumed; loop thread only */
+  dlist deferred_list; /* those requests (engine/stream.h), abandoned if the grace runs out */
+  bool stopping;       /* listeners closed, GOAWAY sent: the loop ends once nothing is left */
+  bool draining;       /* the stop has begun: health said NOT_SERVING, still serving */
+  bool grace_over;     /* connections closed, deferred requests abandoned */
   atomic_bool stop_requested;
-  uv_timer_t grace_timer; /* runs while connections drain at shutdown */
+  atomic_bool stop_now;   /* no drain delay, no grace */
+  uv_timer_t grace_timer; /* the drain delay, then the grace period */
 
   uv_mutex_t lock; /* guards `completed` */
   extproc_request **completed;
@@ -85,12 +107,21 @@ struct worker {
 /* Accepts one connection on `l` and starts serving it. (connection.c) */
 void connection_accept(listener *l);
 
-/* Closes every connection of `w` and frees their streams. (connection.c) */
+/* Closes every connection of `w` and frees their streams, counting those still open as cut
+ * (stats->streams_cut): it is only used when a stop gives up waiting. (connection.c) */
 void connections_close_all(worker *w);
 
 /* Sends every connection of `w` a GOAWAY: each closes by itself once its open streams end.
  * (connection.c) */
 void connections_drain_all(worker *w);
+
+/* The health status changed (the server began to drain): every Health/Watch stream of `w` is
+ * sent the new one. (health.c) */
+void health_notify_watchers(worker *w);
+
+/* The worker is closing its connections: Health/Watch streams end (UNAVAILABLE), so they do
+ * not hold their connection open through the grace period. (health.c) */
+void health_end_watches(worker *w);
 
 /* A connection of `w` is gone, so a stopping worker may finish. (worker.c) */
 void worker_connection_gone(worker *w);

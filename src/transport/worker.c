@@ -1,6 +1,6 @@
 /* Worker loops: one thread and one libuv loop each, the queue that brings deferred requests
- * back to their loop, and stopping (listeners close, connections drain, then the grace period
- * ends what is left). */
+ * back to their loop, and stopping (health turns NOT_SERVING for the drain delay, then
+ * listeners close and connections drain, then the grace period ends what is left). */
 #include "transport/worker.h"
 
 #include <stdlib.h>
@@ -33,7 +33,10 @@ static void post_completion(void *data, extproc_request *req) {
 }
 
 stream_poster worker_poster(worker *w) {
-  return (stream_poster){.post = post_completion, .data = w, .deferred = &w->deferred};
+  return (stream_poster){.post = post_completion,
+                         .data = w,
+                         .deferred = &w->deferred,
+                         .deferred_list = &w->deferred_list};
 }
 
 static void run_completions(worker *w) {
@@ -63,23 +66,42 @@ static void close_handle(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, ignore_close);
 }
 
-/* A stopping worker's loop ends once its connections are gone and no deferred request can
- * still post back to it. */
+/* Stopping goes through three stages, each started by the one before:
+ *   draining    health answers NOT_SERVING, everything else goes on for drain_delay_ms, so
+ *               Envoy's health checks take the host out of rotation before it stops accepting;
+ *   stopping    listeners close and every connection gets a GOAWAY; open streams may go on
+ *               for shutdown_grace_ms;
+ *   grace over  connections still open are closed and deferred requests still waiting are
+ *               abandoned (engine/stream.h), so no callback can keep the process alive.
+ * The loop ends once its connections are gone and no deferred request can still post back to
+ * it: when all of them came back, or at the end of the grace period. An immediate stop runs
+ * every stage at once. */
 static void worker_maybe_finish(worker *w) {
   if (!w->stopping || w->connections.head) return;
+  if (w->deferred != 0 && !w->grace_over) return; /* they may come back within the grace */
   if (!uv_is_closing((uv_handle_t *)&w->grace_timer))
     uv_close((uv_handle_t *)&w->grace_timer, ignore_close);
+  /* Resumes already on their way (stream_abandon_deferred keeps those) must still land. */
   if (w->deferred == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
     uv_close((uv_handle_t *)&w->wakeup, ignore_close);
 }
 
 void worker_connection_gone(worker *w) { worker_maybe_finish(w); }
 
-static void on_grace_expired(uv_timer_t *timer) {
-  worker *w = timer->data;
+static void end_grace(worker *w) {
+  if (w->grace_over) return;
+  w->grace_over = true;
   if (w->connections.head)
     log_line(EXTPROC_LOG_WARN, "shutdown grace period over: closing connections with open streams");
   connections_close_all(w);
+  const stream_poster poster = worker_poster(w);
+  atomic_fetch_add(&w->stats->deferred_abandoned, stream_abandon_deferred(&poster));
+}
+
+static void on_grace_expired(uv_timer_t *timer) {
+  worker *w = timer->data;
+  end_grace(w);
+  worker_maybe_finish(w);
 }
 
 static void begin_stop(worker *w) {
@@ -87,15 +109,33 @@ static void begin_stop(worker *w) {
   for (unsigned i = 0; i < w->listener_count; i++)
     uv_close(&w->listeners[i].h.handle, ignore_close);
   w->listener_count = 0;
+  health_end_watches(w);
   connections_drain_all(w);
   uv_timer_start(&w->grace_timer, on_grace_expired, w->cfg->shutdown_grace_ms, 0);
   worker_maybe_finish(w);
 }
 
+static void on_drain_over(uv_timer_t *timer) { begin_stop(timer->data); }
+
+static void begin_drain(worker *w) {
+  w->draining = true;
+  health_notify_watchers(w);
+  if (w->cfg->drain_delay_ms == 0)
+    begin_stop(w);
+  else
+    uv_timer_start(&w->grace_timer, on_drain_over, w->cfg->drain_delay_ms, 0);
+}
+
 static void on_wakeup(uv_async_t *async) {
   worker *w = async->data;
   run_completions(w);
-  if (!w->stopping && atomic_load(&w->stop_requested)) begin_stop(w);
+  if (atomic_load(&w->stop_now) && !w->grace_over) {
+    w->draining = true; /* watchers are ended by begin_stop */
+    if (!w->stopping) begin_stop(w);
+    end_grace(w);
+  } else if (!w->draining && atomic_load(&w->stop_requested)) {
+    begin_drain(w);
+  }
   worker_maybe_finish(w);
 }
 
@@ -150,6 +190,11 @@ int worker_start(worker *w) { return uv_thread_create(&w->thread, worker_main, w
 void worker_request_stop(worker *w) {
   atomic_store(&w->stop_requested, true);
   uv_async_send(&w->wakeup);
+}
+
+void worker_request_stop_now(worker *w) {
+  atomic_store(&w->stop_now, true);
+  worker_request_stop(w);
 }
 
 void worker_join(worker *w) { uv_thread_join(&w->thread); }

@@ -18,9 +18,14 @@ int worker_init(worker *w, unsigned index, const transport_config *cfg, transpor
  * worker_init). */
 int worker_start(worker *w);
 
-/* Asks a started worker to stop: its listeners close, its connections drain (GOAWAY), and
- * after the grace period the rest are closed. Thread-safe and async-signal-safe. */
+/* Asks a started worker to stop: after the drain delay (health already says NOT_SERVING, see
+ * transport_stats.draining) its listeners close, its connections drain (GOAWAY), and after the
+ * grace period the rest are closed and deferred requests abandoned. Thread-safe and
+ * async-signal-safe. */
 void worker_request_stop(worker *w);
+
+/* The same without the drain delay and the grace period; also cuts short a stop under way. */
+void worker_request_stop_now(worker *w);
 
 /* Waits for a started worker's thread to end (its loop has nothing left to run). */
 void worker_join(worker *w);

@@ -213,6 +213,10 @@ def start_processor(log_dir, transport, sock_dir, services, name="processor", ex
     workers = os.environ.get("EXTPROC_WORKERS")
     if workers:
         extra_args = ["--workers", workers, *extra_args]
+    if "--drain-delay" not in extra_args:
+        # Stacks stop Envoy before the processor, so there is nothing to drain and no health
+        # checker to wait for; tests of the drain (test_drain_envoy.py) choose their own.
+        extra_args = ["--drain-delay", "0", *extra_args]
     proc = start(name, [runner_binary(), "--service", ",".join(specs), *extra_args], log_dir)
     wait_until(f"processor on {', '.join(specs)}",
                lambda: all(can_connect(p) for p in probes), [proc])

@@ -55,13 +55,14 @@ start_envoy() {
   wait_until 30 "Envoy on port $listen" envoy_ready
 }
 
-# stop_pid PID: SIGTERM, then SIGKILL after 5 s; waits for it (a child of this shell) and
-# sets STOP_RC to its exit status.
+# stop_pid PID: SIGTERM, then SIGKILL after 10 s; waits for it (a child of this shell) and
+# sets STOP_RC to its exit status. A processor with the default options drains for 3 s (health
+# NOT_SERVING) before it closes its connections.
 stop_pid() {
   local pid=$1 i
   STOP_RC=0
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 50); do
+  for i in $(seq 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done

@@ -99,6 +99,7 @@ static void start_server(fixture *f, size_t max_message_bytes, uint32_t initial_
   extproc_server_options opts;
   extproc_server_options_init(&opts);
   opts.workers = 1;
+  opts.drain_delay_ms = 0;
   opts.max_message_bytes = max_message_bytes;
   opts.initial_window_bytes = initial_window_bytes;
   assert_int_equal(extproc_server_new(&f->srv, &opts), 0);

@@ -215,6 +215,7 @@ static extproc_server *start_server(extproc_processor *proc, unsigned workers, u
   extproc_server_options_init(&opts);
   opts.workers = workers;
   opts.shutdown_grace_ms = grace_ms;
+  opts.drain_delay_ms = 0;
   extproc_server *srv;
   assert_int_equal(extproc_server_new(&srv, &opts), 0);
   assert_non_null(srv);

@@ -134,6 +134,7 @@ static int start_server(fixture *f, const char *address, size_t max_message_byte
   extproc_server_options opts;
   extproc_server_options_init(&opts);
   opts.workers = 1;
+  opts.drain_delay_ms = 0; /* tests of the drain set their own */
   if (max_message_bytes) opts.max_message_bytes = max_message_bytes;
   assert_int_equal(extproc_server_new(&f->srv, &opts), 0);
   assert_non_null(f->srv);
@@ -469,7 +470,7 @@ static void test_address_in_use(void **state) {
   h2_client *c = track(f, h2_client_connect_unix(f->unix_path));
   round_trip(c, 0); /* the live server was not disturbed */
   untrack(f, c);
-  extproc_server_stop(second);
+  extproc_server_stop_now(second); /* defaults: a drain would only make the test slower */
   extproc_server_wait(second);
   extproc_server_free(second);
 }
@@ -519,7 +520,7 @@ static void test_unix_socket_files(void **state) {
   h2_client *c = track(f, h2_client_connect_unix(f->unix_path));
   round_trip(c, 0);
   untrack(f, c);
-  extproc_server_stop(srv);
+  extproc_server_stop_now(srv); /* defaults: a drain would only make the test slower */
   extproc_server_wait(srv);
   assert_int_equal(lstat(f->unix_path, &st), 0); /* still there until free */
   extproc_server_free(srv);
