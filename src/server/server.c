@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "base/pool.h"
 #include "base/sized_struct.h"
+#include "engine/processor.h"
 #include "extproc/server.h"
 #include "transport/listener.h"
 #include "transport/worker.h"
@@ -16,6 +18,8 @@ struct extproc_server {
   extproc_server_options opts;
   transport_config cfg;
   transport_stats stats;
+  engine_stats engine_stats;
+  task_pool *pool; /* blocking callbacks; only when a served processor is blocking */
   worker *workers;
   unsigned worker_count;
   listener_spec listeners[MAX_LISTENERS];
@@ -31,6 +35,10 @@ struct extproc_server {
   atomic_int stops_in_flight;
 };
 
+/* Blocking callbacks wait on something else (a disk, a service), not on our CPUs, so the pool
+ * is not sized by cores; each thread holds about 8 MiB of address space for its stack. */
+enum { DEFAULT_BLOCKING_THREADS = 8, MAX_BLOCKING_THREADS = 1024, BLOCKING_QUEUE_PER_THREAD = 64 };
+
 void extproc_server_options_init(extproc_server_options *opts) {
   if (!opts) return;
   memset(opts, 0, sizeof(*opts));
@@ -40,6 +48,8 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->max_concurrent_streams = 10000;
   opts->initial_window_bytes = 1u << 20;
   opts->shutdown_grace_ms = 5000;
+  opts->blocking_threads = DEFAULT_BLOCKING_THREADS;
+  opts->blocking_queue = 0; /* per thread, below */
 }
 
 int extproc_server_new(extproc_server **out, const extproc_server_options *opts) {
@@ -56,7 +66,11 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.max_message_bytes == 0) o.max_message_bytes = defaults.max_message_bytes;
   if (o.initial_window_bytes == 0) o.initial_window_bytes = defaults.initial_window_bytes;
   if (o.max_concurrent_streams == 0) o.max_concurrent_streams = defaults.max_concurrent_streams;
-  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff)
+  if (o.blocking_threads == 0) o.blocking_threads = defaults.blocking_threads;
+  if (o.blocking_queue == 0)
+    o.blocking_queue = (size_t)o.blocking_threads * BLOCKING_QUEUE_PER_THREAD;
+  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
+      o.blocking_threads > MAX_BLOCKING_THREADS)
     return EXTPROC_EINVAL;
   if (o.workers == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -68,7 +82,8 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   srv->cfg = (transport_config){.max_message_bytes = o.max_message_bytes,
                                 .max_concurrent_streams = o.max_concurrent_streams,
                                 .initial_window_bytes = o.initial_window_bytes,
-                                .shutdown_grace_ms = o.shutdown_grace_ms};
+                                .shutdown_grace_ms = o.shutdown_grace_ms,
+                                .engine_stats = &srv->engine_stats};
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
   if (!srv->workers) {
@@ -95,9 +110,25 @@ int extproc_server_port(const extproc_server *srv, int index) {
   return srv->listeners[index].is_unix ? 0 : srv->listeners[index].port;
 }
 
+/* The blocking pool, if some served processor needs it. */
+static int start_pool(extproc_server *srv) {
+  bool needed = false;
+  for (unsigned i = 0; i < srv->listener_count; i++)
+    needed = needed || srv->listeners[i].proc->blocking;
+  if (!needed) return 0;
+  const int rv = pool_new(&srv->pool, srv->opts.blocking_threads, srv->opts.blocking_queue);
+  if (rv != 0) {
+    log_line(EXTPROC_LOG_ERROR, "could not start the blocking pool: %s", extproc_strerror(rv));
+    return rv;
+  }
+  srv->cfg.pool = srv->pool;
+  return 0;
+}
+
 int extproc_server_start(extproc_server *srv) {
   if (!srv || srv->started || srv->listener_count == 0) return EXTPROC_ESTATE;
   srv->started = true;
+  if (start_pool(srv) != 0) return EXTPROC_EIO;
   /* A peer that closes while we write must be an error return, not a process kill. */
   signal(SIGPIPE, SIG_IGN);
   unsigned ready = 0;
@@ -221,6 +252,9 @@ void extproc_server_free(extproc_server *srv) {
   }
   for (unsigned i = 0; i < srv->listener_count; i++)
     listener_spec_free(&srv->listeners[i], srv->workers ? srv->opts.workers : 0);
+  /* The workers have finished, so no blocking callback is running or queued: a worker's loop
+   * ends only once every request it deferred has come back. */
+  pool_free(srv->pool);
   free(srv->workers);
   free(srv);
 }

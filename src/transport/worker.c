@@ -33,7 +33,13 @@ static void post_completion(void *data, extproc_request *req) {
 }
 
 stream_poster worker_poster(worker *w) {
-  return (stream_poster){.post = post_completion, .data = w, .deferred = &w->deferred};
+  return (stream_poster){.post = post_completion,
+                         .data = w,
+                         .deferred = &w->deferred,
+                         .timer_start = worker_timer_start,
+                         .timer_stop = worker_timer_stop,
+                         .pool = w->cfg->pool,
+                         .stats = w->cfg->engine_stats};
 }
 
 static void run_completions(worker *w) {
