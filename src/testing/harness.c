@@ -276,26 +276,31 @@ int extproc_harness_end(extproc_harness *h) {
 void extproc_harness_free(extproc_harness *h) {
   if (!h) return;
   if (stream_busy(h->req)) wait_for_deferred(h);
-  /* A phase still deferred after the wait keeps the request, and this struct (its poster), alive
-   * until the late resume, which then frees both (harness_post). */
-  pthread_mutex_lock(&h->lock);
-  const bool orphaned = stream_held(h->req) && !h->posted;
-  if (h->posted) { /* the resume came just now */
-    extproc_request *req = h->posted;
-    h->posted = NULL;
-    pthread_mutex_unlock(&h->lock);
-    stream_resume_on_loop(req);
-  } else {
-    h->orphaned = orphaned;
-    pthread_mutex_unlock(&h->lock);
-  }
-  stream_close(h->req);
-  harness_replies_free(h);
+  harness_replies_free(h); /* nothing is recorded any more: only this thread completes phases */
   envoy_view_free(h);
   kv_clear(&h->attributes);
   kv_clear(&h->metadata);
+  /* A phase still deferred after the wait (or answered by its deadline, but not handed back)
+   * keeps the request, and this struct (its poster), alive until the late hand-back, which then
+   * frees both (harness_post). The request is closed under the lock, so that hand-back, which
+   * takes it first, finds the request closed and this struct no longer used here. */
+  pthread_mutex_lock(&h->lock);
+  extproc_request *posted = h->posted; /* the hand-back came just now */
+  h->posted = NULL;
+  if (posted) {
+    pthread_mutex_unlock(&h->lock);
+    stream_resume_on_loop(posted);
+  } else if (stream_held(h->req)) {
+    stream_close(h->req);
+    h->orphaned = true;
+    pthread_mutex_unlock(&h->lock);
+    arena_cache_release();
+    return;
+  } else {
+    pthread_mutex_unlock(&h->lock);
+  }
+  stream_close(h->req);
   arena_cache_release(); /* this thread may be a test's own, about to exit */
-  if (orphaned) return;
   pthread_mutex_destroy(&h->lock);
   pthread_cond_destroy(&h->cond);
   free(h);
