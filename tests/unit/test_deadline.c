@@ -38,8 +38,8 @@ static int teardown(void **state) {
   return 0;
 }
 
-static const char *const get_headers[] = {":method", "GET", ":path", "/", "x-request-id", "d-1",
-                                          NULL};
+static const char *const get_headers[] = {":method",      "GET", ":path", "/",
+                                          "x-request-id", "d-1", NULL};
 
 /* Waits (bounded) until `flag` is set by another thread. */
 static void wait_flag(atomic_int *flag) {
