@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
+#include "base/arena.h"
 #include "extproc/extproc.h"
 
 struct task_pool {
@@ -36,6 +37,7 @@ static void *pool_thread(void *arg) {
     pthread_mutex_lock(&p->lock);
   }
   pthread_mutex_unlock(&p->lock);
+  arena_cache_release(); /* blocks a job freed on this thread */
   return NULL;
 }
 

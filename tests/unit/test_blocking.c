@@ -119,6 +119,7 @@ static void *run_load(void *arg) {
   }
   h2_client_flush(c);
   arena_free(&a);
+  arena_cache_release(); /* this thread is about to exit */
   h2_client_free(c);
   return NULL;
 }
