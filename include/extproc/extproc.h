@@ -43,7 +43,9 @@ typedef enum extproc_error {
       -2, /**< not allowed in this phase or state (e.g. a body write in a headers phase) */
   EXTPROC_ENOMEM = -3,    /**< out of memory */
   EXTPROC_EIO = -4,       /**< a system call failed (bind, listen, thread creation...) */
-  EXTPROC_ETIMEDOUT = -5, /**< a wait ran out (testing harness) */
+  EXTPROC_ETIMEDOUT = -5, /**< a wait ran out (testing harness), or a deferred answer came
+                             after its callback deadline (extproc_request_resume) */
+  EXTPROC_ELIMIT = -6,    /**< a configured limit was reached (extproc_body_accumulate_error) */
 } extproc_error;
 
 /** Returns a static, human-readable description of an extproc_error. Never NULL. */
@@ -209,6 +211,15 @@ typedef struct extproc_processor_def {
   extproc_error_policy on_error;              /**< what EXTPROC_FAIL does (default: FAIL_STREAM) */
   uint32_t error_http_status; /**< for EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE; 0 means 500 */
   void *user_data;            /**< returned by extproc_request_user_data(); not owned */
+  /** Callbacks may block, and run on the server's blocking pool instead of the event
+   * loop (see extproc_processor_set_blocking). Default false. */
+  bool blocking;
+  /** Milliseconds a deferred or blocking phase may take before the error policy
+   * answers it (see extproc_processor_set_deadline). 0 (the default): no deadline. */
+  uint32_t deadline_ms;
+  /** Bytes extproc_body_accumulate() keeps per direction (see
+   * extproc_processor_set_max_body_accumulate). 0 means the default, 16 MiB. */
+  size_t max_body_accumulate_bytes;
 } extproc_processor_def;
 
 /** A processor: its name, callbacks, context and error settings. Opaque; created by
@@ -256,6 +267,45 @@ EXTPROC_API int extproc_processor_set_error_policy(extproc_processor *proc,
  * default). `header` is copied. Returns 0, EXTPROC_EINVAL for an invalid header name, or
  * EXTPROC_ENOMEM. Call before serving. */
 EXTPROC_API int extproc_processor_set_chain_header(extproc_processor *proc, const char *header);
+
+/** Marks the processor's callbacks as blocking (they may sleep, read files, call slow services
+ * synchronously). When served by a server, each of its callbacks then runs on the server's
+ * blocking pool (extproc_server_options.blocking_threads threads), never on an event loop, so
+ * other processors and streams on the same loop keep their latency. The phase is deferred on
+ * the callback's behalf, so the callback just returns its result; it may still call
+ * extproc_request_defer() and return EXTPROC_DEFER to answer later from yet another thread.
+ * While a callback waits for a pool thread, its stream takes no more input (HTTP/2
+ * flow-control credit is held back, as for any deferred phase); that is the back-pressure of a
+ * full pool. The deadline (extproc_processor_set_deadline) counts the time spent waiting.
+ * Inside a blocking callback everything of the request may be used as in any callback, except
+ * extproc_override_message_timeout() (refused: replies leave only from the loop thread).
+ * context_init and context_cleanup still run on the loop and must not block. The testing
+ * harness runs blocking callbacks on a small pool of its own. Returns 0 or EXTPROC_EINVAL
+ * (NULL). Call before serving. */
+EXTPROC_API int extproc_processor_set_blocking(extproc_processor *proc, bool blocking);
+
+/** Sets the callback deadline: a phase that is deferred (extproc_request_defer) or runs as a
+ * blocking callback and has no answer `ms` milliseconds after it was deferred (or handed to
+ * the blocking pool, queueing included) is answered by the processor's error policy: with
+ * EXTPROC_ON_ERROR_FAIL_STREAM the gRPC stream ends with DEADLINE_EXCEEDED (Envoy's
+ * failure_mode_allow then decides), with EXTPROC_ON_ERROR_IMMEDIATE_RESPONSE the client gets
+ * the policy's HTTP status (details "ext_proc_callback_deadline_exceeded"). One error line is
+ * logged with processor, phase and request id. The late answer is then dropped:
+ * extproc_request_resume() returns EXTPROC_ETIMEDOUT, a blocking callback's result is
+ * ignored, and the request is freed only then. A callback running on the loop thread is not
+ * interrupted (it must not block anyway). Choose it below Envoy's message_timeout (default
+ * 200 ms) for the policy's answer to reach the client; above it, Envoy has given up first. 0
+ * (the default) sets no deadline. Returns 0 or EXTPROC_EINVAL (NULL). Call before serving. */
+EXTPROC_API int extproc_processor_set_deadline(extproc_processor *proc, uint32_t ms);
+
+/** Caps the bytes extproc_body_accumulate() keeps per direction of a request (request body and
+ * response body each). A chunk that would pass the cap is refused: the call returns NULL,
+ * extproc_body_accumulate_error() returns EXTPROC_ELIMIT, one warning is logged with
+ * processor, phase and request id, and the failure is recorded as RESOURCE_EXHAUSTED so that a
+ * callback returning EXTPROC_FAIL reports it. `bytes` 0 means the default, 16 MiB (the
+ * server's default max_message_bytes: a BUFFERED body is never larger). Returns 0 or
+ * EXTPROC_EINVAL (NULL). Call before serving. */
+EXTPROC_API int extproc_processor_set_max_body_accumulate(extproc_processor *proc, size_t bytes);
 
 /** Sets the pointer returned by extproc_request_user_data(). Not owned. Call before serving. */
 EXTPROC_API void extproc_processor_set_user_data(extproc_processor *proc, void *user_data);
@@ -343,8 +393,18 @@ EXTPROC_API bool extproc_request_observability_mode(const extproc_request *req);
  * chunk, however often called) and returns the whole body so far, `*len` bytes. For STREAMED,
  * BUFFERED_PARTIAL and FULL_DUPLEX_STREAMED processors that need the whole body at the end.
  * The buffer is owned by the request and valid until the next call or the end of the request.
- * Returns NULL (and *len = 0) outside body phases or on out-of-memory. */
+ * Returns NULL (and *len = 0) outside body phases, on out-of-memory, or when the body would
+ * pass the processor's cap (extproc_processor_set_max_body_accumulate; default 16 MiB); from
+ * then on every call for that direction returns NULL, since the body is incomplete.
+ * extproc_body_accumulate_error() tells which. */
 EXTPROC_API const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len);
+
+/** Why the last extproc_body_accumulate() call on `req` returned NULL: EXTPROC_ELIMIT (the body
+ * passed max_body_accumulate_bytes; the failure is already recorded as RESOURCE_EXHAUSTED, so
+ * returning EXTPROC_FAIL reports it, or answer e.g. 413 with extproc_immediate_response()),
+ * EXTPROC_ENOMEM, or EXTPROC_ESTATE (not a body phase); 0 if it returned the body (or was
+ * never called); EXTPROC_EINVAL for NULL. Same thread rules as the request. */
+EXTPROC_API int extproc_body_accumulate_error(const extproc_request *req);
 
 /** The per-request context (see extproc_processor_set_context), or NULL if it has none. */
 EXTPROC_API void *extproc_request_context(const extproc_request *req);
@@ -448,8 +508,8 @@ EXTPROC_API int extproc_clear_route_cache(extproc_request *req);
  * override_message_timeout (`ms` milliseconds, at least 1), then the callback answers as usual,
  * typically later through EXTPROC_DEFER. Envoy honours it up to the filter's
  * max_message_timeout (0, the default, disables it). Only from the callback itself (the loop
- * thread). Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE (outside a callback, in observability
- * mode, or after the stream ended). */
+ * thread). Returns 0, EXTPROC_EINVAL, or EXTPROC_ESTATE (outside a callback, in a blocking
+ * callback, in observability mode, or after the stream ended). */
 EXTPROC_API int extproc_override_message_timeout(extproc_request *req, uint32_t ms);
 /** @} */
 
@@ -503,7 +563,9 @@ EXTPROC_API int extproc_request_fail(extproc_request *req, extproc_grpc_code cod
  * Call it in the callback before the request can reach another thread (or a timer, or an
  * asynchronous client), then return EXTPROC_DEFER. From this call on the phase is deferred
  * whatever the callback returns, so a resume that comes before the callback returns is never
- * lost. Only from the callback itself (the loop thread); calling it twice is harmless.
+ * lost. Only from the callback itself (the loop thread, or the pool thread of a blocking
+ * callback); calling it twice is harmless. The processor's deadline
+ * (extproc_processor_set_deadline), if any, runs from the moment the callback returns.
  * Returns 0, EXTPROC_EINVAL for NULL, or EXTPROC_ESTATE (with a log line) outside a callback. */
 EXTPROC_API int extproc_request_defer(extproc_request *req);
 
@@ -517,7 +579,10 @@ EXTPROC_API int extproc_request_defer(extproc_request *req);
  * Ownership while deferred: from the moment the callback hands `req` to another thread until
  * that thread calls this function, only that thread may use `req` (to read it and record the
  * answer); after the call, nobody may. If Envoy ended the exchange meanwhile (for instance its
- * message_timeout ran out), the answer is dropped with a warning and the request freed.
+ * message_timeout ran out), the answer is dropped with a warning and the request freed. If the
+ * processor's deadline passed first, the error policy has already answered the phase: this
+ * call still hands the request back (it must be made, or the request is never freed), drops
+ * the answer and returns EXTPROC_ETIMEDOUT.
  *
  * At shutdown a deferred request waits at most for the server's grace period
  * (extproc_server_options.shutdown_grace_ms): then it is abandoned, with a warning saying so.
@@ -526,8 +591,9 @@ EXTPROC_API int extproc_request_defer(extproc_request *req);
  * there, without touching the processor or the server) and returns 0; nothing is sent. The
  * request must still be resumed (or the process exit) for its memory to be freed.
  *
- * Returns 0, EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or EXTPROC_ESTATE with a log
- * line (no phase of this request is waiting for a resume: not deferred, not declared with
+ * Returns 0, EXTPROC_ETIMEDOUT (after the deadline, as above; the request is released all the
+ * same), EXTPROC_EINVAL (NULL, or a result of EXTPROC_DEFER) or EXTPROC_ESTATE with a log line
+ * (no phase of this request is waiting for a resume: not deferred, not declared with
  * extproc_request_defer(), or already resumed). */
 EXTPROC_API int extproc_request_resume(extproc_request *req, extproc_result result);
 /** @} */

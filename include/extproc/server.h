@@ -84,6 +84,16 @@ typedef struct extproc_server_options {
    * the string is copied there. It counts as one of the 16 listeners a server may have, and it
    * closes with the others at stage 2. */
   const char *health_listen;
+  /** Threads of the blocking pool, which runs the callbacks of processors marked blocking
+   * (extproc_processor_set_blocking), shared by all listeners. Created at start only if a
+   * served processor is blocking. Default 8; at most 1024. */
+  unsigned blocking_threads;
+  /** Blocking callbacks that may wait for a pool thread before the pool counts as full. A
+   * callback beyond that still runs in turn, but its wait is counted (for metrics) and, like
+   * every stream waiting for the pool, its stream takes no more input until it is answered:
+   * each stream has at most one callback in the pool, so Envoy's concurrent streams bound the
+   * queue and HTTP/2 flow control bounds the input behind it. Default 64 per blocking thread. */
+  size_t blocking_queue;
 } extproc_server_options;
 
 /** Fills `opts` with the defaults above and sets its struct_size. NULL is ignored. */
@@ -96,8 +106,8 @@ typedef struct extproc_server extproc_server;
  * start (or run) it, stop, wait, free. Stores the server in `*out` and returns 0; otherwise
  * stores NULL and returns EXTPROC_EINVAL (out NULL, struct_size not set or from a newer version
  * using fields this library lacks, max_message_bytes above 2 GiB, initial_window_bytes above
- * 2^31-1, a malformed health_listen), EXTPROC_EIO (health_listen cannot be bound) or
- * EXTPROC_ENOMEM. */
+ * 2^31-1, blocking_threads above 1024, a malformed health_listen), EXTPROC_EIO (health_listen
+ * cannot be bound) or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_options *opts);
 
 /** Serves `proc` (not owned; must outlive the server) on `address`:
@@ -131,7 +141,8 @@ EXTPROC_API int extproc_server_port(const extproc_server *srv, int index);
  * there is none or it is a unix socket. Thread-safe. */
 EXTPROC_API int extproc_server_health_port(const extproc_server *srv);
 
-/** Starts the worker threads and returns. Sets SIGPIPE to be ignored, process-wide, so a peer
+/** Starts the worker threads (and the blocking pool, if a served processor is blocking) and
+ * returns. Sets SIGPIPE to be ignored, process-wide, so a peer
  * that disconnects mid-write cannot kill the process. Returns 0, EXTPROC_ESTATE if already started
  * or no listener was added, or EXTPROC_EIO if a thread could not be created. */
 EXTPROC_API int extproc_server_start(extproc_server *srv);

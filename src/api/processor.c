@@ -17,6 +17,7 @@ static int processor_alloc(extproc_processor **out, const char *name) {
     return EXTPROC_ENOMEM;
   }
   p->error_http_status = 500;
+  p->max_body_accumulate_bytes = DEFAULT_MAX_BODY_ACCUMULATE_BYTES;
   *out = p;
   return 0;
 }
@@ -38,6 +39,9 @@ int extproc_processor_new_from_def(extproc_processor **out, const extproc_proces
   p->on[EXTPROC_RESPONSE_BODY] = def.response_body;
   p->on[EXTPROC_RESPONSE_TRAILERS] = def.response_trailers;
   p->user_data = def.user_data;
+  p->blocking = def.blocking;
+  p->deadline_ms = def.deadline_ms;
+  extproc_processor_set_max_body_accumulate(p, def.max_body_accumulate_bytes);
   if ((rv = extproc_processor_set_error_policy(p, def.on_error, def.error_http_status)) != 0) {
     extproc_processor_free(p);
     return rv;
@@ -89,6 +93,24 @@ int extproc_processor_set_chain_header(extproc_processor *proc, const char *head
   }
   free(proc->chain_header);
   proc->chain_header = copy;
+  return 0;
+}
+
+int extproc_processor_set_blocking(extproc_processor *proc, bool blocking) {
+  if (!proc) return EXTPROC_EINVAL;
+  proc->blocking = blocking;
+  return 0;
+}
+
+int extproc_processor_set_deadline(extproc_processor *proc, uint32_t ms) {
+  if (!proc) return EXTPROC_EINVAL;
+  proc->deadline_ms = ms;
+  return 0;
+}
+
+int extproc_processor_set_max_body_accumulate(extproc_processor *proc, size_t bytes) {
+  if (!proc) return EXTPROC_EINVAL;
+  proc->max_body_accumulate_bytes = bytes ? bytes : DEFAULT_MAX_BODY_ACCUMULATE_BYTES;
   return 0;
 }
 

@@ -96,18 +96,49 @@ bool extproc_request_observability_mode(const extproc_request *req) {
   return req && req->msg.observability_mode;
 }
 
+/* Refuses a chunk that would take the direction's accumulated body past the processor's cap:
+ * the body is incomplete from then on, so every later call is refused too. */
+static bool accumulate_within_limit(extproc_request *req, int dir, size_t need) {
+  if (req->accumulate_over[dir]) return false;
+  const size_t limit = req->proc->max_body_accumulate_bytes;
+  if (need <= limit) return true;
+  req->accumulate_over[dir] = true;
+  if (req->poster.stats) atomic_fetch_add(&req->poster.stats->body_limit_hits, 1);
+  extproc_log(req, EXTPROC_LOG_WARN,
+              "extproc_body_accumulate: the %s body would reach %zu bytes, over the limit of %zu "
+              "(max_body_accumulate_bytes); refused",
+              dir ? "response" : "request", need, limit);
+  /* An author who just returns EXTPROC_FAIL ends the stream with the status that says why. */
+  if (!req->reply.fail_message) {
+    req->reply.fail_code = EXTPROC_GRPC_RESOURCE_EXHAUSTED;
+    req->reply.fail_message = "accumulated body over max_body_accumulate_bytes";
+  }
+  return false;
+}
+
 const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {
   if (len) *len = 0;
-  if (!req || !is_body_phase(req->msg.phase)) return NULL;
+  if (!req) return NULL;
+  if (!is_body_phase(req->msg.phase)) {
+    req->accumulate_error = EXTPROC_ESTATE;
+    return NULL;
+  }
   const int dir = req->msg.phase == EXTPROC_RESPONSE_BODY;
   if (!req->msg.chunk_accumulated) {
     const size_t need = req->accumulated_len[dir] + req->msg.body_len;
+    if (!accumulate_within_limit(req, dir, need)) {
+      req->accumulate_error = EXTPROC_ELIMIT;
+      return NULL;
+    }
     if (need > req->accumulated_cap[dir]) {
       size_t cap = req->accumulated_cap[dir] ? req->accumulated_cap[dir] : 4096;
       while (cap < need)
         cap *= 2;
       uint8_t *grown = realloc(req->accumulated[dir], cap);
-      if (!grown) return NULL;
+      if (!grown) {
+        req->accumulate_error = EXTPROC_ENOMEM;
+        return NULL;
+      }
       req->accumulated[dir] = grown;
       req->accumulated_cap[dir] = cap;
     }
@@ -116,8 +147,13 @@ const uint8_t *extproc_body_accumulate(extproc_request *req, size_t *len) {
     req->accumulated_len[dir] = need;
     req->msg.chunk_accumulated = true;
   }
+  req->accumulate_error = 0;
   if (len) *len = req->accumulated_len[dir];
   return req->accumulated[dir] ? req->accumulated[dir] : (const uint8_t *)"";
+}
+
+int extproc_body_accumulate_error(const extproc_request *req) {
+  return req ? req->accumulate_error : EXTPROC_EINVAL;
 }
 
 const uint8_t *extproc_body(const extproc_request *req, size_t *len) {
@@ -277,6 +313,8 @@ int extproc_clear_route_cache(extproc_request *req) {
 
 int extproc_override_message_timeout(extproc_request *req, uint32_t ms) {
   if (!req || ms == 0) return EXTPROC_EINVAL;
+  /* A blocking callback runs on a pool thread, and replies go out only from the loop. */
+  if (req->on_pool) return refuse(req, "override_message_timeout in a blocking callback");
   const int handoff = atomic_load(&req->handoff);
   if ((handoff != HANDOFF_IN_CALLBACK && handoff != HANDOFF_DEFER_DECLARED) ||
       req->msg.observability_mode || req->ended)

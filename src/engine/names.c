@@ -16,6 +16,7 @@ const char *extproc_strerror(int error) {
   case EXTPROC_ENOMEM: return "out of memory";
   case EXTPROC_EIO: return "system call failed";
   case EXTPROC_ETIMEDOUT: return "timed out";
+  case EXTPROC_ELIMIT: return "a configured limit was reached";
   default: return "unknown error";
   }
 }

@@ -4,6 +4,10 @@
 
 #include "extproc/extproc.h"
 
+/* extproc_body_accumulate()'s default cap per direction: max_message_bytes' default, since a
+ * body Envoy buffers whole could not be larger than one message either. */
+enum { DEFAULT_MAX_BODY_ACCUMULATE_BYTES = 16 << 20 };
+
 struct extproc_processor {
   char *name;
   size_t context_size;
@@ -13,7 +17,10 @@ struct extproc_processor {
   extproc_error_policy on_error;
   uint32_t error_http_status;
   void *user_data;
-  char *chain_header; /* NULL unless the chain is revealed */
+  char *chain_header;   /* NULL unless the chain is revealed */
+  bool blocking;        /* callbacks run on the server's blocking pool, not on the loop */
+  uint32_t deadline_ms; /* a deferred phase's deadline; 0 for none */
+  size_t max_body_accumulate_bytes; /* extproc_body_accumulate()'s cap per direction */
 };
 
 #endif

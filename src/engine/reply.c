@@ -386,3 +386,27 @@ ProtobufCMessage *reply_build_error(extproc_request *req, uint32_t http_status) 
                              .immediate_details = (char *)"ext_proc_callback_failed"};
   return reply_build(req);
 }
+
+ProtobufCMessage *reply_build_deadline(arena *a, const extproc_processor *proc,
+                                       uint32_t http_status) {
+  ProcessingResponse *r = arena_alloc(a, sizeof(*r));
+  Envoy__Service__ExtProc__V3__ImmediateResponse *im = arena_alloc(a, sizeof(*im));
+  Envoy__Type__V3__HttpStatus *status = arena_alloc(a, sizeof(*status));
+  if (!r || !im || !status) return NULL;
+  envoy__service__ext_proc__v3__processing_response__init(r);
+  envoy__service__ext_proc__v3__immediate_response__init(im);
+  envoy__type__v3__http_status__init(status);
+  status->code = (Envoy__Type__V3__StatusCode)http_status;
+  im->status = status;
+  im->details = (char *)"ext_proc_callback_deadline_exceeded";
+  if (proc->chain_header) { /* as every immediate response: this processor's name alone */
+    header_edits edits = {0};
+    bool ok;
+    if (header_edits_add(a, &edits, HEADER_SET, proc->chain_header, proc->name) != 0) return NULL;
+    im->headers = build_mutation(a, &edits, &ok);
+    if (!ok) return NULL;
+  }
+  r->response_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE;
+  r->immediate_response = im;
+  return &r->base;
+}

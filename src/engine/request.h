@@ -17,6 +17,7 @@
 
 #include "base/arena.h"
 #include "base/list.h"
+#include "base/pool.h"
 #include "engine/headers.h"
 #include "engine/processor.h"
 #include "engine/stream.h"
@@ -34,18 +35,24 @@ typedef enum direction_state {
   DIRECTION_ENDED       /* headers with end_of_stream, or trailers: nothing more */
 } direction_state;
 
-/* Who answers the current phase: the loop thread, or whichever thread resumes a deferral. The
- * resume's result travels in the state itself, so no other field is shared between threads. */
+/* Who answers the current phase: the loop thread, or whichever thread resumes a deferral (or
+ * runs a blocking callback on the pool). The resume's result travels in the state itself, so
+ * no other field is shared between threads. handoff.c has the transitions. */
 typedef enum handoff_state {
   HANDOFF_IDLE,                   /* no callback running */
-  HANDOFF_IN_CALLBACK,            /* a callback is running */
+  HANDOFF_QUEUED,                 /* a blocking callback waits for a pool thread */
+  HANDOFF_IN_CALLBACK,            /* a callback is running (on the loop, or on the pool) */
   HANDOFF_DEFER_DECLARED,         /* it called extproc_request_defer(): a resume may come now */
   HANDOFF_RESUMED_EARLY_CONTINUE, /* resumed before the callback returned */
   HANDOFF_RESUMED_EARLY_FAIL,
   HANDOFF_DEFERRED,        /* the callback returned; waiting for extproc_request_resume() */
   HANDOFF_POSTED_CONTINUE, /* resumed; the loop will complete the phase */
   HANDOFF_POSTED_FAIL,
-  HANDOFF_ABANDONED /* its loop stopped while it waited: the resume frees it on its own thread */
+  HANDOFF_ABANDONED, /* its loop stopped while it waited: the resume frees it on its own thread */
+  /* A flag on any of the states above but ABANDONED: the phase's deadline has passed and the
+   * error policy has answered it. Whoever holds the request still hands it back as usual (so it
+   * is freed exactly once, by the loop), but the answer is dropped. */
+  HANDOFF_EXPIRED = 0x100
 } handoff_state;
 
 /* A piece of a FULL_DUPLEX_STREAMED body or of a streamed immediate response, sent after the
@@ -132,6 +139,8 @@ struct extproc_request {
   Envoy__Config__Core__V3__Metadata *metadata_context; /* latest one, in the stream arena */
   uint8_t *accumulated[2];                             /* extproc_body_accumulate(); malloc'd */
   size_t accumulated_len[2], accumulated_cap[2];
+  bool accumulate_over[2];   /* the body passed max_body_accumulate_bytes: no more accumulating */
+  int accumulate_error;      /* why extproc_body_accumulate() last returned NULL; 0 otherwise */
   size_t body_messages[2];   /* body messages Envoy sent in each direction */
   bool duplex_body_ended[2]; /* an end_of_stream streamed body was sent */
   bool body_replaced[2];     /* CONTINUE_AND_REPLACE sent: Envoy expects no body or trailer reply */
@@ -142,18 +151,28 @@ struct extproc_request {
   reply_draft reply;
 
   /* Flow. */
-  bool deferred;      /* the phase is deferred and has not been resumed */
-  atomic_int handoff; /* handoff_state; the only field other threads touch */
-  /* While deferred, in the poster's deferred_list (loop thread only). */
+  bool deferred;      /* a deferral (or a blocking callback) has not been handed back yet */
+  atomic_int handoff; /* handoff_state; the only field other threads write while deferred */
+  bool ended;         /* the stream's outcome is decided: later messages are ignored */
+  bool half_closed;   /* Envoy has sent its last message */
+  queue waiting;      /* queued_message, in arrival order */
+
+  /* While held off the loop, in the poster's deferred_list (loop thread only), so a stopping
+   * loop can abandon it (handoff.c). */
   dlist_link deferred_link;
   bool deferred_linked;
-  /* Set by stream_abandon_deferred: the resume that frees an abandoned request runs after the
-   * processor may be gone, so it takes the cleanup from here (published by the hand-off). */
+  /* Set when abandoned: the resume that frees it runs after the processor may be gone, so it
+   * takes the cleanup from here (published by the hand-off). */
   extproc_context_cleanup_fn abandoned_cleanup;
-  bool closed_at_shutdown; /* its resume was already on its way when the loop gave up */
-  bool ended;              /* the stream's outcome is decided: later messages are ignored */
-  bool half_closed;        /* Envoy has sent its last message */
-  queue waiting;           /* queued_message, in arrival order */
+  bool closed_at_shutdown; /* its hand-back was already on its way when the loop gave up */
+
+  /* Deadlines and blocking callbacks (handoff.c); loop thread only, unless said otherwise. */
+  void *deadline_timer;     /* the poster's timer for the deferred phase, while armed */
+  bool expired;             /* the deadline answered the deferred phase; awaiting the hand-back */
+  bool expire_fails_stream; /* no reply could answer this phase: a deadline ends the stream */
+  bool on_pool; /* the callback runs on a pool thread; set before the job is submitted, read by
+                 * the API on that thread */
+  pool_job job; /* the blocking callback's run on the pool */
 };
 
 /* The direction of a phase: 0 request, 1 response. */
@@ -188,6 +207,26 @@ void stream_fail(extproc_request *req, uint32_t code, const char *message);
 
 /* Ends the stream with OK if Envoy has half-closed and nothing is pending. (stream.c) */
 void stream_finish_if_done(extproc_request *req);
+
+/* The callback's outcome is known: reply (or apply the error policy) and free the message.
+ * (stream.c) */
+void complete_phase(extproc_request *req, extproc_result result);
+
+/* Frees the message being processed and its reply. (stream.c) */
+void reset_message_memory(extproc_request *req);
+
+/* Frees the request and everything it owns. (stream.c) */
+void stream_free(extproc_request *req);
+
+/* Frees a request abandoned at shutdown, on the thread of its late resume: runs the cleanup
+ * kept in abandoned_cleanup, touches neither loop nor processor. (stream.c) */
+void stream_free_abandoned(extproc_request *req);
+
+/* ---- handoff.c: who answers the phase, and when --------------------------------------------- */
+
+/* Runs the phase's callback `fn` (not NULL): on the loop, or, for a blocking processor with a
+ * pool, on a pool thread; then replies now or once the answer is handed back. (handoff.c) */
+void handoff_run(extproc_request *req, extproc_phase_fn fn);
 
 /* ---- intake.c: from wire bytes to the message view ----------------------------------------- */
 
@@ -234,6 +273,11 @@ int send_extra(extproc_request *req, ProtobufCMessage *reply);
 /* The ProcessingResponse for the current message from what the callback recorded. NULL on
  * out-of-memory. */
 ProtobufCMessage *reply_build(extproc_request *req);
+
+/* An ImmediateResponse with just a status and the chain header, built in `a` (not the message
+ * arena, which a thread that missed its deadline may still be writing). */
+ProtobufCMessage *reply_build_deadline(arena *a, const extproc_processor *proc,
+                                       uint32_t http_status);
 
 /* An ImmediateResponse with just a status, for the error policy. */
 ProtobufCMessage *reply_build_error(extproc_request *req, uint32_t http_status);

@@ -19,7 +19,7 @@ typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
 enum { STREAM_ARENA_FIRST_BLOCK = 1024 };
 
 /* Frees the message and its reply; the blocks go to this thread's cache for the next one. */
-static void reset_message_memory(extproc_request *req) {
+void reset_message_memory(extproc_request *req) {
   arena_reset(&req->msg_arena, ARENA_CACHED_BLOCK);
 }
 
@@ -54,35 +54,21 @@ static void free_memory(extproc_request *req) {
   free(req);
 }
 
-static void stream_free(extproc_request *req) {
+void stream_free(extproc_request *req) {
   if (req->ctx_started && req->proc->context_cleanup) req->proc->context_cleanup(req->ctx);
   free_memory(req);
 }
 
-/* The late resume of a request abandoned at shutdown, on the resuming thread: the loop, the
- * server and the processor may all be gone, so nothing of theirs is touched. */
-static void free_abandoned(extproc_request *req) {
+void stream_free_abandoned(extproc_request *req) {
   if (req->ctx_started && req->abandoned_cleanup) req->abandoned_cleanup(req->ctx);
   free_memory(req);
   /* Arena blocks went to this thread's cache; it may be one that never uses arenas. */
   arena_cache_release();
 }
 
-static void link_deferred(extproc_request *req) {
-  if (req->poster.deferred) (*req->poster.deferred)++;
-  if (!req->poster.deferred_list) return;
-  dlist_push_front(req->poster.deferred_list, &req->deferred_link);
-  req->deferred_linked = true;
-}
+bool stream_busy(const extproc_request *req) { return req->deferred && !req->expired; }
 
-static void unlink_deferred(extproc_request *req) {
-  if (req->poster.deferred) (*req->poster.deferred)--;
-  if (!req->deferred_linked) return;
-  dlist_remove(req->poster.deferred_list, &req->deferred_link);
-  req->deferred_linked = false;
-}
-
-bool stream_busy(const extproc_request *req) { return req->deferred; }
+bool stream_held(const extproc_request *req) { return req->deferred; }
 
 /* Ends the stream with a non-OK status; the transport sends the trailers. */
 void stream_fail(extproc_request *req, uint32_t code, const char *message) {
@@ -146,7 +132,7 @@ static uint64_t monotonic_ns(void) {
 }
 
 /* The callback's outcome is known: reply (or not) and move on. */
-static void complete_phase(extproc_request *req, extproc_result result) {
+void complete_phase(extproc_request *req, extproc_result result) {
   if (result == EXTPROC_FAIL) {
     apply_error_policy(req);
   } else if (!req->msg.observability_mode && !req->ended) {
@@ -184,44 +170,6 @@ static bool start_context(extproc_request *req) {
 static extproc_phase phase_of(Envoy__Service__ExtProc__V3__ProcessingRequest__RequestCase c) {
   const unsigned n = (unsigned)c - 2;
   return (extproc_phase)((n & 1) * EXTPROC_RESPONSE_HEADERS + n / 2);
-}
-
-/* The callback's return, read together with what extproc_request_defer() and
- * extproc_request_resume() did meanwhile. */
-static void after_callback(extproc_request *req, extproc_result result) {
-  int state = atomic_load(&req->handoff);
-  for (;;) {
-    if (state == HANDOFF_RESUMED_EARLY_CONTINUE || state == HANDOFF_RESUMED_EARLY_FAIL) {
-      /* Resumed before the callback even returned (another thread was quick, or the callback
-       * resumed itself): the resume is the answer, whatever the callback returned. */
-      if (result != EXTPROC_DEFER)
-        extproc_log(req, EXTPROC_LOG_WARN,
-                    "callback was resumed but returned %s instead of EXTPROC_DEFER; the resume "
-                    "answers the phase",
-                    result == EXTPROC_FAIL ? "EXTPROC_FAIL" : "EXTPROC_CONTINUE");
-      atomic_store(&req->handoff, HANDOFF_IDLE);
-      complete_phase(req, state == HANDOFF_RESUMED_EARLY_FAIL ? EXTPROC_FAIL : EXTPROC_CONTINUE);
-      return;
-    }
-    const bool declared = state == HANDOFF_DEFER_DECLARED;
-    if (result != EXTPROC_DEFER && !declared) {
-      atomic_store(&req->handoff, HANDOFF_IDLE);
-      complete_phase(req, result == EXTPROC_FAIL ? EXTPROC_FAIL : EXTPROC_CONTINUE);
-      return;
-    }
-    /* Deferred: the callback returned EXTPROC_DEFER, or declared the deferral (another thread
-     * may hold the request, so it must not be answered or freed here whatever it returned). */
-    if (atomic_compare_exchange_strong(&req->handoff, &state, HANDOFF_DEFERRED)) {
-      if (result != EXTPROC_DEFER)
-        extproc_log(req, EXTPROC_LOG_WARN,
-                    "callback called extproc_request_defer() but did not return EXTPROC_DEFER; "
-                    "waiting for extproc_request_resume()");
-      req->deferred = true;
-      link_deferred(req);
-      return;
-    }
-    /* A resume came in between: `state` now holds it; look again. */
-  }
 }
 
 void stream_process(extproc_request *req, const uint8_t *data, size_t len) {
@@ -264,8 +212,11 @@ void stream_process(extproc_request *req, const uint8_t *data, size_t len) {
     return;
   }
   const extproc_phase_fn fn = req->proc->on[phase];
-  atomic_store(&req->handoff, HANDOFF_IN_CALLBACK);
-  after_callback(req, fn ? fn(req, req->ctx) : EXTPROC_CONTINUE);
+  if (!fn) {
+    complete_phase(req, EXTPROC_CONTINUE);
+    return;
+  }
+  handoff_run(req, fn);
 }
 
 void stream_on_message(extproc_request *req, const uint8_t *data, size_t len) {
@@ -292,96 +243,4 @@ void stream_close(extproc_request *req) {
   req->io = NULL;
   if (req->deferred) return; /* freed by stream_resume_on_loop */
   stream_free(req);
-}
-
-void stream_resume_on_loop(extproc_request *req) {
-  const int state = atomic_exchange(&req->handoff, HANDOFF_IDLE);
-  req->deferred = false;
-  unlink_deferred(req);
-  if (!req->io) { /* the exchange went away while we waited */
-    if (req->closed_at_shutdown)
-      extproc_log(req, EXTPROC_LOG_WARN,
-                  "deferred answer dropped: its stream was closed at shutdown (the grace period "
-                  "ran out)");
-    else
-      extproc_log(req, EXTPROC_LOG_WARN,
-                  "deferred answer dropped: Envoy had already ended the stream "
-                  "(its message_timeout may have run out)");
-    stream_free(req);
-    return;
-  }
-  complete_phase(req, state == HANDOFF_POSTED_FAIL ? EXTPROC_FAIL : EXTPROC_CONTINUE);
-  intake_drain(req);
-  if (req->io) req->sink->resumed(req->io);
-}
-
-size_t stream_abandon_deferred(const stream_poster *poster) {
-  if (!poster->deferred_list) return 0;
-  dlist still_coming = {0};
-  size_t abandoned = 0;
-  while (poster->deferred_list->head) {
-    extproc_request *req = LIST_ITEM(poster->deferred_list->head, extproc_request, deferred_link);
-    unlink_deferred(req);
-    req->abandoned_cleanup = req->proc->context_cleanup;
-    req->closed_at_shutdown = true;
-    /* Named before the hand-off: once ABANDONED, the resuming thread may free it at any time. */
-    char who[256];
-    snprintf(who, sizeof(who), "processor=%s phase=%s request_id=%s", req->proc->name,
-             extproc_phase_name(req->msg.phase), req->info.request_id ? req->info.request_id : "-");
-    int expected = HANDOFF_DEFERRED;
-    if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_ABANDONED)) {
-      log_line(EXTPROC_LOG_WARN,
-               "%s: deferred answer abandoned at shutdown: the grace period ran out before "
-               "extproc_request_resume(), which will only free the request",
-               who);
-      abandoned++;
-      continue;
-    }
-    /* Resumed just now: it is on its way through the poster, which still counts it. */
-    if (req->poster.deferred) (*req->poster.deferred)++;
-    dlist_push_front(&still_coming, &req->deferred_link);
-    req->deferred_linked = true;
-  }
-  *poster->deferred_list = still_coming;
-  return abandoned;
-}
-
-int extproc_request_defer(extproc_request *req) {
-  if (!req) return EXTPROC_EINVAL;
-  int expected = HANDOFF_IN_CALLBACK;
-  if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_DEFER_DECLARED) ||
-      expected == HANDOFF_DEFER_DECLARED)
-    return 0;
-  extproc_log(req, EXTPROC_LOG_WARN, "refused: extproc_request_defer() outside a callback");
-  return EXTPROC_ESTATE;
-}
-
-int extproc_request_resume(extproc_request *req, extproc_result result) {
-  if (!req || (result != EXTPROC_CONTINUE && result != EXTPROC_FAIL)) return EXTPROC_EINVAL;
-  const bool fail = result == EXTPROC_FAIL;
-  /* Only the handoff state is touched until the resume is ours: a second, racing resume must
-   * not write anything the first one's thread or the loop reads. */
-  int expected = HANDOFF_DEFER_DECLARED;
-  if (atomic_compare_exchange_strong(&req->handoff, &expected,
-                                     fail ? HANDOFF_RESUMED_EARLY_FAIL
-                                          : HANDOFF_RESUMED_EARLY_CONTINUE))
-    return 0;
-  expected = HANDOFF_DEFERRED;
-  if (atomic_compare_exchange_strong(&req->handoff, &expected,
-                                     fail ? HANDOFF_POSTED_FAIL : HANDOFF_POSTED_CONTINUE)) {
-    req->poster.post(req->poster.data, req);
-    return 0;
-  }
-  /* Its loop stopped while it waited: the answer has nowhere to go. Taking the state back to
-   * IDLE makes this resume the only one that frees it. */
-  expected = HANDOFF_ABANDONED;
-  if (atomic_compare_exchange_strong(&req->handoff, &expected, HANDOFF_IDLE)) {
-    free_abandoned(req);
-    return 0;
-  }
-  /* Not a line with the request's details: another thread may be using them. */
-  log_line(EXTPROC_LOG_WARN, "refused: extproc_request_resume() with no deferred phase waiting "
-                             "(call extproc_request_defer() before handing the request on, and "
-                             "resume once)");
-  return EXTPROC_ESTATE;
 }

@@ -14,6 +14,7 @@
 #define EXTPROC_STREAM_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,15 +35,34 @@ typedef struct stream_sink {
   void (*resumed)(void *io);
 } stream_sink;
 
-/* How a deferred request gets back to its loop thread: `post` is thread-safe and makes the
- * loop call stream_resume_on_loop(req) soon. */
+/* Counters over all streams of a server (or harness), for metrics. Atomics: streams on any
+ * loop, and pool threads, add to them; anyone may read them. */
+typedef struct engine_stats {
+  atomic_uint_fast64_t body_limit_hits;   /* extproc_body_accumulate() refused past the limit */
+  atomic_uint_fast64_t deadlines_expired; /* deferred phases answered by their deadline */
+  atomic_uint_fast64_t pool_waits;        /* blocking callbacks that found the pool queue full */
+} engine_stats;
+
+struct task_pool;
+
+/* What the layer that owns the loop lends the engine. `post` is thread-safe and makes the loop
+ * call stream_resume_on_loop(req) soon. The rest run on the loop thread only. */
 typedef struct stream_poster {
   void (*post)(void *data, extproc_request *req);
   void *data;
   size_t *deferred; /* counts deferred, unresumed requests; touched on the loop thread only */
-  /* Optional: the deferred, unresumed requests themselves (loop thread only), so a stopping
-   * loop can abandon them (stream_abandon_deferred). */
+  /* Optional: the requests held off the loop (loop thread only), so a stopping loop can
+   * abandon them (stream_abandon_deferred). */
   dlist *deferred_list;
+  /* A one-shot timer: calls stream_deadline_on_loop(req) on the loop thread after `ms`,
+   * unless stopped first. Returns its handle, or NULL if none could be made (the phase then
+   * has no deadline). May be NULL: deadlines are then not enforced. */
+  void *(*timer_start)(void *data, extproc_request *req, uint32_t ms);
+  /* Stops a timer that has not fired; the handle is invalid afterwards. */
+  void (*timer_stop)(void *data, void *timer);
+  /* Runs blocking processors' callbacks; NULL runs them on the loop thread, as others. */
+  struct task_pool *pool;
+  engine_stats *stats; /* may be NULL */
 } stream_poster;
 
 /* Opens a stream for `proc`. `sink` is static; `io` and `poster` are the transport's.
@@ -61,8 +81,13 @@ void stream_on_message(extproc_request *req, const uint8_t *data, size_t len);
 /* Envoy half-closed the stream: once every message is answered, it ends with OK. */
 void stream_on_half_close(extproc_request *req);
 
-/* True while a deferred phase awaits extproc_request_resume(): input should be held back. */
+/* True while a phase awaits its answer (deferred, or a blocking callback queued for or running
+ * on the pool): input should be held back. */
 bool stream_busy(const extproc_request *req);
+
+/* True while another thread may still hold the request: a deferral not yet resumed, even one
+ * whose deadline has answered the phase already. The request is freed only after that. */
+bool stream_held(const extproc_request *req);
 
 /* The transport is done with the stream (closed, reset or cancelled). Frees it now, or when
  * its deferred phase is resumed. */
@@ -78,5 +103,9 @@ void stream_resume_on_loop(extproc_request *req);
  * already on its way stays in the list and still comes back through the poster, so the loop
  * must keep its poster working until the list is empty. Returns how many were abandoned. */
 size_t stream_abandon_deferred(const stream_poster *poster);
+
+/* Called on the loop thread when a timer from poster.timer_start fires (the handle is then
+ * already released by the poster): the phase's deadline has passed. */
+void stream_deadline_on_loop(extproc_request *req);
 
 #endif

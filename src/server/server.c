@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "base/pool.h"
 #include "base/sized_struct.h"
+#include "engine/processor.h"
 #include "extproc/server.h"
 #include "server/metrics_http.h"
 #include "server/server_metrics.h"
@@ -27,6 +29,8 @@ struct extproc_server {
   extproc_server_options opts;
   transport_config cfg;
   transport_stats stats;
+  engine_stats engine_stats;
+  task_pool *pool; /* blocking callbacks; only when a served processor is blocking */
   worker *workers;
   unsigned worker_count;
   /* The health-only listener (health_listen) first, if any, then extproc_server_listen's, whose
@@ -47,6 +51,10 @@ struct extproc_server {
   metrics_endpoint *metrics_endpoint; /* NULL unless extproc_server_metrics_listen() was called */
 };
 
+/* Blocking callbacks wait on something else (a disk, a service), not on our CPUs, so the pool
+ * is not sized by cores; each thread holds about 8 MiB of address space for its stack. */
+enum { DEFAULT_BLOCKING_THREADS = 8, MAX_BLOCKING_THREADS = 1024, BLOCKING_QUEUE_PER_THREAD = 64 };
+
 void extproc_server_options_init(extproc_server_options *opts) {
   if (!opts) return;
   memset(opts, 0, sizeof(*opts));
@@ -58,6 +66,8 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->shutdown_grace_ms = 5000;
   opts->drain_delay_ms = DEFAULT_DRAIN_DELAY_MS;
   opts->health_listen = NULL;
+  opts->blocking_threads = DEFAULT_BLOCKING_THREADS;
+  opts->blocking_queue = 0; /* per thread, below */
 }
 
 /* Opens the health-only listener as listeners[0]. Returns 0 or a negative extproc_error. */
@@ -85,7 +95,11 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.max_message_bytes == 0) o.max_message_bytes = defaults.max_message_bytes;
   if (o.initial_window_bytes == 0) o.initial_window_bytes = defaults.initial_window_bytes;
   if (o.max_concurrent_streams == 0) o.max_concurrent_streams = defaults.max_concurrent_streams;
-  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff)
+  if (o.blocking_threads == 0) o.blocking_threads = defaults.blocking_threads;
+  if (o.blocking_queue == 0)
+    o.blocking_queue = (size_t)o.blocking_threads * BLOCKING_QUEUE_PER_THREAD;
+  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
+      o.blocking_threads > MAX_BLOCKING_THREADS)
     return EXTPROC_EINVAL;
   if (o.workers == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -98,7 +112,8 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
                                 .max_concurrent_streams = o.max_concurrent_streams,
                                 .initial_window_bytes = o.initial_window_bytes,
                                 .shutdown_grace_ms = o.shutdown_grace_ms,
-                                .drain_delay_ms = o.drain_delay_ms};
+                                .drain_delay_ms = o.drain_delay_ms,
+                                .engine_stats = &srv->engine_stats};
   srv->opts.health_listen = NULL; /* the caller's string is not kept */
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
@@ -148,9 +163,25 @@ int extproc_server_health_port(const extproc_server *srv) {
   return srv && srv->first_listener ? port_of_spec(&srv->listeners[0]) : 0;
 }
 
+/* The blocking pool, if some served processor needs it. */
+static int start_pool(extproc_server *srv) {
+  bool needed = false;
+  for (unsigned i = 0; i < srv->listener_count; i++)
+    needed = needed || (srv->listeners[i].proc && srv->listeners[i].proc->blocking);
+  if (!needed) return 0;
+  const int rv = pool_new(&srv->pool, srv->opts.blocking_threads, srv->opts.blocking_queue);
+  if (rv != 0) {
+    log_line(EXTPROC_LOG_ERROR, "could not start the blocking pool: %s", extproc_strerror(rv));
+    return rv;
+  }
+  srv->cfg.pool = srv->pool;
+  return 0;
+}
+
 int extproc_server_start(extproc_server *srv) {
   if (!srv || srv->started || srv->listener_count == srv->first_listener) return EXTPROC_ESTATE;
   srv->started = true;
+  if (start_pool(srv) != 0) return EXTPROC_EIO;
   /* A peer that closes while we write must be an error return, not a process kill. */
   signal(SIGPIPE, SIG_IGN);
   unsigned ready = 0;
@@ -333,6 +364,9 @@ void extproc_server_free(extproc_server *srv) {
   }
   for (unsigned i = 0; i < srv->listener_count; i++)
     listener_spec_free(&srv->listeners[i], srv->worker_count);
+  /* The workers have finished, so no blocking callback is running or queued: a worker's loop
+   * ends only once every request handed to the pool has come back. */
+  pool_free(srv->pool);
   metrics_endpoint_stop(srv->metrics_endpoint);
   server_metrics_free(&srv->metrics);
   free(srv->workers);

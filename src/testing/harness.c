@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "base/arena.h"
+#include "base/pool.h"
+#include "engine/processor.h"
 #include "engine/stream.h"
 #include "testing/envoy_request.h"
 #include "testing/harness_internal.h"
@@ -34,6 +36,56 @@ static void harness_post(void *data, extproc_request *req) {
   pthread_mutex_unlock(&h->lock);
 }
 
+/* ---- Deadlines and blocking callbacks -------------------------------------------------- */
+
+static struct timespec timespec_after_ms(uint32_t ms) {
+  struct timespec t;
+  clock_gettime(CLOCK_REALTIME, &t);
+  t.tv_sec += ms / 1000;
+  t.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (t.tv_nsec >= 1000000000L) {
+    t.tv_sec++;
+    t.tv_nsec -= 1000000000L;
+  }
+  return t;
+}
+
+static bool timespec_before(const struct timespec *a, const struct timespec *b) {
+  return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* The harness is the loop: it only notes when the deadline falls, and its wait fires it. */
+static void *harness_timer_start(void *data, extproc_request *req, uint32_t ms) {
+  (void)req;
+  extproc_harness *h = data;
+  h->deadline_armed = true;
+  h->deadline_at = timespec_after_ms(ms);
+  return h;
+}
+
+static void harness_timer_stop(void *data, void *timer) {
+  (void)timer;
+  ((extproc_harness *)data)->deadline_armed = false;
+}
+
+/* Blocking callbacks run on one pool for every harness of the process, never freed: a harness
+ * freed while its callback runs is finished by that pool thread (harness_post), which could
+ * not join its own pool. Two threads let a test run a few harnesses side by side. */
+enum { HARNESS_POOL_THREADS = 2, HARNESS_POOL_QUEUE = 64 };
+static task_pool *harness_pool;
+static pthread_once_t harness_pool_once = PTHREAD_ONCE_INIT;
+
+static void harness_pool_start(void) {
+  if (pool_new(&harness_pool, HARNESS_POOL_THREADS, HARNESS_POOL_QUEUE) != 0) harness_pool = NULL;
+}
+
+/* NULL (callbacks then run in the caller's thread) unless `proc` is blocking. */
+static task_pool *pool_for(const extproc_processor *proc) {
+  if (!proc->blocking) return NULL;
+  pthread_once(&harness_pool_once, harness_pool_start);
+  return harness_pool;
+}
+
 /* ---- Driving the exchange ------------------------------------------------------------- */
 
 int extproc_harness_new(extproc_harness **out, const extproc_processor *proc) {
@@ -45,7 +97,12 @@ int extproc_harness_new(extproc_harness **out, const extproc_processor *proc) {
   h->timeout_ms = 5000;
   pthread_mutex_init(&h->lock, NULL);
   pthread_cond_init(&h->cond, NULL);
-  const stream_poster poster = {.post = harness_post, .data = h, .deferred = &h->deferred};
+  const stream_poster poster = {.post = harness_post,
+                                .data = h,
+                                .deferred = &h->deferred,
+                                .timer_start = harness_timer_start,
+                                .timer_stop = harness_timer_stop,
+                                .pool = pool_for(proc)};
   h->req = stream_open(proc, &harness_sink, h, &poster);
   if (!h->req) {
     pthread_mutex_destroy(&h->lock);
@@ -134,23 +191,25 @@ static bool add_context(extproc_harness *h, arena *a, envoy_request *msg) {
 /* Waits for a deferred phase to be resumed and completes it, as the server's loop would. */
 static int wait_for_deferred(extproc_harness *h) {
   while (stream_busy(h->req)) {
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += h->timeout_ms / 1000;
-    deadline.tv_nsec += (long)(h->timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-      deadline.tv_sec++;
-      deadline.tv_nsec -= 1000000000L;
-    }
+    const struct timespec give_up = timespec_after_ms(h->timeout_ms);
+    /* The processor's deadline, if it comes first, answers the phase like the server's timer. */
+    const bool deadline_first = h->deadline_armed && timespec_before(&h->deadline_at, &give_up);
+    const struct timespec until = deadline_first ? h->deadline_at : give_up;
     pthread_mutex_lock(&h->lock);
     int rv = 0;
     while (!h->posted && rv != ETIMEDOUT)
-      rv = pthread_cond_timedwait(&h->cond, &h->lock, &deadline);
+      rv = pthread_cond_timedwait(&h->cond, &h->lock, &until);
     extproc_request *req = h->posted;
     h->posted = NULL;
     pthread_mutex_unlock(&h->lock);
-    if (!req) return EXTPROC_ETIMEDOUT;
-    stream_resume_on_loop(req);
+    if (req) {
+      stream_resume_on_loop(req);
+    } else if (deadline_first) {
+      h->deadline_armed = false;
+      stream_deadline_on_loop(h->req);
+    } else {
+      return EXTPROC_ETIMEDOUT;
+    }
   }
   return 0;
 }
@@ -217,26 +276,31 @@ int extproc_harness_end(extproc_harness *h) {
 void extproc_harness_free(extproc_harness *h) {
   if (!h) return;
   if (stream_busy(h->req)) wait_for_deferred(h);
-  /* A phase still deferred after the wait keeps the request, and this struct (its poster), alive
-   * until the late resume, which then frees both (harness_post). */
-  pthread_mutex_lock(&h->lock);
-  const bool orphaned = stream_busy(h->req) && !h->posted;
-  if (h->posted) { /* the resume came just now */
-    extproc_request *req = h->posted;
-    h->posted = NULL;
-    pthread_mutex_unlock(&h->lock);
-    stream_resume_on_loop(req);
-  } else {
-    h->orphaned = orphaned;
-    pthread_mutex_unlock(&h->lock);
-  }
-  stream_close(h->req);
-  harness_replies_free(h);
+  harness_replies_free(h); /* nothing is recorded any more: only this thread completes phases */
   envoy_view_free(h);
   kv_clear(&h->attributes);
   kv_clear(&h->metadata);
+  /* A phase still deferred after the wait (or answered by its deadline, but not handed back)
+   * keeps the request, and this struct (its poster), alive until the late hand-back, which then
+   * frees both (harness_post). The request is closed under the lock, so that hand-back, which
+   * takes it first, finds the request closed and this struct no longer used here. */
+  pthread_mutex_lock(&h->lock);
+  extproc_request *posted = h->posted; /* the hand-back came just now */
+  h->posted = NULL;
+  if (posted) {
+    pthread_mutex_unlock(&h->lock);
+    stream_resume_on_loop(posted);
+  } else if (stream_held(h->req)) {
+    stream_close(h->req);
+    h->orphaned = true;
+    pthread_mutex_unlock(&h->lock);
+    arena_cache_release();
+    return;
+  } else {
+    pthread_mutex_unlock(&h->lock);
+  }
+  stream_close(h->req);
   arena_cache_release(); /* this thread may be a test's own, about to exit */
-  if (orphaned) return;
   pthread_mutex_destroy(&h->lock);
   pthread_cond_destroy(&h->cond);
   free(h);

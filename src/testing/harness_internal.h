@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "extproc/testing.h"
@@ -58,6 +59,9 @@ struct extproc_harness {
   extproc_request *posted;
   size_t deferred;
   bool orphaned; /* freed by the test while a phase was deferred */
+  /* The deadline timer (one stream, so one timer): the wait fires it on its own clock. */
+  bool deadline_armed;
+  struct timespec deadline_at; /* CLOCK_REALTIME, as pthread_cond_timedwait */
 };
 
 /* ---- Recording replies (harness_replies.c) --------------------------------------------- */

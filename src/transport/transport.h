@@ -29,6 +29,8 @@ typedef struct transport_config {
   uint32_t initial_window_bytes;   /* SETTINGS_INITIAL_WINDOW_SIZE */
   uint32_t shutdown_grace_ms;      /* how long draining connections may go on */
   uint32_t drain_delay_ms;         /* at stop: health NOT_SERVING, still serving, this long */
+  struct task_pool *pool;          /* runs blocking callbacks; NULL if none is served */
+  engine_stats *engine_stats;      /* the engine's counters, shared by all workers */
 } transport_config;
 
 /* Counters and gauges shared by all workers (atomics: any thread reads them). Each is named by
@@ -126,7 +128,12 @@ void health_end_watches(worker *w);
 /* A connection of `w` is gone, so a stopping worker may finish. (worker.c) */
 void worker_connection_gone(worker *w);
 
-/* The poster that hands deferred requests back to `w`'s loop. (worker.c) */
+/* The poster that hands deferred requests back to `w`'s loop, with its deadline timers and the
+ * blocking pool. (worker.c) */
 stream_poster worker_poster(worker *w);
+
+/* The poster's deadline timers: one-shot uv_timers on `data`'s (a worker's) loop. (timers.c) */
+void *worker_timer_start(void *data, extproc_request *req, uint32_t ms);
+void worker_timer_stop(void *data, void *timer);
 
 #endif

@@ -36,7 +36,11 @@ stream_poster worker_poster(worker *w) {
   return (stream_poster){.post = post_completion,
                          .data = w,
                          .deferred = &w->deferred,
-                         .deferred_list = &w->deferred_list};
+                         .deferred_list = &w->deferred_list,
+                         .timer_start = worker_timer_start,
+                         .timer_stop = worker_timer_stop,
+                         .pool = w->cfg->pool,
+                         .stats = w->cfg->engine_stats};
 }
 
 static void run_completions(worker *w) {
