@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -40,6 +41,30 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->max_concurrent_streams = 10000;
   opts->initial_window_bytes = 1u << 20;
   opts->shutdown_grace_ms = 5000;
+  opts->max_connections = 0; /* from RLIMIT_NOFILE at start */
+  opts->handshake_timeout_ms = 10000;
+  opts->idle_timeout_ms = 2 * 3600 * 1000;
+  opts->keepalive_interval_ms = 60000;
+  opts->keepalive_timeout_ms = 20000;
+  opts->max_buffered_bytes = (size_t)256 << 20;
+}
+
+/* Descriptors kept for everything but connections when max_connections is derived from the
+ * open-file limit: a fixed part (stdio, the run loop's signal pipe and wakeups, log files), an
+ * eighth of the limit for what the processor itself opens (files, clients to other services),
+ * and per worker its loop's epoll, wakeup and spare descriptors plus one socket per listener. */
+enum { FD_RESERVE_FIXED = 64, FD_RESERVE_PER_WORKER = 4 };
+
+static uint64_t default_max_connections(unsigned workers, unsigned listeners) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return UINT32_MAX;
+  const uint64_t limit = rl.rlim_cur;
+  const uint64_t reserve =
+      FD_RESERVE_FIXED + limit / 8 + (uint64_t)workers * (FD_RESERVE_PER_WORKER + listeners);
+  /* A limit too small for the reserve still serves a few connections (accept() failing for want
+   * of descriptors then pauses accepting too). */
+  if (limit <= reserve) return limit / 4 > 0 ? limit / 4 : 1;
+  return limit - reserve;
 }
 
 int extproc_server_new(extproc_server **out, const extproc_server_options *opts) {
@@ -56,7 +81,13 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.max_message_bytes == 0) o.max_message_bytes = defaults.max_message_bytes;
   if (o.initial_window_bytes == 0) o.initial_window_bytes = defaults.initial_window_bytes;
   if (o.max_concurrent_streams == 0) o.max_concurrent_streams = defaults.max_concurrent_streams;
-  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff)
+  if (o.handshake_timeout_ms == 0) o.handshake_timeout_ms = defaults.handshake_timeout_ms;
+  if (o.idle_timeout_ms == 0) o.idle_timeout_ms = defaults.idle_timeout_ms;
+  if (o.keepalive_interval_ms == 0) o.keepalive_interval_ms = defaults.keepalive_interval_ms;
+  if (o.keepalive_timeout_ms == 0) o.keepalive_timeout_ms = defaults.keepalive_timeout_ms;
+  if (o.max_buffered_bytes == 0) o.max_buffered_bytes = defaults.max_buffered_bytes;
+  if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
+      o.max_buffered_bytes < o.max_message_bytes)
     return EXTPROC_EINVAL;
   if (o.workers == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -68,7 +99,13 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   srv->cfg = (transport_config){.max_message_bytes = o.max_message_bytes,
                                 .max_concurrent_streams = o.max_concurrent_streams,
                                 .initial_window_bytes = o.initial_window_bytes,
-                                .shutdown_grace_ms = o.shutdown_grace_ms};
+                                .shutdown_grace_ms = o.shutdown_grace_ms,
+                                .max_connections = o.max_connections,
+                                .handshake_timeout_ms = o.handshake_timeout_ms,
+                                .idle_timeout_ms = o.idle_timeout_ms,
+                                .keepalive_interval_ms = o.keepalive_interval_ms,
+                                .keepalive_timeout_ms = o.keepalive_timeout_ms,
+                                .max_buffered_bytes = o.max_buffered_bytes};
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
   if (!srv->workers) {
@@ -98,6 +135,9 @@ int extproc_server_port(const extproc_server *srv, int index) {
 int extproc_server_start(extproc_server *srv) {
   if (!srv || srv->started || srv->listener_count == 0) return EXTPROC_ESTATE;
   srv->started = true;
+  if (srv->cfg.max_connections == 0) /* the listeners are known now */
+    srv->cfg.max_connections = default_max_connections(srv->worker_count, srv->listener_count);
+  log_line(EXTPROC_LOG_DEBUG, "max_connections %llu", (unsigned long long)srv->cfg.max_connections);
   /* A peer that closes while we write must be an error return, not a process kill. */
   signal(SIGPIPE, SIG_IGN);
   unsigned ready = 0;
