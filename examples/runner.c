@@ -2,14 +2,18 @@
  *
  *   extproc-examples --service SPEC[,SPEC...] [--service SPEC...] [--listen ADDR]
  *                    [--grace-period SECONDS] [--log-level LEVEL] [--workers N]
- *                    [--max-message-bytes N]
+ *                    [--max-message-bytes N] [--max-connections N]
+ *                    [--max-buffered-bytes N] [--handshake-timeout SECONDS]
+ *                    [--idle-timeout SECONDS] [--keepalive-interval SECONDS]
+ *                    [--keepalive-timeout SECONDS]
  *
  * SPEC is NAME, NAME:PORT or NAME@ADDR. NAME is a class name of the Python SDK
  * (TrivialExtProcService) or its short name (trivial). NAME:PORT listens on 0.0.0.0:PORT;
  * NAME@ADDR on ADDR (HOST:PORT, [IPV6]:PORT or unix:PATH); a bare NAME on --listen (default
  * 0.0.0.0:50051). LEVEL defaults to the LOG_LEVEL environment variable, else info. The chain
  * header follows REVEAL_EXTPROC_CHAIN and EXTPROCS_APPLIED_HEADER. Stops on SIGINT or SIGTERM,
- * letting open streams finish for the grace period (default 5 s). */
+ * letting open streams finish for the grace period (default 5 s). A timeout of 0 disables it;
+ * options not given keep the library's defaults (see extproc/server.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +33,10 @@ static void usage(FILE *out) {
   fprintf(out,
           "usage: extproc-examples --service SPEC[,SPEC...] [--listen ADDR]\n"
           "                        [--grace-period SECONDS] [--log-level debug|info|warn|error]\n"
-          "                        [--workers N] [--max-message-bytes N]\n"
+          "                        [--workers N] [--max-message-bytes N] [--max-connections N]\n"
+          "                        [--max-buffered-bytes N] [--handshake-timeout SECONDS]\n"
+          "                        [--idle-timeout SECONDS] [--keepalive-interval SECONDS]\n"
+          "                        [--keepalive-timeout SECONDS]   (a timeout of 0 disables it)\n"
           "  SPEC: NAME (served on --listen), NAME:PORT (on 0.0.0.0:PORT) or NAME@ADDR\n"
           "  ADDR: HOST:PORT, [IPV6]:PORT or unix:PATH (default 0.0.0.0:50051)\n"
           "  e.g.  --service trivial:50051,timer:50052,echo@unix:/tmp/echo.sock\n"
@@ -43,6 +50,12 @@ static bool parse_number(const char *s, double *out) {
   char *end;
   *out = strtod(s, &end);
   return *s && *end == '\0' && *out >= 0;
+}
+
+/* A timeout in seconds as the server's milliseconds; 0 means off. */
+static uint32_t timeout_ms(double seconds) {
+  if (seconds == 0) return EXTPROC_SERVER_TIMEOUT_OFF;
+  return seconds < 0.001 ? 1 : (uint32_t)(seconds * 1000 + 0.5);
 }
 
 /* Adds each SPEC of a comma-separated list. Bare names get their address later. */
@@ -106,6 +119,19 @@ int main(int argc, char **argv) {
       opts.workers = (unsigned)n;
     } else if (strcmp(arg, "--max-message-bytes") == 0 && parse_number(val, &n) && n >= 1) {
       opts.max_message_bytes = (size_t)n;
+    } else if (strcmp(arg, "--max-connections") == 0 && parse_number(val, &n) && n >= 1 &&
+               n <= 1e9) {
+      opts.max_connections = (unsigned)n;
+    } else if (strcmp(arg, "--max-buffered-bytes") == 0 && parse_number(val, &n) && n >= 1) {
+      opts.max_buffered_bytes = (size_t)n;
+    } else if (strcmp(arg, "--handshake-timeout") == 0 && parse_number(val, &n) && n <= 86400) {
+      opts.handshake_timeout_ms = timeout_ms(n);
+    } else if (strcmp(arg, "--idle-timeout") == 0 && parse_number(val, &n) && n <= 86400) {
+      opts.idle_timeout_ms = timeout_ms(n);
+    } else if (strcmp(arg, "--keepalive-interval") == 0 && parse_number(val, &n) && n <= 86400) {
+      opts.keepalive_interval_ms = timeout_ms(n);
+    } else if (strcmp(arg, "--keepalive-timeout") == 0 && parse_number(val, &n) && n <= 86400) {
+      opts.keepalive_timeout_ms = timeout_ms(n);
     } else {
       fprintf(stderr, "extproc-examples: bad option %s %s\n", arg, val);
       usage(stderr);
