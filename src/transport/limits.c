@@ -1,7 +1,7 @@
-/* Limit hits: each one is counted, and logged at warning level at most once per interval for
- * each limit, over all workers. A flood (a thousand silent connections timing out together, a
- * listener at its connection limit) then costs one line per interval, not one per event, and the
- * next line says how many were left out. */
+/* Limit hits: each one is counted, and logged (at warning level; idle closes at info) at most once
+ * per interval for each limit, over all workers. A flood (a thousand silent connections timing out
+ * together, a listener at its connection limit) then costs one line per interval, not one per
+ * event, and the next line says how many were left out. */
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -36,7 +36,9 @@ static bool gate_open(transport_stats *stats, transport_limit limit) {
 
 void limit_hit(transport_stats *stats, transport_limit limit, const char *fmt, ...) {
   atomic_fetch_add(counter_of(stats, limit), 1);
-  if (!log_enabled(EXTPROC_LOG_WARN)) return;
+  /* An idle connection closed is routine housekeeping, not a warning. */
+  const extproc_log_level level = limit == LIMIT_IDLE_TIMEOUT ? EXTPROC_LOG_INFO : EXTPROC_LOG_WARN;
+  if (!log_enabled(level)) return;
   if (!gate_open(stats, limit)) {
     atomic_fetch_add(&stats->log_gate[limit].suppressed, 1);
     return;
@@ -48,8 +50,7 @@ void limit_hit(transport_stats *stats, transport_limit limit, const char *fmt, .
   va_end(ap);
   const uint64_t left_out = atomic_exchange(&stats->log_gate[limit].suppressed, 0);
   if (left_out)
-    log_line(EXTPROC_LOG_WARN, "%s (%llu more since the last such line)", line,
-             (unsigned long long)left_out);
+    log_line(level, "%s (%llu more since the last such line)", line, (unsigned long long)left_out);
   else
-    log_line(EXTPROC_LOG_WARN, "%s", line);
+    log_line(level, "%s", line);
 }

@@ -187,8 +187,8 @@ void worker_note_freed(worker *w, size_t bytes);
 void connections_retry_budget(worker *w);
 
 /* Counts a hit of `limit` and logs `fmt` (with the peer's address, where there is one) at
- * warning level, at most once per LIMIT_LOG_INTERVAL_MS for each limit over all workers; the
- * next line says how many were left out. (limits.c) */
+ * warning level (idle closes: info), at most once per LIMIT_LOG_INTERVAL_MS for each limit over all
+ * workers; the next line says how many were left out. (limits.c) */
 void limit_hit(transport_stats *stats, transport_limit limit, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
