@@ -87,6 +87,7 @@ grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *
     grpc_reader_reset(r);
     return GRPC_READ_MESSAGE;
   }
+  if (*len == 0) return GRPC_READ_NEED_MORE; /* the prefix ended the input: nothing to keep */
   const size_t take = *len < need ? *len : need;
   if (!reserve(r, r->buf_len + take)) return GRPC_READ_NO_MEMORY;
   memcpy(r->buf + r->buf_len, *data, take);
