@@ -85,7 +85,10 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.idle_timeout_ms == 0) o.idle_timeout_ms = defaults.idle_timeout_ms;
   if (o.keepalive_interval_ms == 0) o.keepalive_interval_ms = defaults.keepalive_interval_ms;
   if (o.keepalive_timeout_ms == 0) o.keepalive_timeout_ms = defaults.keepalive_timeout_ms;
-  if (o.max_buffered_bytes == 0) o.max_buffered_bytes = defaults.max_buffered_bytes;
+  if (o.max_buffered_bytes == 0) /* room for at least one whole message, however large */
+    o.max_buffered_bytes = defaults.max_buffered_bytes > o.max_message_bytes
+                               ? defaults.max_buffered_bytes
+                               : o.max_message_bytes;
   if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
       o.max_buffered_bytes < o.max_message_bytes)
     return EXTPROC_EINVAL;
