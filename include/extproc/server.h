@@ -94,7 +94,43 @@ typedef struct extproc_server_options {
    * each stream has at most one callback in the pool, so Envoy's concurrent streams bound the
    * queue and HTTP/2 flow control bounds the input behind it. Default 64 per blocking thread. */
   size_t blocking_queue;
+  /** Most connections open at once, over all workers. At the limit the server stops accepting
+   * (new connections wait in the kernel's listen queue, they are not refused) until one closes;
+   * the same happens, for a short while, when accept() finds the process or system out of file
+   * descriptors. Each pause logs one warning (rate-limited). Default: the soft RLIMIT_NOFILE at
+   * extproc_server_start(), less a reserve for every other descriptor the process opens: 64,
+   * plus one eighth of the limit (the processor's own files and clients), plus 4 + the number of
+   * listeners per worker (event loop, wakeups, listening sockets); at least 1. */
+  unsigned max_connections;
+  /** How long a new connection has to send the HTTP/2 connection preface and its SETTINGS, in
+   * milliseconds; past it the connection is sent a GOAWAY and closed. Envoy sends both as soon as
+   * it connects. Default 10000; EXTPROC_SERVER_TIMEOUT_OFF disables it. */
+  uint32_t handshake_timeout_ms;
+  /** How long a connection may have no open stream, in milliseconds, before it is sent a GOAWAY
+   * (NO_ERROR) and closed. Envoy keeps its ext_proc connections open between requests and closes
+   * idle upstream connections itself after its cluster's `idle_timeout` (1 hour by default), so
+   * the default is longer: 7200000 (2 hours); EXTPROC_SERVER_TIMEOUT_OFF disables it. */
+  uint32_t idle_timeout_ms;
+  /** After this long without any input on a connection, in milliseconds, the server sends an
+   * HTTP/2 PING (Envoy answers PINGs at once, and they do not count as activity for its idle
+   * timeout). Default 60000; EXTPROC_SERVER_TIMEOUT_OFF disables keepalive PINGs. */
+  uint32_t keepalive_interval_ms;
+  /** How long the PING's acknowledgement may take, in milliseconds, before the peer is taken for
+   * gone and the connection closed (with a GOAWAY, in case it is still reading). Default 20000;
+   * EXTPROC_SERVER_TIMEOUT_OFF waits forever. */
+  uint32_t keepalive_timeout_ms;
+  /** Bytes of incomplete gRPC messages buffered at once, over all connections and workers.
+   * Beyond it no connection is given HTTP/2 flow-control credit for incomplete messages (nothing
+   * is dropped: messages that fit in the windows already granted still complete), until enough
+   * messages complete or streams end. Besides this, each connection buffers at most 2 x
+   * max_message_bytes, and a peer may always fill the windows it was granted (1 MiB per stream,
+   * 16 MiB per connection). Default 256 MiB, or max_message_bytes if that is larger; a value
+   * set below max_message_bytes is refused. */
+  size_t max_buffered_bytes;
 } extproc_server_options;
+
+/** A timeout field of extproc_server_options set to this is disabled. */
+#define EXTPROC_SERVER_TIMEOUT_OFF UINT32_MAX
 
 /** Fills `opts` with the defaults above and sets its struct_size. NULL is ignored. */
 EXTPROC_API void extproc_server_options_init(extproc_server_options *opts);
@@ -106,8 +142,8 @@ typedef struct extproc_server extproc_server;
  * start (or run) it, stop, wait, free. Stores the server in `*out` and returns 0; otherwise
  * stores NULL and returns EXTPROC_EINVAL (out NULL, struct_size not set or from a newer version
  * using fields this library lacks, max_message_bytes above 2 GiB, initial_window_bytes above
- * 2^31-1, blocking_threads above 1024, a malformed health_listen), EXTPROC_EIO (health_listen
- * cannot be bound) or EXTPROC_ENOMEM. */
+ * 2^31-1, blocking_threads above 1024, max_buffered_bytes below max_message_bytes, a malformed
+ * health_listen), EXTPROC_EIO (health_listen cannot be bound) or EXTPROC_ENOMEM. */
 EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_options *opts);
 
 /** Serves `proc` (not owned; must outlive the server) on `address`:

@@ -68,6 +68,49 @@ static const option_def table[] = {
      .max = 3600 * 1000,
      .to = SERVER(shutdown_grace_ms),
      .help = "After SIGINT or SIGTERM, how long open streams may go on; 0 closes at once."},
+    {.name = "max-connections",
+     .type = OPT_COUNT,
+     .value_name = "N",
+     .max = UINT32_MAX,
+     .to = SERVER(max_connections),
+     .help = "Connections open at once, over all workers; at the limit accepting pauses. 0 "
+             "derives it from the open-file limit (ulimit -n)."},
+    {.name = "max-buffered-bytes",
+     .type = OPT_BYTES,
+     .value_name = "BYTES",
+     .max = 1ull << 40,
+     .to = SERVER(max_buffered_bytes),
+     .help = "Bytes of incomplete messages buffered over all connections; past it input waits "
+             "(flow control). 0 means 256MiB, or max-message-bytes if larger."},
+    {.name = "handshake-timeout",
+     .type = OPT_DURATION,
+     .value_name = "DURATION",
+     .max = 86400 * 1000,
+     .to = SERVER(handshake_timeout_ms),
+     .zero_is_off = true,
+     .help = "Time a new connection has to send the HTTP/2 preface and SETTINGS; 0 disables."},
+    {.name = "idle-timeout",
+     .type = OPT_DURATION,
+     .value_name = "DURATION",
+     .max = 86400 * 1000,
+     .to = SERVER(idle_timeout_ms),
+     .zero_is_off = true,
+     .help = "Time a connection may have no open stream before GOAWAY and close; 0 disables."},
+    {.name = "keepalive-interval",
+     .type = OPT_DURATION,
+     .value_name = "DURATION",
+     .max = 86400 * 1000,
+     .to = SERVER(keepalive_interval_ms),
+     .zero_is_off = true,
+     .help = "Time without input after which an HTTP/2 PING is sent; 0 disables PINGs."},
+    {.name = "keepalive-timeout",
+     .type = OPT_DURATION,
+     .value_name = "DURATION",
+     .max = 86400 * 1000,
+     .to = SERVER(keepalive_timeout_ms),
+     .zero_is_off = true,
+     .help = "Time a PING's acknowledgement may take before the connection is closed; 0 waits "
+             "forever."},
     {.name = "drain-delay",
      .type = OPT_DURATION,
      .value_name = "DURATION",
@@ -291,6 +334,8 @@ static bool apply(main_settings *s, const option_def *o, const char *where, cons
   case OPT_BYTES:
   case OPT_DURATION:
     if (!parse_number(o, where, text, &v, e)) return false;
+    /* In the server's options 0 means "the default", so "off" has a value of its own. */
+    if (o->zero_is_off && v == 0) v = EXTPROC_SERVER_TIMEOUT_OFF;
     store_number(s, o->to, v);
     return true;
   case OPT_TEXT:

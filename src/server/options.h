@@ -52,6 +52,7 @@ typedef struct option_def {
   uint64_t min, max;      /* numbers: the allowed range, in the stored unit (count, bytes, ms) */
   option_target to;
   const char *legacy_env; /* another variable read when EXTPROC_* is unset; may be NULL */
+  bool zero_is_off;       /* a duration where 0 is stored as EXTPROC_SERVER_TIMEOUT_OFF */
   const char *help;       /* one sentence: what it does, what 0 means if special */
 } option_def;
 

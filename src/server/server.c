@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -67,7 +68,13 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->drain_delay_ms = DEFAULT_DRAIN_DELAY_MS;
   opts->health_listen = NULL;
   opts->blocking_threads = DEFAULT_BLOCKING_THREADS;
-  opts->blocking_queue = 0; /* per thread, below */
+  opts->blocking_queue = 0;  /* per thread, below */
+  opts->max_connections = 0; /* from RLIMIT_NOFILE at start */
+  opts->handshake_timeout_ms = 10000;
+  opts->idle_timeout_ms = 2 * 3600 * 1000;
+  opts->keepalive_interval_ms = 60000;
+  opts->keepalive_timeout_ms = 20000;
+  opts->max_buffered_bytes = (size_t)256 << 20;
 }
 
 /* Opens the health-only listener as listeners[0]. Returns 0 or a negative extproc_error. */
@@ -79,6 +86,24 @@ static int open_health_listener(extproc_server *srv, const char *address) {
   if (rv != 0) return rv;
   srv->listener_count = srv->first_listener = 1;
   return 0;
+}
+
+/* Descriptors kept for everything but connections when max_connections is derived from the
+ * open-file limit: a fixed part (stdio, the run loop's signal pipe and wakeups, log files), an
+ * eighth of the limit for what the processor itself opens (files, clients to other services),
+ * and per worker its loop's epoll, wakeup and spare descriptors plus one socket per listener. */
+enum { FD_RESERVE_FIXED = 64, FD_RESERVE_PER_WORKER = 4 };
+
+static uint64_t default_max_connections(unsigned workers, unsigned listeners) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return UINT32_MAX;
+  const uint64_t limit = rl.rlim_cur;
+  const uint64_t reserve =
+      FD_RESERVE_FIXED + limit / 8 + (uint64_t)workers * (FD_RESERVE_PER_WORKER + listeners);
+  /* A limit too small for the reserve still serves a few connections (accept() failing for want
+   * of descriptors then pauses accepting too). */
+  if (limit <= reserve) return limit / 4 > 0 ? limit / 4 : 1;
+  return limit - reserve;
 }
 
 int extproc_server_new(extproc_server **out, const extproc_server_options *opts) {
@@ -98,8 +123,16 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.blocking_threads == 0) o.blocking_threads = defaults.blocking_threads;
   if (o.blocking_queue == 0)
     o.blocking_queue = (size_t)o.blocking_threads * BLOCKING_QUEUE_PER_THREAD;
+  if (o.handshake_timeout_ms == 0) o.handshake_timeout_ms = defaults.handshake_timeout_ms;
+  if (o.idle_timeout_ms == 0) o.idle_timeout_ms = defaults.idle_timeout_ms;
+  if (o.keepalive_interval_ms == 0) o.keepalive_interval_ms = defaults.keepalive_interval_ms;
+  if (o.keepalive_timeout_ms == 0) o.keepalive_timeout_ms = defaults.keepalive_timeout_ms;
+  if (o.max_buffered_bytes == 0) /* room for at least one whole message, however large */
+    o.max_buffered_bytes = defaults.max_buffered_bytes > o.max_message_bytes
+                               ? defaults.max_buffered_bytes
+                               : o.max_message_bytes;
   if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
-      o.blocking_threads > MAX_BLOCKING_THREADS)
+      o.blocking_threads > MAX_BLOCKING_THREADS || o.max_buffered_bytes < o.max_message_bytes)
     return EXTPROC_EINVAL;
   if (o.workers == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -113,7 +146,13 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
                                 .initial_window_bytes = o.initial_window_bytes,
                                 .shutdown_grace_ms = o.shutdown_grace_ms,
                                 .drain_delay_ms = o.drain_delay_ms,
-                                .engine_stats = &srv->engine_stats};
+                                .engine_stats = &srv->engine_stats,
+                                .max_connections = o.max_connections,
+                                .handshake_timeout_ms = o.handshake_timeout_ms,
+                                .idle_timeout_ms = o.idle_timeout_ms,
+                                .keepalive_interval_ms = o.keepalive_interval_ms,
+                                .keepalive_timeout_ms = o.keepalive_timeout_ms,
+                                .max_buffered_bytes = o.max_buffered_bytes};
   srv->opts.health_listen = NULL; /* the caller's string is not kept */
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
@@ -182,6 +221,9 @@ int extproc_server_start(extproc_server *srv) {
   if (!srv || srv->started || srv->listener_count == srv->first_listener) return EXTPROC_ESTATE;
   srv->started = true;
   if (start_pool(srv) != 0) return EXTPROC_EIO;
+  if (srv->cfg.max_connections == 0) /* the listeners are known now */
+    srv->cfg.max_connections = default_max_connections(srv->worker_count, srv->listener_count);
+  log_line(EXTPROC_LOG_DEBUG, "max_connections %llu", (unsigned long long)srv->cfg.max_connections);
   /* A peer that closes while we write must be an error return, not a process kill. */
   signal(SIGPIPE, SIG_IGN);
   unsigned ready = 0;

@@ -1,10 +1,14 @@
 /* Socket I/O and the nghttp2 session of one connection from Envoy.
  *
  * Output is coalesced: frames produced while handling an event are written with one write call
- * at the end of that event (conn_flush), not one per frame. Per-stream gRPC handling is in
- * grpc_stream.c and the input budgets in flow.c. */
+ * at the end of that event (conn_flush), not one per frame, from a buffer the worker's
+ * connections share; a connection has a buffer of its own only while the socket has not taken
+ * all of a round. Per-stream gRPC handling is in grpc_stream.c, the input budgets in flow.c, the
+ * handshake, idle and keepalive deadlines in connection_timeouts.c. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "transport/connection.h"
@@ -14,8 +18,6 @@
 enum { CONNECTION_WINDOW_BYTES = 16 << 20 };
 /* A single write is capped so one busy connection cannot starve the loop. */
 enum { MAX_WRITE_BYTES = 1 << 20 };
-
-static void connection_close(connection *c);
 
 static connection *connection_of(const dlist_link *l) { return LIST_ITEM(l, connection, link); }
 
@@ -44,7 +46,11 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-  (void)user_data;
+  connection *c = user_data;
+  /* nghttp2 checks the preface, and that SETTINGS comes first, before any frame gets here. */
+  if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK))
+    conn_note_handshake(c);
+  if (frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK)) conn_note_ping_ack(c);
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
   if (!s) return 0;
@@ -137,11 +143,20 @@ static int new_session(connection *c) {
 
 static void on_closed(uv_handle_t *h) {
   connection *c = h->data;
-  free(c->wbuf);
+  if (--c->handles_open > 0) return;
+  free(c->pending);
   free(c);
 }
 
-static void connection_close(connection *c) {
+static void close_handles(connection *c) {
+  uv_close((uv_handle_t *)&c->timer, on_closed);
+  uv_close(&c->h.handle, on_closed);
+}
+
+/* The connection's max_connections slot is free again. */
+static void release_slot(worker *w) { atomic_fetch_sub(&w->stats->connections_open, 1); }
+
+void conn_close(connection *c) {
   if (c->closing) return;
   c->closing = true;
   worker *w = c->w;
@@ -151,8 +166,16 @@ static void connection_close(connection *c) {
     h2_stream_release(stream_of(c->streams.head));
   nghttp2_session_del(c->session);
   c->session = NULL;
-  uv_close(&c->h.handle, on_closed);
+  close_handles(c);
+  release_slot(w);
   worker_connection_gone(w);
+}
+
+void conn_goaway(connection *c, uint32_t error_code, const char *debug) {
+  nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE,
+                        nghttp2_session_get_last_proc_stream_id(c->session), error_code,
+                        (const uint8_t *)debug, debug ? strlen(debug) : 0);
+  conn_flush(c);
 }
 
 void connections_close_all(worker *w) {
@@ -161,7 +184,7 @@ void connections_close_all(worker *w) {
     connection *c = connection_of(w->connections.head);
     for (const dlist_link *l = c->streams.head; l; l = l->next)
       cut++;
-    connection_close(c);
+    conn_close(c);
   }
   atomic_fetch_add(&w->stats->streams_cut, cut);
 }
@@ -170,75 +193,85 @@ void connections_drain_all(worker *w) {
   /* A drained connection with no open stream closes at once and unlinks itself. */
   for (dlist_link *l = w->connections.head, *next; l; l = next) {
     next = l->next;
-    connection *c = connection_of(l);
-    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE,
-                          nghttp2_session_get_last_proc_stream_id(c->session), NGHTTP2_NO_ERROR,
-                          NULL, 0);
-    conn_flush(c);
+    conn_goaway(connection_of(l), NGHTTP2_NO_ERROR, NULL);
   }
 }
 
 static void on_write(uv_write_t *req, int status) {
   connection *c = req->data;
-  c->writing = false;
+  free(c->pending);
+  c->pending = NULL;
   if (c->closing) return;
   if (status < 0) {
-    connection_close(c);
+    conn_close(c);
     return;
   }
   conn_flush(c);
 }
 
-static bool wbuf_append(connection *c, const uint8_t *data, size_t len) {
-  if (c->wlen + len > c->wcap) {
-    size_t cap = c->wcap ? c->wcap : 16384;
-    while (cap < c->wlen + len)
+/* Appends to the worker's output buffer, which holds one round of output of one connection. */
+static bool out_append(worker *w, size_t *len, const uint8_t *data, size_t n) {
+  if (*len + n > w->out_cap) {
+    size_t cap = w->out_cap ? w->out_cap : 16384;
+    while (cap < *len + n)
       cap *= 2;
-    uint8_t *nb = realloc(c->wbuf, cap);
+    uint8_t *nb = realloc(w->out_buf, cap);
     if (!nb) return false;
-    c->wbuf = nb;
-    c->wcap = cap;
+    w->out_buf = nb;
+    w->out_cap = cap;
   }
-  memcpy(c->wbuf + c->wlen, data, len);
-  c->wlen += len;
+  memcpy(w->out_buf + *len, data, n);
+  *len += n;
   return true;
+}
+
+/* Hands what the socket did not take to libuv, in a copy of the connection's own (freed once
+ * written), so the worker's buffer is free for the next connection. */
+static bool write_rest(connection *c, const uint8_t *data, size_t len) {
+  c->pending = malloc(len);
+  if (!c->pending) return false;
+  memcpy(c->pending, data, len);
+  uv_buf_t buf = uv_buf_init((char *)c->pending, (unsigned)len);
+  c->write_req.data = c;
+  if (uv_write(&c->write_req, &c->h.stream, &buf, 1, on_write) == 0) return true;
+  free(c->pending);
+  c->pending = NULL;
+  return false;
 }
 
 /* Writes everything nghttp2 has queued in one go: try a direct write first (the common case,
  * no callback), and hand the rest to libuv. */
 void conn_flush(connection *c) {
-  while (!c->writing && !c->closing) {
+  worker *w = c->w;
+  while (!c->pending && !c->closing) {
     flow_release_held(c); /* output drained last round may let input flow again */
-    c->wlen = 0;
+    size_t len = 0;
     for (;;) {
       const uint8_t *data;
       const ssize_t n = nghttp2_session_mem_send(c->session, &data);
-      if (n < 0 || (n > 0 && !wbuf_append(c, data, (size_t)n))) {
-        connection_close(c);
+      if (n < 0 || (n > 0 && !out_append(w, &len, data, (size_t)n))) {
+        conn_close(c);
         return;
       }
-      if (n == 0 || c->wlen >= MAX_WRITE_BYTES) break;
+      if (n == 0 || len >= MAX_WRITE_BYTES) break;
     }
-    if (c->wlen == 0) {
+    if (len == 0) {
       if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session))
-        connection_close(c);
+        conn_close(c);
       return;
     }
-    uv_buf_t buf = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
+    uv_buf_t buf = uv_buf_init((char *)w->out_buf, (unsigned)len);
     const int written = uv_try_write(&c->h.stream, &buf, 1);
-    if (written == (int)c->wlen) continue;
+    if (written == (int)len) continue;
     if (written < 0 && written != UV_EAGAIN) {
-      connection_close(c);
+      conn_close(c);
       return;
     }
-    if (written > 0)
-      buf = uv_buf_init((char *)c->wbuf + written, (unsigned)(c->wlen - (size_t)written));
-    c->write_req.data = c;
-    if (uv_write(&c->write_req, &c->h.stream, &buf, 1, on_write) != 0) {
-      connection_close(c);
+    const size_t off = written > 0 ? (size_t)written : 0;
+    if (!write_rest(c, w->out_buf + off, len - off)) {
+      conn_close(c);
       return;
     }
-    c->writing = true;
   }
 }
 
@@ -264,54 +297,70 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (nread < 0) {
     if (nread != UV_EOF)
       conn_log(c, EXTPROC_LOG_DEBUG, "connection read: %s", uv_strerror((int)nread));
-    connection_close(c);
+    conn_close(c);
     return;
   }
   if (nread == 0) return;
+  c->last_input_ms = uv_now(&c->w->loop);
   const uint8_t *data = (const uint8_t *)buf->base;
   const bool first_read = keep_head(c, data, (size_t)nread);
   const ssize_t rv = nghttp2_session_mem_recv(c->session, data, (size_t)nread);
   if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
     /* The first read usually holds a whole HTTP/1.x request line; later ones only the head. */
     peer_refuse_foreign(c, first_read ? data : c->head, first_read ? (size_t)nread : c->head_len);
-    connection_close(c);
+    conn_close(c);
     return;
   }
   if (rv < 0) {
     conn_log(c, EXTPROC_LOG_WARN, "HTTP/2 error from peer: %s", nghttp2_strerror((int)rv));
     /* nghttp2 has queued a GOAWAY for protocol errors: try to send it, then close. */
     conn_flush(c);
-    connection_close(c);
+    conn_close(c);
     return;
   }
   conn_flush(c);
 }
 
-void connection_accept(listener *l) {
+/* Undoes a connection whose setup failed after its handles were initialized. */
+static void abort_setup(connection *c) {
+  c->closing = true;
+  if (c->session) nghttp2_session_del(c->session);
+  c->session = NULL;
+  close_handles(c);
+  release_slot(c->w);
+}
+
+void connection_accept(listener *l, int fd, const char *peer) {
   worker *w = l->w;
   connection *c = calloc(1, sizeof(*c));
-  if (!c) return;
+  /* Initializing a TCP or pipe handle or a timer allocates nothing and cannot fail. */
+  if (!c || uv_timer_init(&w->loop, &c->timer) != 0 ||
+      (l->spec->is_unix ? uv_pipe_init(&w->loop, &c->h.pipe, 0)
+                        : uv_tcp_init(&w->loop, &c->h.tcp)) != 0) {
+    free(c);
+    close(fd);
+    release_slot(w);
+    return;
+  }
   c->w = w;
   c->proc = l->spec->proc;
-  int rv =
-      l->spec->is_unix ? uv_pipe_init(&w->loop, &c->h.pipe, 0) : uv_tcp_init(&w->loop, &c->h.tcp);
-  if (rv != 0) {
-    free(c);
+  c->handles_open = 2;
+  c->h.handle.data = c->timer.data = c;
+  snprintf(c->peer, sizeof(c->peer), "%s", peer);
+  const int opened = l->spec->is_unix ? uv_pipe_open(&c->h.pipe, fd) : uv_tcp_open(&c->h.tcp, fd);
+  if (opened != 0) close(fd); /* not the handle's */
+  if (opened != 0 || new_session(c) != 0) {
+    abort_setup(c);
     return;
   }
-  c->h.handle.data = c;
-  c->closing = true; /* until fully set up: makes an early close free everything */
-  if (uv_accept(&l->h.stream, &c->h.stream) != 0 || new_session(c) != 0) {
-    if (c->session) nghttp2_session_del(c->session);
-    uv_close(&c->h.handle, on_closed);
-    return;
-  }
-  c->closing = false;
   if (!l->spec->is_unix) uv_tcp_nodelay(&c->h.tcp, 1);
-  peer_describe(&c->h, l->spec->is_unix ? l->spec->unix_path : NULL, c->peer, sizeof(c->peer));
   dlist_push_front(&w->connections, &c->link);
   /* Our SETTINGS go out with the first answer to the client's bytes (RFC 9113 allows the
    * server's preface to wait): a client that is not an HTTP/2 client then gets no binary
    * frame ahead of the plain answer peer_refuse_foreign() gives it. */
-  if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) connection_close(c);
+  if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
+    conn_close(c);
+    return;
+  }
+  conn_deadlines_start(c);
 }

@@ -4,6 +4,7 @@
  *   grpc_stream.c  per-stream gRPC handling: routing by path, reassembling messages, handing
  *                  them to the engine or the health service, queueing replies, trailers
  *   flow.c         flow-control budgets: when received bytes go back to the peer's window
+ *   connection_timeouts.c  handshake timeout, idle timeout, keepalive PINGs
  *
  * Everything here runs on the connection's worker loop. */
 #ifndef EXTPROC_CONNECTION_H
@@ -62,18 +63,23 @@ struct connection {
   dlist_link link; /* in w->connections */
   const extproc_processor *proc;
   stream_handle h;
+  uv_timer_t timer; /* handshake, idle and keepalive deadlines (connection.c) */
+  int handles_open; /* h and timer: freed when both are closed */
   nghttp2_session *session;
   dlist streams; /* h2_stream */
   uv_write_t write_req;
-  uint8_t *wbuf;
-  size_t wlen, wcap;
-  bool writing;
+  uint8_t *pending; /* output the socket did not take at once, being written; else NULL */
   bool closing;
+  /* Deadlines, in loop milliseconds (uv_now). */
+  bool handshake_done;   /* the peer's preface and SETTINGS arrived */
+  bool ping_outstanding; /* a keepalive PING awaits its ACK */
+  uint64_t accepted_ms, last_input_ms, idle_since_ms, ping_sent_ms;
   /* Input budgets (see flow.c). */
   size_t partial_bytes;    /* bytes of incomplete messages buffered, over all streams */
   size_t queued_out_bytes; /* reply bytes queued, not yet handed to nghttp2 */
   h2_stream *favoured;     /* over the partial budget: the one stream still fed */
   bool input_held;         /* some stream holds credit for budget reasons */
+  bool held_by_budget;     /* ... because of the server-wide max_buffered_bytes */
   /* The peer (peer.c): its address for log lines, and its first bytes, which name what it
    * speaks if it turns out not to be an HTTP/2 client. */
   char peer[PEER_TEXT_BYTES];
@@ -87,6 +93,29 @@ static inline h2_stream *stream_of(const dlist_link *l) { return LIST_ITEM(l, h2
 
 /* Writes what nghttp2 has queued, one write call per round. May close the connection. */
 void conn_flush(connection *c);
+
+/* Closes the connection now: its streams are released, its handles closed, its
+ * max_connections slot given back. Safe to call twice. */
+void conn_close(connection *c);
+
+/* Sends a GOAWAY (last stream id: the last one processed) with `error_code` and `debug` text
+ * (may be NULL), and flushes. A connection with no open stream then closes by itself once the
+ * GOAWAY is written. */
+void conn_goaway(connection *c, uint32_t error_code, const char *debug);
+
+/* ---- connection_timeouts.c --------------------------------------------------------------- */
+
+/* A connection was just accepted: its handshake deadline starts. */
+void conn_deadlines_start(connection *c);
+
+/* The peer's preface and first SETTINGS arrived: keepalive and idle deadlines take over. */
+void conn_note_handshake(connection *c);
+
+/* The peer acknowledged our keepalive PING. */
+void conn_note_ping_ack(connection *c);
+
+/* The connection's last stream is gone: the idle timeout starts. */
+void conn_note_idle(connection *c);
 
 /* ---- grpc_stream.c --------------------------------------------------------------------- */
 

@@ -32,13 +32,35 @@ void grpc_reader_reset(grpc_reader *r) {
   r->buf_len = 0;
 }
 
-/* A buffer this large is not kept between messages, so one big message does not pin memory
- * for the rest of the stream. */
-enum { KEEP_BUFFER_BYTES = 64 * 1024 };
+size_t grpc_reader_release_spare(grpc_reader *r) {
+  const size_t cap = r->buf_cap;
+  if (r->prefix_len != 0 || cap <= GRPC_KEEP_BUFFER_BYTES) return 0;
+  grpc_reader_free(r);
+  return cap;
+}
+
+/* The first allocation for a message, unless the message is smaller. */
+enum { MIN_BUFFER_BYTES = 4096 };
+
+/* Makes room for `need` bytes of the message. The buffer grows with what has arrived, never to
+ * the announced length at once: a prefix announcing 16 MiB must not cost 16 MiB (ten thousand
+ * such streams would reserve 160 GiB and run the process out of memory mappings) before a byte
+ * of it comes. Doubling keeps the copying linear; the buffer never outgrows the message. */
+static bool reserve(grpc_reader *r, size_t need) {
+  if (need <= r->buf_cap) return true;
+  size_t cap = r->buf_cap ? r->buf_cap * 2 : MIN_BUFFER_BYTES;
+  if (cap < need) cap = need;
+  if (cap > r->message_len) cap = r->message_len;
+  uint8_t *nb = realloc(r->buf, cap);
+  if (!nb) return false;
+  r->buf = nb;
+  r->buf_cap = cap;
+  return true;
+}
 
 grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *len,
                                   const uint8_t **msg, size_t *msg_len) {
-  if (r->prefix_len == 0 && r->buf_cap > KEEP_BUFFER_BYTES) grpc_reader_free(r);
+  grpc_reader_release_spare(r);
   /* Prefix: may itself be split across frames. */
   while (r->prefix_len < GRPC_PREFIX_BYTES) {
     if (*len == 0) return GRPC_READ_NEED_MORE;
@@ -65,13 +87,9 @@ grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *
     grpc_reader_reset(r);
     return GRPC_READ_MESSAGE;
   }
-  if (r->buf_cap < r->message_len) {
-    uint8_t *nb = realloc(r->buf, r->message_len);
-    if (!nb) return GRPC_READ_NO_MEMORY;
-    r->buf = nb;
-    r->buf_cap = r->message_len;
-  }
+  if (*len == 0) return GRPC_READ_NEED_MORE; /* the prefix ended the input: nothing to keep */
   const size_t take = *len < need ? *len : need;
+  if (!reserve(r, r->buf_len + take)) return GRPC_READ_NO_MEMORY;
   memcpy(r->buf + r->buf_len, *data, take);
   r->buf_len += take;
   *data += take;

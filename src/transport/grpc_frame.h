@@ -9,6 +9,10 @@
 
 enum { GRPC_PREFIX_BYTES = 5 };
 
+/* A buffer this large is not kept between messages, so one big message does not pin memory
+ * for the rest of the stream. */
+enum { GRPC_KEEP_BUFFER_BYTES = 64 * 1024 };
+
 typedef enum grpc_read_status {
   GRPC_READ_NEED_MORE,  /* all input consumed, no whole message yet */
   GRPC_READ_MESSAGE,    /* a whole message is ready (see grpc_reader_feed) */
@@ -22,7 +26,7 @@ typedef struct grpc_reader {
   uint8_t prefix[GRPC_PREFIX_BYTES];
   size_t prefix_len;
   uint32_t message_len; /* valid once prefix_len == GRPC_PREFIX_BYTES */
-  uint8_t *buf;         /* the message being reassembled across frames */
+  uint8_t *buf;         /* the message being reassembled across frames; grows as it arrives */
   size_t buf_len;
   size_t buf_cap;
 } grpc_reader;
@@ -41,6 +45,10 @@ void grpc_reader_reset(grpc_reader *r);
  * `*msg_len` holds the announced length. */
 grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *len,
                                   const uint8_t **msg, size_t *msg_len);
+
+/* Frees the reader's buffer if no message is in progress and the buffer is larger than worth
+ * keeping for the next one (GRPC_KEEP_BUFFER_BYTES). Returns the bytes freed. */
+size_t grpc_reader_release_spare(grpc_reader *r);
 
 /* True when no partial message is buffered (a clean place for the stream to end). */
 bool grpc_reader_idle(const grpc_reader *r);

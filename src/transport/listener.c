@@ -2,8 +2,12 @@
  * listener knows its port at once); each worker then listens on its own TCP socket with
  * SO_REUSEPORT, which lets the kernel spread connections over the loops without a shared
  * accept queue. */
+#define _GNU_SOURCE /* accept4 */
 #include "transport/listener.h"
 
+#include "transport/peer.h"
+
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -210,26 +214,132 @@ void listener_spec_free(listener_spec *spec, unsigned workers) {
   spec->fds = NULL;
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  listener *l = server->data;
+/* ---- Accepting -------------------------------------------------------------------------
+ *
+ * libuv's uv_listen cannot be paused (there is no uv_listen_stop), and on EMFILE it applies its
+ * own remedy: it closes a spare descriptor it keeps per loop, accepts and at once closes every
+ * pending connection, and reopens the spare. With several loops in one process the descriptor
+ * freed by one loop is taken by another thread in between, the remedy fails, and uv_listen's
+ * accept loop calls back with EMFILE again and again without returning to the event loop: the
+ * busy loop this replaces. Closing the listener handle and reopening it from a dup'ed
+ * descriptor would stop that loop, but needs a spare descriptor at exactly the moment there are
+ * none. So the listening socket is watched with a uv_poll_t and accepted from here: stopping
+ * the poll handle stops accepting, at once and without any descriptor, and starting it again
+ * resumes; connections that arrive meanwhile wait in the kernel's listen queue. */
+
+/* Connections accepted per readiness event, so one busy listener cannot hold the loop. */
+enum { ACCEPTS_PER_EVENT = 128 };
+/* Backoff before accept() is tried again after running out of descriptors or memory (anything
+ * in the process may free one, and nothing tells us) or at the connection limit (a connection
+ * closing on another worker does not wake this one; one closing on this worker does at once). */
+enum { ACCEPT_RETRY_MS = 100 };
+
+static void on_listen_readable(uv_poll_t *poll, int status, int events);
+
+static void stop_polling(listener *l) {
+  if (!l->polling) return;
+  uv_poll_stop(&l->poll);
+  l->polling = false;
+}
+
+/* Stops accepting on `l` for `why`. The first pause of an episode is counted and logged. */
+static void pause_accepting(listener *l, accept_pause why, int err) {
+  stop_polling(l);
+  worker_resume_accept_later(l->w, ACCEPT_RETRY_MS);
+  if (l->paused == why) return; /* still the same episode: retried and paused again */
+  l->paused = why;
+  transport_stats *stats = l->w->stats;
+  if (why == PAUSED_MAX_CONNECTIONS)
+    limit_hit(stats, LIMIT_MAX_CONNECTIONS,
+              "max_connections (%llu) reached: not accepting until a connection closes",
+              (unsigned long long)l->w->cfg->max_connections);
+  else
+    limit_hit(stats, LIMIT_FILE_DESCRIPTORS,
+              "accept: %s: not accepting for %d ms (raise the open-file limit, ulimit -n, or "
+              "lower max_connections)",
+              strerror(err), ACCEPT_RETRY_MS);
+}
+
+/* Takes one of the max_connections slots, or returns false at the limit. */
+static bool take_slot(transport_stats *stats, uint64_t max) {
+  if (atomic_fetch_add(&stats->connections_open, 1) < max) return true;
+  atomic_fetch_sub(&stats->connections_open, 1);
+  return false;
+}
+
+/* Accepts one connection. Returns false when the listener should wait for the next event. */
+static bool accept_one(listener *l) {
+  worker *w = l->w;
+  if (!take_slot(w->stats, w->cfg->max_connections)) {
+    pause_accepting(l, PAUSED_MAX_CONNECTIONS, 0);
+    return false;
+  }
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  memset(&ss, 0, sizeof(ss));
+  const int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    atomic_fetch_sub(&w->stats->connections_open, 1);
+    if (err == EINTR || err == ECONNABORTED) return true; /* nothing to do about those */
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      l->paused = ACCEPTING; /* the queue is empty: any pause is over */
+      return false;
+    }
+    /* EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything unexpected: back off, never spin. */
+    pause_accepting(l, PAUSED_NO_FDS, err);
+    return false;
+  }
+  l->paused = ACCEPTING;
+  atomic_fetch_add(&w->stats->connections_accepted_total, 1);
+  char peer[PEER_TEXT_BYTES];
+  peer_describe(&ss, l->spec->unix_path, peer, sizeof(peer));
+  connection_accept(l, fd, peer);
+  return true;
+}
+
+static void on_listen_readable(uv_poll_t *poll, int status, int events) {
+  (void)events;
+  listener *l = poll->data;
   if (status < 0) {
-    log_line(EXTPROC_LOG_WARN, "accept: %s", uv_strerror(status));
+    log_line(EXTPROC_LOG_WARN, "listening socket: %s", uv_strerror(status));
     return;
   }
-  connection_accept(l);
+  for (int i = 0; i < ACCEPTS_PER_EVENT && l->polling; i++)
+    if (!accept_one(l)) return;
+}
+
+void listener_resume(listener *l) {
+  if (l->polling || l->fd < 0) return;
+  if (uv_poll_start(&l->poll, UV_READABLE, on_listen_readable) == 0) l->polling = true;
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+  listener *l = h->data;
+  if (l->fd >= 0) close(l->fd); /* a poll handle never closes its descriptor */
+  l->fd = -1;
+}
+
+void listener_stop(listener *l) {
+  l->polling = false;
+  if (!uv_is_closing((uv_handle_t *)&l->poll))
+    uv_close((uv_handle_t *)&l->poll, on_listener_closed);
 }
 
 int listener_start(worker *w, listener_spec *spec, listener *l) {
   const int fd = spec->fds[w->index];
   l->w = w;
   l->spec = spec;
-  int rv = spec->is_unix ? uv_pipe_init(&w->loop, &l->h.pipe, 0) : uv_tcp_init(&w->loop, &l->h.tcp);
+  l->fd = -1;
+  l->paused = ACCEPTING;
+  if (listen(fd, LISTEN_BACKLOG) != 0) return uv_translate_sys_error(errno);
+  const int rv = uv_poll_init_socket(&w->loop, &l->poll, fd);
   if (rv != 0) return rv;
-  l->h.handle.data = l;
-  rv = spec->is_unix ? uv_pipe_open(&l->h.pipe, fd) : uv_tcp_open(&l->h.tcp, fd);
-  if (rv == 0) {
-    spec->fds[w->index] = -1; /* the handle owns it now */
-    rv = uv_listen(&l->h.stream, LISTEN_BACKLOG, on_connection);
-  }
-  return rv;
+  l->poll.data = l;
+  const int started = uv_poll_start(&l->poll, UV_READABLE, on_listen_readable);
+  if (started != 0) return started; /* the socket stays the spec's, closed with it */
+  l->polling = true;
+  l->fd = fd;
+  spec->fds[w->index] = -1; /* ours now: closed with the poll handle */
+  return 0;
 }

@@ -17,8 +17,15 @@ int listener_open_single(const char *address, int *port);
 /* Closes sockets no worker took over and frees the per-worker table. */
 void listener_spec_free(listener_spec *spec, unsigned workers);
 
-/* Starts listening on worker `w`'s socket of `spec`, using handle `l`. Returns 0 or a libuv
- * error. */
+/* Starts listening on worker `w`'s socket of `spec`, using handle `l`, which takes the socket.
+ * Returns 0 or a libuv error (the socket then stays the spec's; a handle initialized already is
+ * closed with the loop). */
 int listener_start(worker *w, listener_spec *spec, listener *l);
+
+/* Accepts again on a paused listener (it pauses again at once if the reason persists). */
+void listener_resume(listener *l);
+
+/* Closes the listener's handle and socket. */
+void listener_stop(listener *l);
 
 #endif

@@ -12,24 +12,19 @@
 #include "base/log.h"
 #include "transport/connection.h"
 
-void peer_describe(stream_handle *h, const char *unix_path, char *out, size_t cap) {
-  if (unix_path) {
-    snprintf(out, cap, "unix:%s", unix_path);
-    return;
-  }
-  struct sockaddr_storage ss;
-  int len = sizeof(ss);
+void peer_describe(const struct sockaddr_storage *ss, const char *unix_path, char *out,
+                   size_t cap) {
   char host[INET6_ADDRSTRLEN] = "?";
-  if (uv_tcp_getpeername(&h->tcp, (struct sockaddr *)&ss, &len) != 0) {
-    snprintf(out, cap, "unknown");
-  } else if (ss.ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
     inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
     snprintf(out, cap, "[%s]:%u", host, ntohs(a->sin6_port));
-  } else {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+  } else if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
     inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
     snprintf(out, cap, "%s:%u", host, ntohs(a->sin_port));
+  } else {
+    snprintf(out, cap, "unix:%s", unix_path ? unix_path : "?");
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "extproc/extproc.h"
 #include "transport/transport.h"
@@ -18,9 +19,10 @@ enum { PEER_TEXT_BYTES = 120 };
  * bytes differ is not an HTTP/2 client, and those bytes are enough to tell what it is. */
 enum { PEER_HEAD_BYTES = 24 };
 
-/* Writes the peer of the accepted handle `h` into `out` ("HOST:PORT", "[IPV6]:PORT"), or
- * "unix:PATH" with the listener's path for a unix socket, whose peers have no name. */
-void peer_describe(stream_handle *h, const char *unix_path, char *out, size_t cap);
+/* Writes the peer whose address accept() returned into `out` ("HOST:PORT", "[IPV6]:PORT"), or
+ * "unix:PATH" with the listener's path (`unix_path`) for a unix socket, whose peers have no
+ * name. */
+void peer_describe(const struct sockaddr_storage *ss, const char *unix_path, char *out, size_t cap);
 
 /* A client spoke something other than HTTP/2 (nghttp2 found no connection preface). `data` is
  * what it sent first. Logs one warning naming the protocol and the peer, and for an HTTP/1.x

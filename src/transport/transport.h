@@ -22,7 +22,7 @@ typedef struct worker worker;
 enum { MAX_LISTENERS = 16 };
 
 /* The limits every connection applies; copied from the server's options, read-only once the
- * workers run. */
+ * workers run. A timeout of TIMEOUT_OFF is disabled. */
 typedef struct transport_config {
   size_t max_message_bytes;        /* largest gRPC message accepted */
   uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
@@ -31,29 +31,82 @@ typedef struct transport_config {
   uint32_t drain_delay_ms;         /* at stop: health NOT_SERVING, still serving, this long */
   struct task_pool *pool;          /* runs blocking callbacks; NULL if none is served */
   engine_stats *engine_stats;      /* the engine's counters, shared by all workers */
+  uint64_t max_connections;        /* open at once, over all workers */
+  uint32_t handshake_timeout_ms;   /* preface + SETTINGS must arrive within this */
+  uint32_t idle_timeout_ms;        /* no open stream for this long: GOAWAY and close */
+  uint32_t keepalive_interval_ms;  /* no input for this long: PING */
+  uint32_t keepalive_timeout_ms;   /* PING not acknowledged within this: close */
+  size_t max_buffered_bytes;       /* incomplete messages, over all connections */
 } transport_config;
 
-/* Counters and gauges shared by all workers (atomics: any thread reads them). Each is named by
- * the Prometheus metric a metrics endpoint would export it as:
- *   open_streams          extproc_open_streams (gauge): gRPC streams open now
- *   total_streams         extproc_streams_total: gRPC streams served (Process and health)
- *   draining              extproc_draining (gauge): 1 from the stop request on; health then
- *                         answers NOT_SERVING. The one value here that is also state: set by
- *                         the server, read by the health service on every loop.
- *   health_checks         extproc_health_checks_total: grpc.health.v1.Health/Check answered
- *   health_watches        extproc_health_watches_total: Health/Watch streams started
- *   streams_cut           extproc_shutdown_streams_cut_total: streams still open when the
- *                         shutdown grace period ran out (or at an immediate stop), closed by us
- *   deferred_abandoned    extproc_deferred_abandoned_total: deferred requests not yet resumed
- *                         when their loop stopped; each is freed by its late resume */
+#define TIMEOUT_OFF UINT32_MAX
+
+/* The limits whose hits are counted and logged (rate-limited, see limits.c). */
+typedef enum transport_limit {
+  LIMIT_MAX_CONNECTIONS,
+  LIMIT_FILE_DESCRIPTORS,
+  LIMIT_HANDSHAKE_TIMEOUT,
+  LIMIT_IDLE_TIMEOUT,
+  LIMIT_KEEPALIVE_TIMEOUT,
+  LIMIT_MESSAGE_SIZE,
+  LIMIT_BUFFERED_BYTES,
+  LIMIT_COUNT
+} transport_limit;
+
+/* Counters shared by all workers (atomics: any thread reads them). Named as the Prometheus
+ * metrics a later change exports them as, with an `extproc_` prefix: a `_total` suffix is a
+ * counter (only grows), anything else a gauge (the current value).
+ *
+ *   open_streams                    gRPC streams open now
+ *   total_streams                   gRPC streams opened since start (Process and health)
+ *   connections_open                connections open now (what max_connections bounds)
+ *   connections_accepted_total      connections accepted
+ *   accept_paused_max_connections_total
+ *                                   times accepting paused because max_connections were open
+ *   accept_paused_no_fds_total      times accepting paused because accept() failed for want of
+ *                                   file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+ *   handshake_timeouts_total        connections closed without preface + SETTINGS in time
+ *   idle_timeouts_total             connections closed after idle_timeout_ms without a stream
+ *   keepalive_timeouts_total        connections closed for an unanswered keepalive PING
+ *   messages_too_large_total        streams ended with RESOURCE_EXHAUSTED: a message above
+ *                                   max_message_bytes
+ *   buffered_bytes                  bytes of incomplete messages buffered now, all connections
+ *   buffered_limit_holds_total      times a connection's input was held back because
+ *                                   buffered_bytes was over max_buffered_bytes
+ *   draining                        1 from the stop request on; health then answers
+ *                                   NOT_SERVING. The one value here that is also state: set by
+ *                                   the server, read by the health service on every loop.
+ *   health_checks_total             grpc.health.v1.Health/Check answered
+ *   health_watches_total            Health/Watch streams started
+ *   shutdown_streams_cut_total      streams still open when the shutdown grace period ran out
+ *                                   (or at an immediate stop), closed by us
+ *   deferred_abandoned_total        deferred requests not yet resumed when their loop stopped;
+ *                                   each is freed by its late resume
+ */
 typedef struct transport_stats {
   atomic_uint_fast64_t open_streams;
   atomic_uint_fast64_t total_streams;
+  atomic_uint_fast64_t connections_open;
+  atomic_uint_fast64_t connections_accepted_total;
+  atomic_uint_fast64_t accept_paused_max_connections_total;
+  atomic_uint_fast64_t accept_paused_no_fds_total;
+  atomic_uint_fast64_t handshake_timeouts_total;
+  atomic_uint_fast64_t idle_timeouts_total;
+  atomic_uint_fast64_t keepalive_timeouts_total;
+  atomic_uint_fast64_t messages_too_large_total;
+  atomic_uint_fast64_t buffered_bytes;
+  atomic_uint_fast64_t buffered_limit_holds_total;
   atomic_uint_fast64_t draining;
   atomic_uint_fast64_t health_checks;
   atomic_uint_fast64_t health_watches;
   atomic_uint_fast64_t streams_cut;
   atomic_uint_fast64_t deferred_abandoned;
+  /* Not a metric: when each limit's warning may next be logged, and how many were suppressed
+   * since the last one (limits.c). */
+  struct {
+    atomic_uint_fast64_t next_ms;
+    atomic_uint_fast64_t suppressed;
+  } log_gate[LIMIT_COUNT];
 } transport_stats;
 
 /* One address given to extproc_server_listen. TCP listeners have one socket per worker
@@ -74,10 +127,18 @@ typedef union stream_handle {
   uv_handle_t handle;
 } stream_handle;
 
+/* Why a listener does not accept right now. */
+typedef enum accept_pause { ACCEPTING, PAUSED_MAX_CONNECTIONS, PAUSED_NO_FDS } accept_pause;
+
+/* A listening socket, watched with a uv_poll_t rather than uv_listen (see listener.c): we call
+ * accept() ourselves, so we can stop and resume accepting. */
 typedef struct listener {
-  stream_handle h;
+  uv_poll_t poll;
+  int fd; /* owned; closed with the poll handle */
   worker *w;
   const listener_spec *spec;
+  accept_pause paused; /* the reason it was last paused, until an accept succeeds */
+  bool polling;        /* the poll handle is started */
 } listener;
 
 struct worker {
@@ -96,8 +157,17 @@ struct worker {
   bool draining;       /* the stop has begun: health said NOT_SERVING, still serving */
   bool grace_over;     /* connections closed, deferred requests abandoned */
   atomic_bool stop_requested;
-  atomic_bool stop_now;   /* no drain delay, no grace */
-  uv_timer_t grace_timer; /* the drain delay, then the grace period */
+  atomic_bool stop_now;    /* no drain delay, no grace */
+  uv_timer_t grace_timer;  /* the drain delay, then the grace period */
+  uv_timer_t accept_timer; /* resumes paused listeners after a short backoff */
+  uv_timer_t budget_timer; /* retries input held back by the server-wide buffer budget */
+  uv_timer_t trim_timer;   /* gives freed memory back to the system after a burst */
+  size_t freed_since_trim; /* large buffers freed since the last trim, bytes */
+
+  /* Output of one flush round is built here and written at once; only what the socket does not
+   * take is copied into a buffer of the connection's own, so idle connections hold none. */
+  uint8_t *out_buf;
+  size_t out_cap;
 
   uv_mutex_t lock; /* guards `completed` */
   extproc_request **completed;
@@ -106,8 +176,10 @@ struct worker {
   uint8_t read_buf[64 * 1024]; /* reads are fully processed before the next one */
 };
 
-/* Accepts one connection on `l` and starts serving it. (connection.c) */
-void connection_accept(listener *l);
+/* Starts serving `fd`, a connection just accepted on `l` from `peer` ("ip:port" or "unix").
+ * Takes the descriptor (closed on failure) and the slot counted in stats->connections_open
+ * (given back on failure). (connection.c) */
+void connection_accept(listener *l, int fd, const char *peer);
 
 /* Closes every connection of `w` and frees their streams, counting those still open as cut
  * (stats->streams_cut): it is only used when a stop gives up waiting. (connection.c) */
@@ -125,8 +197,30 @@ void health_notify_watchers(worker *w);
  * not hold their connection open through the grace period. (health.c) */
 void health_end_watches(worker *w);
 
-/* A connection of `w` is gone, so a stopping worker may finish. (worker.c) */
+/* A connection of `w` is gone: a paused listener may accept again, a stopping worker may
+ * finish. (worker.c) */
 void worker_connection_gone(worker *w);
+
+/* Resumes `w`'s listeners after `delay_ms` (0: on the next loop iteration). (worker.c) */
+void worker_resume_accept_later(worker *w, uint64_t delay_ms);
+
+/* Retries held input of `w`'s connections shortly (the server-wide buffer budget was
+ * exceeded). (worker.c) */
+void worker_retry_budget_later(worker *w);
+
+/* `bytes` of large buffers were freed on `w`: once a burst is over, the memory is given back to
+ * the system (rate-limited). (worker.c) */
+void worker_note_freed(worker *w, size_t bytes);
+
+/* Connections of `w` whose input waits for the server-wide budget: flow credit is retried.
+ * (flow.c) */
+void connections_retry_budget(worker *w);
+
+/* Counts a hit of `limit` and logs `fmt` (with the peer's address, where there is one) at
+ * warning level (idle closes: info), at most once per LIMIT_LOG_INTERVAL_MS for each limit over all
+ * workers; the next line says how many were left out. (limits.c) */
+void limit_hit(transport_stats *stats, transport_limit limit, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* The poster that hands deferred requests back to `w`'s loop, with its deadline timers and the
  * blocking pool. (worker.c) */

@@ -5,6 +5,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "base/arena.h"
 #include "base/log.h"
@@ -83,14 +86,71 @@ static void close_handle(uv_handle_t *h, void *arg) {
 static void worker_maybe_finish(worker *w) {
   if (!w->stopping || w->connections.head) return;
   if (w->deferred != 0 && !w->grace_over) return; /* they may come back within the grace */
-  if (!uv_is_closing((uv_handle_t *)&w->grace_timer))
-    uv_close((uv_handle_t *)&w->grace_timer, ignore_close);
+  uv_timer_t *timers[] = {&w->grace_timer, &w->accept_timer, &w->budget_timer, &w->trim_timer};
+  for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++)
+    if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], ignore_close);
   /* Resumes already on their way (stream_abandon_deferred keeps those) must still land. */
   if (w->deferred == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
     uv_close((uv_handle_t *)&w->wakeup, ignore_close);
 }
 
-void worker_connection_gone(worker *w) { worker_maybe_finish(w); }
+/* ---- Accept pauses, budget retries, memory trimming ------------------------------------ */
+
+/* What a closed connection gives back besides its streams, roughly: nghttp2's session with its
+ * frame buffers and header tables. Counted towards the next trim. */
+enum { CONNECTION_FOOTPRINT_BYTES = 32 * 1024 };
+
+static void resume_listeners(worker *w) {
+  for (unsigned i = 0; i < w->listener_count; i++)
+    listener_resume(&w->listeners[i]);
+}
+
+static void on_accept_timer(uv_timer_t *timer) { resume_listeners(timer->data); }
+
+void worker_resume_accept_later(worker *w, uint64_t delay_ms) {
+  if (w->stopping) return;
+  uv_timer_start(&w->accept_timer, on_accept_timer, delay_ms, 0);
+}
+
+void worker_connection_gone(worker *w) {
+  /* A slot is free: a listener paused at max_connections on this loop takes it at once. */
+  for (unsigned i = 0; i < w->listener_count; i++)
+    if (w->listeners[i].paused == PAUSED_MAX_CONNECTIONS) listener_resume(&w->listeners[i]);
+  worker_note_freed(w, CONNECTION_FOOTPRINT_BYTES);
+  worker_maybe_finish(w);
+}
+
+/* How often input held back by the server-wide buffer budget is retried: the budget is freed
+ * by any worker, and nothing wakes this one when it is. */
+enum { BUDGET_RETRY_MS = 50 };
+
+static void on_budget_timer(uv_timer_t *timer) { connections_retry_budget(timer->data); }
+
+void worker_retry_budget_later(worker *w) {
+  if (!w->stopping && !uv_is_active((uv_handle_t *)&w->budget_timer))
+    uv_timer_start(&w->budget_timer, on_budget_timer, BUDGET_RETRY_MS, 0);
+}
+
+/* glibc keeps freed memory in its arenas: large buffers freed in the middle of a heap, and all
+ * of it in the per-thread arenas our loops allocate from, stay resident until malloc_trim(0)
+ * returns the free pages. A trim walks every arena under its lock, so it runs at most once per
+ * TRIM_DELAY_MS per loop, and only after TRIM_AFTER_BYTES of large buffers were freed. */
+enum { TRIM_AFTER_BYTES = 1 << 20, TRIM_DELAY_MS = 1000 };
+
+static void on_trim_timer(uv_timer_t *timer) {
+  worker *w = timer->data;
+  w->freed_since_trim = 0;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
+
+void worker_note_freed(worker *w, size_t bytes) {
+  w->freed_since_trim += bytes;
+  if (w->freed_since_trim < TRIM_AFTER_BYTES || w->stopping) return;
+  if (!uv_is_active((uv_handle_t *)&w->trim_timer))
+    uv_timer_start(&w->trim_timer, on_trim_timer, TRIM_DELAY_MS, 0);
+}
 
 static void end_grace(worker *w) {
   if (w->grace_over) return;
@@ -108,11 +168,15 @@ static void on_grace_expired(uv_timer_t *timer) {
   worker_maybe_finish(w);
 }
 
+static void stop_listeners(worker *w) {
+  for (unsigned i = 0; i < w->listener_count; i++)
+    listener_stop(&w->listeners[i]);
+  w->listener_count = 0;
+}
+
 static void begin_stop(worker *w) {
   w->stopping = true;
-  for (unsigned i = 0; i < w->listener_count; i++)
-    uv_close(&w->listeners[i].h.handle, ignore_close);
-  w->listener_count = 0;
+  stop_listeners(w);
   health_end_watches(w);
   connections_drain_all(w);
   uv_timer_start(&w->grace_timer, on_grace_expired, w->cfg->shutdown_grace_ms, 0);
@@ -151,6 +215,7 @@ static void worker_main(void *arg) {
 
 /* Closes every handle of a loop that never ran (or has stopped) and frees the loop. */
 static void close_loop(worker *w) {
+  stop_listeners(w); /* their sockets close with them */
   uv_walk(&w->loop, close_handle, NULL);
   uv_run(&w->loop, UV_RUN_DEFAULT); /* let the close callbacks run */
   uv_loop_close(&w->loop);
@@ -158,6 +223,8 @@ static void close_loop(worker *w) {
   uv_mutex_destroy(&w->lock);
   free(w->completed);
   w->completed = NULL;
+  free(w->out_buf);
+  w->out_buf = NULL;
 }
 
 int worker_init(worker *w, unsigned index, const transport_config *cfg, transport_stats *stats,
@@ -173,9 +240,13 @@ int worker_init(worker *w, unsigned index, const transport_config *cfg, transpor
     return rv;
   }
   if ((rv = uv_async_init(&w->loop, &w->wakeup, on_wakeup)) == 0 &&
-      (rv = uv_timer_init(&w->loop, &w->grace_timer)) == 0) {
+      (rv = uv_timer_init(&w->loop, &w->grace_timer)) == 0 &&
+      (rv = uv_timer_init(&w->loop, &w->accept_timer)) == 0 &&
+      (rv = uv_timer_init(&w->loop, &w->budget_timer)) == 0 &&
+      (rv = uv_timer_init(&w->loop, &w->trim_timer)) == 0) {
     w->wakeup.data = w;
     w->grace_timer.data = w;
+    w->accept_timer.data = w->budget_timer.data = w->trim_timer.data = w;
     for (unsigned i = 0; i < spec_count && rv == 0; i++) {
       if (specs[i].fds[index] < 0) continue;
       rv = listener_start(w, &specs[i], &w->listeners[w->listener_count]);

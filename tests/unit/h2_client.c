@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "base/list.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "transport/grpc_frame.h"
 
 enum { READ_CHUNK = 64 * 1024 };
@@ -46,6 +47,7 @@ struct h2_client {
   bool goaway;
   uint32_t goaway_error;
   bool disconnected;
+  uint64_t pings_received;
   uint64_t data_frames_sent;
   uint64_t data_bytes_sent;
   /* Serialized output not yet written. */
@@ -212,6 +214,9 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
   switch (frame->hd.type) {
   case NGHTTP2_SETTINGS:
     if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c->settings_received = true;
+    return 0;
+  case NGHTTP2_PING:
+    if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c->pings_received++;
     return 0;
   case NGHTTP2_GOAWAY:
     c->goaway = true;
@@ -537,7 +542,7 @@ static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len, con
   return -1;
 }
 
-static h2_client *client_start(int fd) {
+static h2_client *client_start(int fd, bool ignore_pings) {
   h2_client *c = calloc(1, sizeof(*c));
   if (!c) {
     close(fd);
@@ -560,6 +565,7 @@ static h2_client *client_start(int fd) {
   }
   /* Closed streams are only bookkeeping here; do not keep thousands of them. */
   nghttp2_option_set_no_closed_streams(opt, 1);
+  if (ignore_pings) nghttp2_option_set_no_auto_ping_ack(opt, 1);
   const int rv = nghttp2_session_client_new2(&c->session, cb, c, opt);
   nghttp2_session_callbacks_del(cb);
   nghttp2_option_del(opt);
@@ -576,7 +582,17 @@ fail:
   return NULL;
 }
 
+static h2_client *connect_tcp(const char *host, int port, bool ignore_pings);
+
 h2_client *h2_client_connect_tcp(const char *host, int port) {
+  return connect_tcp(host, port, false);
+}
+
+h2_client *h2_client_connect_tcp_ignoring_pings(const char *host, int port) {
+  return connect_tcp(host, port, true);
+}
+
+static h2_client *connect_tcp(const char *host, int port, bool ignore_pings) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC,
                            .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
@@ -600,7 +616,7 @@ h2_client *h2_client_connect_tcp(const char *host, int port) {
   freeaddrinfo(ai);
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  return client_start(fd);
+  return client_start(fd, ignore_pings);
 }
 
 h2_client *h2_client_connect_unix(const char *path) {
@@ -613,7 +629,7 @@ h2_client *h2_client_connect_unix(const char *path) {
     if (fd >= 0) close(fd);
     return NULL;
   }
-  return client_start(fd);
+  return client_start(fd, false);
 }
 
 void h2_client_set_timeout(h2_client *c, int timeout_ms) {
@@ -815,6 +831,31 @@ bool h2_client_goaway_received(const h2_client *c, uint32_t *error_code) {
 
 bool h2_client_disconnected(const h2_client *c) { return c->disconnected; }
 
+uint64_t h2_client_pings_received(const h2_client *c) { return c->pings_received; }
+
 uint64_t h2_client_data_frames_sent(const h2_client *c) { return c->data_frames_sent; }
 
 uint64_t h2_client_data_bytes_sent(const h2_client *c) { return c->data_bytes_sent; }
+
+int h2_client_health_check(h2_client *c) {
+  const int32_t id = h2_client_open_stream(c, "/grpc.health.v1.Health/Check");
+  if (id < 0) return -1;
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  if (h2_client_send_pb(c, id, &req.base, 0) != 0 || h2_client_half_close(c, id) != 0 ||
+      h2_client_wait_closed(c, id) != 0)
+    return -1;
+  const h2_client_stream *s = h2_client_get_stream(c, id);
+  int rv = -1;
+  if (s->grpc_status == 0 && s->message_count == 1) {
+    Grpc__Health__V1__HealthCheckResponse *resp = grpc__health__v1__health_check_response__unpack(
+        NULL, s->messages[0].len, s->messages[0].data);
+    if (resp && resp->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
+      rv = 0;
+    grpc__health__v1__health_check_response__free_unpacked(resp, NULL);
+  }
+  if (rv != 0)
+    fprintf(stderr, "h2_client: health check: grpc-status %d, %zu messages\n", s->grpc_status,
+            s->message_count);
+  h2_client_forget_stream(c, id);
+  return rv;
+}

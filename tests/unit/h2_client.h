@@ -56,6 +56,10 @@ typedef struct h2_client_stream {
  * the connection preface and waits (bounded) for the server's SETTINGS. NULL on failure. */
 h2_client *h2_client_connect_tcp(const char *host, int port);
 
+/* Like h2_client_connect_tcp, but PINGs from the server are never acknowledged (a peer that
+ * has gone away, as the server's keepalive sees it). */
+h2_client *h2_client_connect_tcp_ignoring_pings(const char *host, int port);
+
 /* The same over a unix stream socket at `path`. */
 h2_client *h2_client_connect_unix(const char *path);
 
@@ -134,6 +138,10 @@ int h2_client_wait_disconnect(h2_client *c);
  * out while data still moves. */
 int h2_client_wait_quiet(h2_client *c, int quiet_ms);
 
+/* One whole grpc.health.v1.Health/Check for the server as a whole (""): 0 if it answered
+ * SERVING with status OK, -1 otherwise (why on stderr). The stream's record is forgotten. */
+int h2_client_health_check(h2_client *c);
+
 /* The record of stream `id`, or NULL if unknown or forgotten. */
 const h2_client_stream *h2_client_get_stream(const h2_client *c, int32_t id);
 
@@ -167,6 +175,9 @@ uint64_t h2_client_data_frames_sent(const h2_client *c);
 
 /* DATA payload bytes sent so far on this connection, over all streams. */
 uint64_t h2_client_data_bytes_sent(const h2_client *c);
+
+/* PING frames (not acknowledgements) received from the server so far. */
+uint64_t h2_client_pings_received(const h2_client *c);
 
 /* True once the server closed the connection or the connection failed. */
 bool h2_client_disconnected(const h2_client *c);

@@ -112,6 +112,13 @@ static void test_constructors_tell_a_bad_argument(void **state) {
   extproc_server_options_init(&opts);
   opts.max_message_bytes = (size_t)3 << 30;
   assert_int_equal(extproc_server_new(&srv, &opts), EXTPROC_EINVAL);
+  /* A buffer budget that could not hold one whole message is refused; left 0, it grows to one. */
+  opts.max_message_bytes = (size_t)1 << 30;
+  opts.max_buffered_bytes = (size_t)512 << 20;
+  assert_int_equal(extproc_server_new(&srv, &opts), EXTPROC_EINVAL);
+  opts.max_buffered_bytes = 0;
+  assert_int_equal(extproc_server_new(&srv, &opts), 0);
+  extproc_server_free(srv);
   assert_int_equal(extproc_server_new(NULL, NULL), EXTPROC_EINVAL);
   assert_int_equal(extproc_server_new(&srv, NULL), 0);
   extproc_server_free(srv);
