@@ -129,14 +129,16 @@ void stream_resume_on_loop(extproc_request *req) {
     return;
   }
   if (!req->io) { /* the exchange went away while we waited */
-    if (req->closed_at_shutdown)
+    if (req->closed_at_shutdown) {
       extproc_log(req, EXTPROC_LOG_WARN,
                   "deferred answer dropped: its stream was closed at shutdown (the grace period "
                   "ran out)");
-    else
+    } else {
+      count(req->poster.stats ? &req->poster.stats->deferred_dropped : NULL);
       extproc_log(req, EXTPROC_LOG_WARN,
                   "deferred answer dropped: Envoy had already ended the stream "
                   "(its message_timeout may have run out)");
+    }
     stream_free(req);
     return;
   }

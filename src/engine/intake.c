@@ -24,6 +24,8 @@ const ProcessingRequest *intake_decode(extproc_request *req, const uint8_t *data
     const char *why = check == WIRE_TOO_DEEP ? "ProcessingRequest nested too deeply"
                                              : "ProcessingRequest has too many sub-messages";
     extproc_log(req, EXTPROC_LOG_WARN, "%s (%zu bytes)", why, len);
+    stream_count_violation(req, check == WIRE_TOO_DEEP ? VIOLATION_TOO_DEEP
+                                                       : VIOLATION_TOO_MANY_MESSAGES);
     stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, why);
     return NULL;
   }
@@ -32,10 +34,12 @@ const ProcessingRequest *intake_decode(extproc_request *req, const uint8_t *data
       envoy__service__ext_proc__v3__processing_request__unpack(&alloc, len, data);
   if (!msg) {
     extproc_log(req, EXTPROC_LOG_WARN, "malformed ProcessingRequest (%zu bytes)", len);
+    stream_count_violation(req, VIOLATION_MALFORMED);
     stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "malformed ProcessingRequest");
     return NULL;
   }
   if (msg->request_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST__NOT_SET) {
+    stream_count_violation(req, VIOLATION_NO_PHASE);
     stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "ProcessingRequest carries no phase");
     return NULL;
   }

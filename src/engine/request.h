@@ -88,7 +88,7 @@ typedef struct message_view {
   const uint8_t *body;
   size_t body_len;
   bool chunk_accumulated; /* this chunk is already in the stream's accumulated body */
-  uint64_t started_ns;    /* monotonic; set only when debug logging is on */
+  uint64_t started_ns;    /* monotonic, when the message was taken in */
 } message_view;
 
 /* The reply being built. Everything it points at lives in the message arena. */
@@ -116,6 +116,7 @@ typedef struct reply_draft {
 
 struct extproc_request {
   const extproc_processor *proc;
+  const processor_metrics *metrics; /* this processor's series, or NULL (not served, harness) */
   const stream_sink *sink;
   void *io; /* NULL once the transport has let go of the stream */
   stream_poster poster;
@@ -214,6 +215,9 @@ void complete_phase(extproc_request *req, extproc_result result);
 
 /* Frees the message being processed and its reply. (stream.c) */
 void reset_message_memory(extproc_request *req);
+
+/* Counts a message Envoy would not send (for the metrics). (stream.c) */
+void stream_count_violation(extproc_request *req, violation_kind kind);
 
 /* Frees the request and everything it owns. (stream.c) */
 void stream_free(extproc_request *req);

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "base/log.h"
+#include "base/metrics.h"
 #include "engine/request.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 
@@ -23,6 +24,18 @@ void reset_message_memory(extproc_request *req) {
   arena_reset(&req->msg_arena, ARENA_CACHED_BLOCK);
 }
 
+/* The processor's series in `stats`: a few entries, looked up once per stream. */
+static const processor_metrics *metrics_of(const engine_stats *stats,
+                                           const extproc_processor *proc) {
+  for (size_t i = 0; stats && i < stats->processor_count; i++)
+    if (stats->processors[i].proc == proc) return &stats->processors[i];
+  return NULL;
+}
+
+void stream_count_violation(extproc_request *req, violation_kind kind) {
+  if (req->poster.stats) atomic_fetch_add(&req->poster.stats->violations[kind], 1);
+}
+
 extproc_request *stream_open(const extproc_processor *proc, const stream_sink *sink, void *io,
                              const stream_poster *poster) {
   extproc_request *req = calloc(1, sizeof(*req));
@@ -31,6 +44,7 @@ extproc_request *stream_open(const extproc_processor *proc, const stream_sink *s
   req->sink = sink;
   req->io = io;
   if (poster) req->poster = *poster;
+  req->metrics = metrics_of(req->poster.stats, proc);
   arena_init(&req->arena, STREAM_ARENA_FIRST_BLOCK);
   arena_init(&req->msg_arena, ARENA_CACHED_BLOCK);
   req->info.content_length = -1;
@@ -132,18 +146,34 @@ static uint64_t monotonic_ns(void) {
 }
 
 /* The callback's outcome is known: reply (or not) and move on. */
+/* How the phase was answered, as the replies counter names it. */
+static reply_kind kind_of(const extproc_request *req, extproc_result result) {
+  const reply_draft *r = &req->reply;
+  if (result == EXTPROC_FAIL) return REPLY_ERROR;
+  if (r->immediate || req->streamed_immediate != STREAMED_IMMEDIATE_NONE) return REPLY_IMMEDIATE;
+  const bool changed = !queue_empty(&r->edits.items) || r->body_op != BODY_KEEP ||
+                       !queue_empty(&r->pieces) || r->dynamic_metadata || r->has_mode_override ||
+                       r->clear_route_cache;
+  return changed ? REPLY_MUTATION : REPLY_CONTINUE;
+}
+
 void complete_phase(extproc_request *req, extproc_result result) {
+  const reply_kind kind = kind_of(req, result); /* before the reply is sent and reset */
   if (result == EXTPROC_FAIL) {
     apply_error_policy(req);
   } else if (!req->msg.observability_mode && !req->ended) {
     send_replies(req);
   }
-  if (req->msg.started_ns)
-    extproc_log(req, EXTPROC_LOG_DEBUG, "%s in %llu ns",
-                result == EXTPROC_FAIL ? "failed"
-                : req->reply.immediate ? "answered immediately"
-                                       : "handled",
-                (unsigned long long)(monotonic_ns() - req->msg.started_ns));
+  const uint64_t elapsed_ns = monotonic_ns() - req->msg.started_ns;
+  if (req->metrics) {
+    metric_observe(req->metrics->duration[req->msg.phase], elapsed_ns);
+    if (!req->msg.observability_mode) metric_add(req->metrics->replies[kind], 1);
+  }
+  extproc_log(req, EXTPROC_LOG_DEBUG, "%s in %llu ns",
+              result == EXTPROC_FAIL ? "failed"
+              : req->reply.immediate ? "answered immediately"
+                                     : "handled",
+              (unsigned long long)elapsed_ns);
   reset_message_memory(req);
 }
 
@@ -181,7 +211,7 @@ void stream_process(extproc_request *req, const uint8_t *data, size_t len) {
   const extproc_phase phase = phase_of(msg->request_case);
   const bool first_message =
       req->direction[0] == DIRECTION_NOTHING && req->direction[1] == DIRECTION_NOTHING;
-  req->msg.started_ns = log_enabled(EXTPROC_LOG_DEBUG) ? monotonic_ns() : 0;
+  req->msg.started_ns = monotonic_ns();
   req->msg.phase = phase;
   req->msg.observability_mode = msg->observability_mode;
   req->reply = (reply_draft){.fail_code = EXTPROC_GRPC_INTERNAL};
@@ -191,7 +221,9 @@ void stream_process(extproc_request *req, const uint8_t *data, size_t len) {
     return;
   }
   const char *order_error = advance_direction(req, phase);
+  if (req->metrics) metric_add(req->metrics->messages[phase], 1);
   if (order_error) {
+    stream_count_violation(req, VIOLATION_PHASE_ORDER);
     extproc_log(req, EXTPROC_LOG_WARN, "unexpected phase: %s", order_error);
     stream_fail(req, EXTPROC_GRPC_FAILED_PRECONDITION, order_error);
     reset_message_memory(req);

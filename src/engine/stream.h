@@ -37,10 +37,44 @@ typedef struct stream_sink {
 
 /* Counters over all streams of a server (or harness), for metrics. Atomics: streams on any
  * loop, and pool threads, add to them; anyone may read them. */
+/* How a phase was answered, for the replies counter. */
+typedef enum reply_kind {
+  REPLY_CONTINUE,  /* a plain CONTINUE: nothing changed */
+  REPLY_MUTATION,  /* header, body or other reply fields changed */
+  REPLY_IMMEDIATE, /* an immediate (or streamed immediate) response */
+  REPLY_ERROR,     /* the callback failed: the error policy answered */
+  REPLY_KIND_COUNT
+} reply_kind;
+
+/* A message Envoy would not send, refused before any callback. */
+typedef enum violation_kind {
+  VIOLATION_MALFORMED,         /* not a ProcessingRequest */
+  VIOLATION_NO_PHASE,          /* a ProcessingRequest carrying no phase */
+  VIOLATION_TOO_DEEP,          /* nested deeper than protobuf-c may recurse */
+  VIOLATION_TOO_MANY_MESSAGES, /* a flood of sub-messages */
+  VIOLATION_PHASE_ORDER,       /* a phase that cannot come now */
+  VIOLATION_KIND_COUNT
+} violation_kind;
+
+/* Per processor: the series a stream updates, resolved once when the server starts. */
+typedef struct processor_metrics {
+  const extproc_processor *proc;
+  struct metric_series *messages[EXTPROC_PHASE_COUNT]; /* extproc_messages_total */
+  struct metric_series *duration[EXTPROC_PHASE_COUNT]; /* extproc_callback_duration_seconds */
+  struct metric_series *replies[REPLY_KIND_COUNT];     /* extproc_replies_total */
+} processor_metrics;
+
+enum { ENGINE_MAX_PROCESSORS = 16 };
+
 typedef struct engine_stats {
   atomic_uint_fast64_t body_limit_hits;   /* extproc_body_accumulate() refused past the limit */
   atomic_uint_fast64_t deadlines_expired; /* deferred phases answered by their deadline */
   atomic_uint_fast64_t pool_waits;        /* blocking callbacks that found the pool queue full */
+  atomic_uint_fast64_t deferred_dropped;  /* answers resumed after Envoy ended the stream */
+  atomic_uint_fast64_t violations[VIOLATION_KIND_COUNT];
+  /* Filled before the workers start, read-only after. */
+  processor_metrics processors[ENGINE_MAX_PROCESSORS];
+  size_t processor_count;
 } engine_stats;
 
 struct task_pool;

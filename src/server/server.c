@@ -156,7 +156,7 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   srv->opts.health_listen = NULL; /* the caller's string is not kept */
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
-  if (!srv->workers || server_metrics_init(&srv->metrics, &srv->stats) != 0) {
+  if (!srv->workers || server_metrics_init(&srv->metrics, &srv->stats, &srv->engine_stats) != 0) {
     free(srv->workers);
     free(srv);
     return EXTPROC_ENOMEM;
@@ -221,6 +221,10 @@ int extproc_server_start(extproc_server *srv) {
   if (!srv || srv->started || srv->listener_count == srv->first_listener) return EXTPROC_ESTATE;
   srv->started = true;
   if (start_pool(srv) != 0) return EXTPROC_EIO;
+  for (unsigned i = 0; i < srv->listener_count; i++)
+    if (srv->listeners[i].proc && server_metrics_add_processor(&srv->metrics, &srv->engine_stats,
+                                                               srv->listeners[i].proc) != 0)
+      log_line(EXTPROC_LOG_WARN, "no metrics for processor %s", srv->listeners[i].proc->name);
   if (srv->cfg.max_connections == 0) /* the listeners are known now */
     srv->cfg.max_connections = default_max_connections(srv->worker_count, srv->listener_count);
   log_line(EXTPROC_LOG_DEBUG, "max_connections %llu", (unsigned long long)srv->cfg.max_connections);

@@ -260,6 +260,7 @@ void conn_flush(connection *c) {
         conn_close(c);
       return;
     }
+    atomic_fetch_add_explicit(&w->stats->bytes_sent_total, len, memory_order_relaxed);
     uv_buf_t buf = uv_buf_init((char *)w->out_buf, (unsigned)len);
     const int written = uv_try_write(&c->h.stream, &buf, 1);
     if (written == (int)len) continue;
@@ -302,6 +303,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0) return;
   c->last_input_ms = uv_now(&c->w->loop);
+  atomic_fetch_add_explicit(&c->w->stats->bytes_received_total, (uint64_t)nread,
+                            memory_order_relaxed);
   const uint8_t *data = (const uint8_t *)buf->base;
   const bool first_read = keep_head(c, data, (size_t)nread);
   const ssize_t rv = nghttp2_session_mem_recv(c->session, data, (size_t)nread);

@@ -82,6 +82,8 @@ typedef enum transport_limit {
  *                                   (or at an immediate stop), closed by us
  *   deferred_abandoned_total        deferred requests not yet resumed when their loop stopped;
  *                                   each is freed by its late resume
+ *   bytes_received_total            bytes read from peers (HTTP/2 framing included)
+ *   bytes_sent_total                bytes handed to the sockets for peers
  */
 typedef struct transport_stats {
   atomic_uint_fast64_t open_streams;
@@ -101,6 +103,8 @@ typedef struct transport_stats {
   atomic_uint_fast64_t health_watches;
   atomic_uint_fast64_t streams_cut;
   atomic_uint_fast64_t deferred_abandoned;
+  atomic_uint_fast64_t bytes_received_total;
+  atomic_uint_fast64_t bytes_sent_total;
   /* Not a metric: when each limit's warning may next be logged, and how many were suppressed
    * since the last one (limits.c). */
   struct {

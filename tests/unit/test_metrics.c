@@ -18,6 +18,8 @@
 
 #include "base/metrics.h"
 #include "extproc/server.h"
+#include "h2_client.h"
+#include "test_util.h"
 
 static void test_counter_gauge_and_labels_render(void **state) {
   (void)state;
@@ -155,12 +157,72 @@ static void test_the_endpoint_serves_metrics_over_http(void **state) {
   extproc_server_free(srv);
 }
 
+/* The value of the sample line that starts with `line` (e.g. `extproc_x{a="b"} `) in an
+ * exposition, or -1 if there is none. */
+static long long sample(const char *text, const char *line) {
+  for (const char *at = strstr(text, line); at; at = strstr(at + 1, line))
+    if (at == text || at[-1] == '\n') return atoll(at + strlen(line));
+  return -1;
+}
+
+static int setup_metrics_server(extproc_server **srv, extproc_processor **proc, int *port) {
+  assert_int_equal(extproc_processor_new(proc, "Counted"), 0);
+  extproc_server_options opts;
+  extproc_server_options_init(&opts);
+  opts.workers = 1;
+  opts.drain_delay_ms = 0;
+  assert_int_equal(extproc_server_new(srv, &opts), 0);
+  const int index = extproc_server_listen(*srv, "127.0.0.1:0", *proc);
+  assert_true(index >= 0);
+  *port = extproc_server_port(*srv, index);
+  const int metrics_port = extproc_server_metrics_listen(*srv, "127.0.0.1:0");
+  assert_true(metrics_port > 0);
+  assert_int_equal(extproc_server_start(*srv), 0);
+  return metrics_port;
+}
+
+/* Over the wire: a malformed message is a protocol violation, a processor's series exist from
+ * the start, and a connection is counted while open. */
+static void test_the_server_counts_violations_and_connections(void **state) {
+  (void)state;
+  extproc_server *srv;
+  extproc_processor *proc;
+  int port;
+  const int metrics_port = setup_metrics_server(&srv, &proc, &port);
+  char *r = http_get(metrics_port, "GET", "/metrics");
+  assert_int_equal(sample(r, "extproc_protocol_violations_total{kind=\"malformed\"} "), 0);
+  assert_int_equal(
+      sample(r, "extproc_messages_total{processor=\"Counted\",phase=\"request_headers\"} "), 0);
+  free(r);
+
+  h2_client *c = h2_client_connect_tcp("127.0.0.1", port);
+  assert_non_null(c);
+  const int32_t id =
+      h2_client_open_stream(c, "/envoy.service.ext_proc.v3.ExternalProcessor/Process");
+  const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f}; /* field 31, invalid wire type 7 */
+  assert_int_equal(h2_client_send_message(c, id, garbage, sizeof(garbage), 0), 0);
+  assert_int_equal(h2_client_wait_trailers(c, id), 0);
+  assert_int_equal(h2_client_get_stream(c, id)->grpc_status, 3 /* INVALID_ARGUMENT */);
+
+  r = http_get(metrics_port, "GET", "/metrics");
+  assert_int_equal(sample(r, "extproc_protocol_violations_total{kind=\"malformed\"} "), 1);
+  assert_int_equal(sample(r, "extproc_connections_open "), 1);
+  assert_true(sample(r, "extproc_received_bytes_total ") > 0);
+  free(r);
+  h2_client_free(c);
+  extproc_server_stop_now(srv);
+  extproc_server_wait(srv);
+  extproc_server_free(srv);
+  extproc_processor_free(proc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_counter_gauge_and_labels_render),
       cmocka_unit_test(test_histogram_buckets_are_cumulative),
       cmocka_unit_test(test_counts_from_many_threads_add_up),
       cmocka_unit_test(test_the_endpoint_serves_metrics_over_http),
+      cmocka_unit_test(test_the_server_counts_violations_and_connections),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
