@@ -111,6 +111,20 @@ static const option_def table[] = {
      .zero_is_off = true,
      .help = "Time a PING's acknowledgement may take before the connection is closed; 0 waits "
              "forever."},
+    {.name = "blocking-threads",
+     .type = OPT_COUNT,
+     .value_name = "N",
+     .max = 1024,
+     .to = SERVER(blocking_threads),
+     .help = "Threads of the pool that runs blocking processors' callbacks (started only if a "
+             "served processor is blocking)."},
+    {.name = "blocking-queue",
+     .type = OPT_COUNT,
+     .value_name = "N",
+     .max = 1u << 20,
+     .to = SERVER(blocking_queue),
+     .help = "Blocking callbacks that may wait for a pool thread before waits are counted; 0 "
+             "means 64 per thread."},
     {.name = "drain-delay",
      .type = OPT_DURATION,
      .value_name = "DURATION",

@@ -164,6 +164,7 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.health_listen) {
     const int rv = open_health_listener(srv, o.health_listen);
     if (rv != 0) {
+      server_metrics_free(&srv->metrics);
       free(srv->workers);
       free(srv);
       return rv;
