@@ -54,12 +54,18 @@ struct tls_conn {
 
 /* ---- Building a context ---------------------------------------------------------------- */
 
-/* The reason of OpenSSL's last error on this thread, then the thread's queue is cleared (it is
+/* The reasons of OpenSSL's first and last errors on this thread (the first is the cause, the
+ * last what gave up: "bad base64 decode (PEM lib)"), then the thread's queue is cleared (it is
  * per thread, and a stale entry would be blamed on the next connection). */
 static void take_openssl_error(char *out, size_t cap) {
-  const unsigned long e = ERR_peek_last_error();
-  const char *reason = e ? ERR_reason_error_string(e) : NULL;
-  snprintf(out, cap, "%s", reason ? reason : "unknown OpenSSL error");
+  const unsigned long first = ERR_peek_error(), last = ERR_peek_last_error();
+  const char *cause = first ? ERR_reason_error_string(first) : NULL;
+  const char *outcome = last ? ERR_reason_error_string(last) : NULL;
+  if (!cause) cause = "unknown OpenSSL error";
+  if (outcome && last != first && strcmp(outcome, cause) != 0)
+    snprintf(out, cap, "%s (%s)", cause, outcome);
+  else
+    snprintf(out, cap, "%s", cause);
   ERR_clear_error();
 }
 
