@@ -118,7 +118,8 @@ typedef struct extproc_server_options {
    * listeners per worker (event loop, wakeups, listening sockets); at least 1. */
   unsigned max_connections;
   /** How long a new connection has to send the HTTP/2 connection preface and its SETTINGS, in
-   * milliseconds; past it the connection is sent a GOAWAY and closed. Envoy sends both as soon as
+   * milliseconds (on TLS listeners the TLS handshake comes first and counts too); past it the
+   * connection is sent a GOAWAY and closed. Envoy sends both as soon as
    * it connects. Default 10000; EXTPROC_SERVER_TIMEOUT_OFF disables it. */
   uint32_t handshake_timeout_ms;
   /** How long a connection may have no open stream, in milliseconds, before it is sent a GOAWAY

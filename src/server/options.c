@@ -88,7 +88,8 @@ static const option_def table[] = {
      .max = 86400 * 1000,
      .to = SERVER(handshake_timeout_ms),
      .zero_is_off = true,
-     .help = "Time a new connection has to send the HTTP/2 preface and SETTINGS; 0 disables."},
+     .help = "Time a new connection has to send the HTTP/2 preface and SETTINGS (after the TLS "
+             "handshake, on TLS); 0 disables."},
     {.name = "idle-timeout",
      .type = OPT_DURATION,
      .value_name = "DURATION",
