@@ -52,27 +52,41 @@ typedef struct fixture {
 
 /* ---- Log capture ------------------------------------------------------------------------- */
 
+/* stderr is pointed at a temporary file while a test looks. Both descriptors are made before
+ * the server starts: a dup() taking a descriptor number a worker thread has just closed would be
+ * reported by ThreadSanitizer as a race on that number. */
 static int saved_stderr = -1;
 static FILE *capture_file;
 
+static void capture_prepare(void) {
+  saved_stderr = dup(STDERR_FILENO);
+  capture_file = tmpfile();
+  assert_true(saved_stderr >= 0);
+  assert_non_null(capture_file);
+}
+
+static void capture_release(void) {
+  close(saved_stderr);
+  fclose(capture_file);
+}
+
 static void capture_start(void) {
   fflush(stderr);
-  capture_file = tmpfile();
-  assert_non_null(capture_file);
-  saved_stderr = dup(STDERR_FILENO);
-  dup2(fileno(capture_file), STDERR_FILENO);
+  const int fd = fileno(capture_file);
+  assert_int_equal(ftruncate(fd, 0), 0);
+  lseek(fd, 0, SEEK_SET);
+  dup2(fd, STDERR_FILENO);
 }
 
 /* What was logged since capture_start (malloc'd); the capture ends. */
 static char *capture_end(void) {
   fflush(stderr);
   dup2(saved_stderr, STDERR_FILENO);
-  close(saved_stderr);
-  const long len = ftell(capture_file);
+  const int fd = fileno(capture_file);
+  const off_t len = lseek(fd, 0, SEEK_END);
+  assert_true(len >= 0);
   char *text = calloc(1, (size_t)len + 1);
-  rewind(capture_file);
-  assert_int_equal(fread(text, 1, (size_t)len, capture_file), (size_t)len);
-  fclose(capture_file);
+  assert_int_equal(pread(fd, text, (size_t)len, 0), (ssize_t)len);
   fputs(text, stderr); /* still shown in the test's output */
   return text;
 }
@@ -92,6 +106,7 @@ static void path_in(const fixture *f, char *out, size_t cap, const char *name) {
 
 static int setup(void **state) {
   alarm(TEST_WATCHDOG_SECONDS); /* SIGALRM's default action fails the run */
+  capture_prepare();
   fixture *f = calloc(1, sizeof(*f));
   if (!f) return -1;
   snprintf(f->dir, sizeof(f->dir), "/tmp/extproc-tls-XXXXXX");
@@ -134,6 +149,7 @@ static int teardown(void **state) {
   }
   rmdir(f->dir);
   free(f);
+  capture_release();
   alarm(0);
   return 0;
 }
