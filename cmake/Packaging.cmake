@@ -39,7 +39,7 @@ set(CPACK_DEBIAN_DEV_PACKAGE_NAME libextproc-dev)
 set(CPACK_DEBIAN_DEV_PACKAGE_SECTION libdevel)
 set(CPACK_DEBIAN_DEV_PACKAGE_SHLIBDEPS OFF) # no ELF file but the static archive
 set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS
-  "libextproc0 (= ${PROJECT_VERSION}), libnghttp2-dev, libuv1-dev, libprotobuf-c-dev, libmicrohttpd-dev")
+  "libextproc0 (= ${PROJECT_VERSION}), libnghttp2-dev, libuv1-dev, libprotobuf-c-dev, libmicrohttpd-dev, libssl-dev")
 set(CPACK_DEBIAN_DEV_DESCRIPTION "SDK for Envoy ext_proc external processors (development files)
 ${EXTPROC_DEB_ABOUT}
 This package holds the headers, the static library, the pkg-config file

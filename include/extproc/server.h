@@ -1,6 +1,6 @@
 /**
  * @file
- * libextproc server: serves processors to Envoy over gRPC (HTTP/2 cleartext, TCP or unix
+ * libextproc server: serves processors to Envoy over gRPC (HTTP/2, over TCP, TLS or a unix
  * socket) as `envoy.service.ext_proc.v3.ExternalProcessor/Process`, plus
  * `grpc.health.v1.Health/Check` and `grpc.health.v1.Health/Watch`.
  *
@@ -27,6 +27,21 @@
  * SERVICE_UNKNOWN (keeping the stream open) for any other name, as the gRPC health protocol
  * says. A Watch ends with UNAVAILABLE at stage 2. Every listener serves health; `health_listen`
  * adds an address that serves only health.
+ *
+ * TLS: with `tls_cert_file` and `tls_key_file` set, every TCP listener (the health-only one
+ * too) speaks TLS 1.2 or 1.3 and HTTP/2 only: the server selects ALPN `h2` and refuses, in the
+ * handshake, a client that offers ALPN without `h2` (a client that offers no ALPN is served if
+ * it then speaks HTTP/2, as gRPC clients with prior knowledge do). With `tls_client_ca_file`
+ * also set the TLS is mutual: a client without a certificate signed by one of those CAs is
+ * refused in the handshake. Unix sockets stay cleartext. Each refused handshake logs one
+ * warning (the reason; a client that does not speak TLS at all is named as such) and is counted
+ * (`extproc_tls_handshake_failures_total`). Envoy connects over TLS when its ext_proc cluster has
+ * a `transport_socket` with an `UpstreamTlsContext` (ALPN `h2`, the CA to validate the server's
+ * certificate, SNI, and for mutual TLS a client certificate) besides `http2_protocol_options`.
+ * The files are read again, without a restart, by extproc_server_reload_tls(), on SIGHUP under
+ * extproc_server_run(), and when one of them changes (checked every 2 seconds): new connections
+ * get the new certificate, open ones keep theirs, and new files that do not load are logged and
+ * ignored (the previous certificate stays).
  *
  * Threading: the server runs `workers` event loops, one thread each. A connection and all its
  * streams live on one loop; on TCP each loop accepts on its own SO_REUSEPORT socket, so the
@@ -103,7 +118,8 @@ typedef struct extproc_server_options {
    * listeners per worker (event loop, wakeups, listening sockets); at least 1. */
   unsigned max_connections;
   /** How long a new connection has to send the HTTP/2 connection preface and its SETTINGS, in
-   * milliseconds; past it the connection is sent a GOAWAY and closed. Envoy sends both as soon as
+   * milliseconds (on TLS listeners the TLS handshake comes first and counts too); past it the
+   * connection is sent a GOAWAY and closed. Envoy sends both as soon as
    * it connects. Default 10000; EXTPROC_SERVER_TIMEOUT_OFF disables it. */
   uint32_t handshake_timeout_ms;
   /** How long a connection may have no open stream, in milliseconds, before it is sent a GOAWAY
@@ -127,6 +143,23 @@ typedef struct extproc_server_options {
    * 16 MiB per connection). Default 256 MiB, or max_message_bytes if that is larger; a value
    * set below max_message_bytes is refused. */
   size_t max_buffered_bytes;
+  /** PEM file with the server's certificate, then any intermediate CA certificates (a chain, as
+   * cert-manager's `tls.crt`). With `tls_key_file`, every TCP listener speaks TLS (see "TLS"
+   * above); NULL (the default) serves cleartext HTTP/2. Read by extproc_server_new() and again
+   * on every reload; the string is copied. */
+  const char *tls_cert_file;
+  /** PEM file with the private key of `tls_cert_file` (RSA, EC or Ed25519; unencrypted). Set
+   * both or neither. The string is copied. */
+  const char *tls_key_file;
+  /** PEM file with the CA certificates that sign client certificates. Set (with the two above)
+   * for mutual TLS: a client is refused in the handshake unless it presents a certificate that
+   * one of these CAs signed (OpenSSL's SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT). NULL
+   * (the default) asks clients for no certificate. The string is copied. */
+  const char *tls_client_ca_file;
+  /** Permission bits of unix socket files (e.g. 0660: owner and group may connect; connecting
+   * needs write permission), set before the socket listens. 0 (the default) leaves the mode
+   * bind() gives: 0777 less the process's umask. At most 0777. */
+  unsigned unix_socket_mode;
 } extproc_server_options;
 
 /** A timeout field of extproc_server_options set to this is disabled. */
@@ -143,7 +176,11 @@ typedef struct extproc_server extproc_server;
  * stores NULL and returns EXTPROC_EINVAL (out NULL, struct_size not set or from a newer version
  * using fields this library lacks, max_message_bytes above 2 GiB, initial_window_bytes above
  * 2^31-1, blocking_threads above 1024, max_buffered_bytes below max_message_bytes, a malformed
- * health_listen), EXTPROC_EIO (health_listen cannot be bound) or EXTPROC_ENOMEM. */
+ * health_listen, only one of tls_cert_file and tls_key_file, tls_client_ca_file without them,
+ * unix_socket_mode above 0777, a TLS file that holds no usable PEM certificate or key, or a key
+ * that does not match the certificate), EXTPROC_EIO (health_listen cannot be bound, a TLS file
+ * cannot be read) or EXTPROC_ENOMEM. A TLS file refused is named in an error log line with
+ * OpenSSL's reason. */
 EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_options *opts);
 
 /** Serves `proc` (not owned; must outlive the server) on `address`:
@@ -205,12 +242,26 @@ EXTPROC_API void extproc_server_stop_now(extproc_server *srv);
 EXTPROC_API void extproc_server_wait(extproc_server *srv);
 
 /** Starts the server and blocks until SIGINT or SIGTERM or extproc_server_stop() has stopped it
- * and the workers are done. The first signal drains (extproc_server_stop()); a second one, or a
+ * and the workers are done. SIGHUP reloads the TLS files (extproc_server_reload_tls()); without
+ * TLS it is logged and ignored. The first signal drains (extproc_server_stop()); a second one, or a
  * signal during a stop begun by extproc_server_stop(), stops at once
  * (extproc_server_stop_now()). The signals are handled (through libuv) only while it runs;
  * afterwards their disposition is the default one again. Uses one extra thread to wait for the
  * workers. Returns 0, the error of start, or EXTPROC_EIO if that thread could not be created. */
 EXTPROC_API int extproc_server_run(extproc_server *srv);
+
+/** Reads the TLS files again (extproc_server_options.tls_cert_file, tls_key_file,
+ * tls_client_ca_file) and, if they load, makes every connection accepted from now on use them;
+ * connections already open keep the certificate they were accepted with. If they do not load,
+ * nothing changes: the previous certificate stays and one error line says why. Either way one
+ * log line and the metric `extproc_tls_reloads_total{result="ok|failed"}` record it. The server
+ * also does this on SIGHUP under extproc_server_run(), and by itself when one of the files is
+ * replaced or changes (checked every 2 seconds while started). Thread-safe: any thread, at any
+ * time between extproc_server_new() and extproc_server_free(); reloads run one at a time.
+ * Returns 0; EXTPROC_EINVAL (srv NULL, or a new file holds no usable certificate or key, or
+ * the key does not match), EXTPROC_EIO (a file cannot be read), EXTPROC_ENOMEM, or
+ * EXTPROC_ESTATE (with a log line) if the server has no TLS. */
+EXTPROC_API int extproc_server_reload_tls(extproc_server *srv);
 
 /** Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */
 EXTPROC_API uint64_t extproc_server_open_streams(const extproc_server *srv);

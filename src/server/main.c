@@ -64,8 +64,8 @@ static const extproc_service *find_service(const plan *p, const char *name) {
 static void print_help(FILE *out, const plan *p) {
   fprintf(out,
           "usage: %s [--service SPEC[,SPEC...]]... [OPTION...]\n"
-          "Serves Envoy ext_proc processors (gRPC over cleartext HTTP/2, plus gRPC health)\n"
-          "until SIGINT or SIGTERM.\n"
+          "Serves Envoy ext_proc processors (gRPC over HTTP/2, cleartext or TLS, plus gRPC\n"
+          "health) until SIGINT or SIGTERM; SIGHUP reloads the TLS files.\n"
           "  SPEC: NAME (on its default address, else --listen), NAME:PORT (on 0.0.0.0:PORT)\n"
           "        or NAME@ADDR\n"
           "  ADDR: HOST:PORT, [IPV6]:PORT or unix:PATH\n",

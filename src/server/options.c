@@ -88,7 +88,8 @@ static const option_def table[] = {
      .max = 86400 * 1000,
      .to = SERVER(handshake_timeout_ms),
      .zero_is_off = true,
-     .help = "Time a new connection has to send the HTTP/2 preface and SETTINGS; 0 disables."},
+     .help = "Time a new connection has to send the HTTP/2 preface and SETTINGS (after the TLS "
+             "handshake, on TLS); 0 disables."},
     {.name = "idle-timeout",
      .type = OPT_DURATION,
      .value_name = "DURATION",
@@ -138,6 +139,30 @@ static const option_def table[] = {
      .to = SERVER(health_listen),
      .help = "An address serving only grpc.health.v1.Health (Check and Watch), besides every "
              "service address; unset serves none."},
+    {.name = "tls-cert",
+     .type = OPT_TEXT,
+     .value_name = "FILE",
+     .to = SERVER(tls_cert_file),
+     .help = "PEM certificate (chain) of the server; with --tls-key every TCP listener speaks "
+             "TLS (ALPN h2); reloaded on SIGHUP and when the files change. Unset: cleartext."},
+    {.name = "tls-key",
+     .type = OPT_TEXT,
+     .value_name = "FILE",
+     .to = SERVER(tls_key_file),
+     .help = "PEM private key of --tls-cert; give both or neither."},
+    {.name = "tls-client-ca",
+     .type = OPT_TEXT,
+     .value_name = "FILE",
+     .to = SERVER(tls_client_ca_file),
+     .help = "PEM CA certificates for mutual TLS: clients without a certificate signed by one "
+             "are refused in the handshake. Unset: no client certificate asked for."},
+    {.name = "unix-socket-mode",
+     .type = OPT_OCTAL,
+     .value_name = "MODE",
+     .max = 0777,
+     .to = SERVER(unix_socket_mode),
+     .help = "Permission bits of unix socket files, in octal (e.g. 0660; connecting needs "
+             "write permission); 0 leaves 0777 less the umask."},
     {.name = "log-level",
      .type = OPT_LOG_LEVEL,
      .value_name = "LEVEL",
@@ -186,6 +211,8 @@ static void format_number(const option_def *o, uint64_t v, char *out, size_t cap
       }
     }
     snprintf(out, cap, "%lluB", (unsigned long long)v);
+  } else if (o->type == OPT_OCTAL) {
+    snprintf(out, cap, v ? "0%llo" : "0", (unsigned long long)v);
   } else if (o->type == OPT_DURATION) {
     if (v % 1000 == 0)
       snprintf(out, cap, "%llus", (unsigned long long)(v / 1000));
@@ -229,6 +256,7 @@ static void value_text(const option_def *o, const main_settings *s, char *out, s
   switch (o->type) {
   case OPT_COUNT:
   case OPT_BYTES:
+  case OPT_OCTAL:
   case OPT_DURATION: format_number(o, load_number(s, o->to), out, cap); break;
   case OPT_TEXT: {
     const char *text = *(const char *const *)p;
@@ -256,6 +284,7 @@ static void allowed_text(const option_def *o, char *out, size_t cap) {
   switch (o->type) {
   case OPT_COUNT:
   case OPT_BYTES:
+  case OPT_OCTAL:
   case OPT_DURATION:
     format_number(o, o->min, lo, sizeof(lo));
     format_number(o, o->max, hi, sizeof(hi));
@@ -338,6 +367,27 @@ static bool parse_number(const option_def *o, const char *where, const char *tex
   return false;
 }
 
+/* Octal digits only (a leading 0 is allowed, as chmod writes modes), within the option's range. */
+static bool parse_octal(const option_def *o, const char *where, const char *text, uint64_t *out,
+                        parse_error *e) {
+  char allowed[96];
+  allowed_text(o, allowed, sizeof(allowed));
+  uint64_t v = 0;
+  const char *p = text;
+  for (; *p >= '0' && *p <= '7' && v <= o->max; p++)
+    v = v * 8 + (uint64_t)(*p - '0');
+  if (p == text || *p) {
+    fail(e, "%s: '%s' is not an octal number (allowed: %s)", where, text, allowed);
+    return false;
+  }
+  if (v < o->min || v > o->max) {
+    fail(e, "%s: %s is out of range (allowed: %s)", where, text, allowed);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
 /* One value for option `o`; `where` names its flag or variable in errors. */
 static bool apply(main_settings *s, const option_def *o, const char *where, const char *text,
                   parse_error *e) {
@@ -350,6 +400,10 @@ static bool apply(main_settings *s, const option_def *o, const char *where, cons
     if (!parse_number(o, where, text, &v, e)) return false;
     /* In the server's options 0 means "the default", so "off" has a value of its own. */
     if (o->zero_is_off && v == 0) v = EXTPROC_SERVER_TIMEOUT_OFF;
+    store_number(s, o->to, v);
+    return true;
+  case OPT_OCTAL:
+    if (!parse_octal(o, where, text, &v, e)) return false;
     store_number(s, o->to, v);
     return true;
   case OPT_TEXT:

@@ -32,6 +32,7 @@ typedef enum option_type {
   OPT_COUNT,      /* a whole number */
   OPT_BYTES,      /* bytes; a KiB, MiB or GiB suffix multiplies by 2^10, 2^20, 2^30 */
   OPT_DURATION,   /* seconds (fractions allowed), or with an ms, s or m suffix; kept in ms */
+  OPT_OCTAL,      /* a whole number written in octal, e.g. a file mode: 0660 */
   OPT_TEXT,       /* a string, kept as given */
   OPT_SERVICES,   /* a service list; repeatable, each occurrence adds to the list */
   OPT_LOG_LEVEL,  /* debug, info, warn, error, off */

@@ -14,7 +14,9 @@
 #include "extproc/server.h"
 #include "server/metrics_http.h"
 #include "server/server_metrics.h"
+#include "server/tls_watch.h"
 #include "transport/listener.h"
+#include "transport/tls.h"
 #include "transport/worker.h"
 
 /* How long a stop keeps serving with health NOT_SERVING before it closes the listeners. Envoy's
@@ -50,6 +52,8 @@ struct extproc_server {
   atomic_int stops_in_flight;
   server_metrics metrics;
   metrics_endpoint *metrics_endpoint; /* NULL unless extproc_server_metrics_listen() was called */
+  tls_store *tls;                     /* NULL: cleartext */
+  tls_watch watch; /* reloads the TLS files when they change; runs from start to wait */
 };
 
 /* Blocking callbacks wait on something else (a disk, a service), not on our CPUs, so the pool
@@ -82,7 +86,7 @@ static int open_health_listener(extproc_server *srv, const char *address) {
   listener_spec *spec = &srv->listeners[0];
   memset(spec, 0, sizeof(*spec));
   spec->proc = NULL; /* the transport serves only grpc.health.v1.Health there */
-  const int rv = listener_open(address, spec, srv->worker_count);
+  const int rv = listener_open(address, spec, srv->worker_count, srv->opts.unix_socket_mode);
   if (rv != 0) return rv;
   srv->listener_count = srv->first_listener = 1;
   return 0;
@@ -104,6 +108,35 @@ static uint64_t default_max_connections(unsigned workers, unsigned listeners) {
    * of descriptors then pauses accepting too). */
   if (limit <= reserve) return limit / 4 > 0 ? limit / 4 : 1;
   return limit - reserve;
+}
+
+/* TLS options: both files or neither; the CA only with them. Returns 0 or EXTPROC_EINVAL. */
+static int check_tls_options(const extproc_server_options *o) {
+  if (!o->tls_cert_file && !o->tls_key_file && !o->tls_client_ca_file) return 0;
+  if (o->tls_cert_file && o->tls_key_file) return 0;
+  log_line(EXTPROC_LOG_ERROR, "TLS needs both tls_cert_file and tls_key_file (%s)",
+           o->tls_cert_file || o->tls_key_file ? "only one is set"
+                                               : "tls_client_ca_file alone is not enough");
+  return EXTPROC_EINVAL;
+}
+
+/* Builds the TLS context from the files, if TLS is configured. */
+static int open_tls(extproc_server *srv, const extproc_server_options *o) {
+  if (!o->tls_cert_file) return 0;
+  const tls_files files = {.cert_file = o->tls_cert_file,
+                           .key_file = o->tls_key_file,
+                           .client_ca_file = o->tls_client_ca_file};
+  const int rv = tls_store_new(&srv->tls, &files);
+  srv->cfg.tls = srv->tls;
+  return rv;
+}
+
+/* Frees what extproc_server_new had set up when a later step fails. */
+static void discard(extproc_server *srv) {
+  tls_store_free(srv->tls);
+  server_metrics_free(&srv->metrics);
+  free(srv->workers);
+  free(srv);
 }
 
 int extproc_server_new(extproc_server **out, const extproc_server_options *opts) {
@@ -132,7 +165,8 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
                                ? defaults.max_buffered_bytes
                                : o.max_message_bytes;
   if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
-      o.blocking_threads > MAX_BLOCKING_THREADS || o.max_buffered_bytes < o.max_message_bytes)
+      o.blocking_threads > MAX_BLOCKING_THREADS || o.max_buffered_bytes < o.max_message_bytes ||
+      o.unix_socket_mode > 0777 || check_tls_options(&o) != 0)
     return EXTPROC_EINVAL;
   if (o.workers == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -153,7 +187,9 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
                                 .keepalive_interval_ms = o.keepalive_interval_ms,
                                 .keepalive_timeout_ms = o.keepalive_timeout_ms,
                                 .max_buffered_bytes = o.max_buffered_bytes};
-  srv->opts.health_listen = NULL; /* the caller's string is not kept */
+  /* The caller's strings are not kept. */
+  srv->opts.health_listen = NULL;
+  srv->opts.tls_cert_file = srv->opts.tls_key_file = srv->opts.tls_client_ca_file = NULL;
   srv->worker_count = o.workers;
   srv->workers = calloc(o.workers, sizeof(worker));
   if (!srv->workers || server_metrics_init(&srv->metrics, &srv->stats, &srv->engine_stats) != 0) {
@@ -161,14 +197,11 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
     free(srv);
     return EXTPROC_ENOMEM;
   }
-  if (o.health_listen) {
-    const int rv = open_health_listener(srv, o.health_listen);
-    if (rv != 0) {
-      server_metrics_free(&srv->metrics);
-      free(srv->workers);
-      free(srv);
-      return rv;
-    }
+  int rv = open_tls(srv, &o);
+  if (rv == 0 && o.health_listen) rv = open_health_listener(srv, o.health_listen);
+  if (rv != 0) {
+    discard(srv);
+    return rv;
   }
   *out = srv;
   return 0;
@@ -180,7 +213,7 @@ int extproc_server_listen(extproc_server *srv, const char *address, const extpro
   listener_spec *spec = &srv->listeners[srv->listener_count];
   memset(spec, 0, sizeof(*spec));
   spec->proc = proc;
-  const int rv = listener_open(address, spec, srv->worker_count);
+  const int rv = listener_open(address, spec, srv->worker_count, srv->opts.unix_socket_mode);
   if (rv != 0) return rv;
   return (int)(srv->listener_count++ - srv->first_listener);
 }
@@ -236,17 +269,20 @@ int extproc_server_start(extproc_server *srv) {
     if (worker_init(&srv->workers[ready], ready, &srv->cfg, &srv->stats, srv->listeners,
                     srv->listener_count) != 0)
       break;
-  /* Worker threads leave SIGINT/SIGTERM to the thread that runs the server. */
+  /* Worker threads leave SIGINT, SIGTERM and SIGHUP to the thread that runs the server. */
   sigset_t block, old;
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &block, &old);
   if (ready == srv->worker_count)
     while (srv->running < srv->worker_count && worker_start(&srv->workers[srv->running]) == 0)
       srv->running++;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (srv->running == srv->worker_count) {
+    if (srv->tls && tls_watch_start(&srv->watch, srv->tls, &srv->stats) != 0)
+      log_line(EXTPROC_LOG_WARN, "TLS: could not start the file watcher: reload with SIGHUP");
     /* A stop that came first found no worker to tell. */
     if (atomic_load(&srv->stop_now_requested))
       extproc_server_stop_now(srv);
@@ -309,6 +345,20 @@ void extproc_server_wait(extproc_server *srv) {
   for (unsigned i = 0; i < running; i++)
     worker_close(&srv->workers[i]);
   atomic_store(&srv->running, 0); /* waited for; free() must not join them again */
+  tls_watch_stop(&srv->watch);
+}
+
+static int reload_tls(extproc_server *srv, const char *why) {
+  if (!srv->tls) {
+    log_line(EXTPROC_LOG_WARN, "TLS reload (%s): the server has no TLS files, nothing to reload",
+             why);
+    return EXTPROC_ESTATE;
+  }
+  return tls_store_reload(srv->tls, &srv->stats, why);
+}
+
+int extproc_server_reload_tls(extproc_server *srv) {
+  return srv ? reload_tls(srv, "requested") : EXTPROC_EINVAL;
 }
 
 static void ignore_close(uv_handle_t *h) { (void)h; }
@@ -319,7 +369,7 @@ static void ignore_close(uv_handle_t *h) { (void)h; }
  * signal can still cut a drain short. */
 typedef struct run_state {
   extproc_server *srv;
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sighup;
   uv_async_t done; /* the waiter thread has seen every worker finish */
   uv_thread_t waiter;
 } run_state;
@@ -340,10 +390,16 @@ static void on_signal(uv_signal_t *sig, int signum) {
   extproc_server_stop(srv);
 }
 
+static void on_sighup(uv_signal_t *sig, int signum) {
+  (void)signum;
+  (void)reload_tls(sig->data, "SIGHUP"); /* logged either way */
+}
+
 static void on_workers_done(uv_async_t *async) {
   run_state *r = async->data;
   uv_close((uv_handle_t *)&r->sigint, ignore_close);
   uv_close((uv_handle_t *)&r->sigterm, ignore_close);
+  uv_close((uv_handle_t *)&r->sighup, ignore_close);
   uv_close((uv_handle_t *)&r->done, ignore_close);
 }
 
@@ -353,12 +409,13 @@ static void waiter_main(void *arg) {
   uv_async_send(&r->done);
 }
 
-/* Starts the waiter thread with SIGINT and SIGTERM blocked: they are for the run loop. */
+/* Starts the waiter thread with SIGINT, SIGTERM and SIGHUP blocked: they are for the run loop. */
 static int start_waiter(run_state *r) {
   sigset_t block, old;
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &block, &old);
   const int rv = uv_thread_create(&r->waiter, waiter_main, r);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -374,9 +431,11 @@ int extproc_server_run(extproc_server *srv) {
   r.done.data = &r;
   uv_signal_init(&loop, &r.sigint);
   uv_signal_init(&loop, &r.sigterm);
-  r.sigint.data = r.sigterm.data = srv;
+  uv_signal_init(&loop, &r.sighup);
+  r.sigint.data = r.sigterm.data = r.sighup.data = srv;
   uv_signal_start(&r.sigint, on_signal, SIGINT);
   uv_signal_start(&r.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&r.sighup, on_sighup, SIGHUP);
   int rv = extproc_server_start(srv);
   bool waiting = false;
   if (rv == 0) {
@@ -414,6 +473,8 @@ void extproc_server_free(extproc_server *srv) {
   /* The workers have finished, so no blocking callback is running or queued: a worker's loop
    * ends only once every request handed to the pool has come back. */
   pool_free(srv->pool);
+  tls_watch_stop(&srv->watch); /* a server started but never waited for */
+  tls_store_free(srv->tls);    /* open connections are gone with the workers */
   metrics_endpoint_stop(srv->metrics_endpoint);
   server_metrics_free(&srv->metrics);
   free(srv->workers);

@@ -27,6 +27,10 @@ static const char LIMIT_HELP[] =
 static const char VIOLATION_HELP[] =
     "Messages Envoy would not send, refused before any callback, by kind.";
 
+static const char RELOAD_HELP[] =
+    "TLS certificate reloads (SIGHUP, extproc_server_reload_tls, files changed), by result: ok "
+    "(new connections get the new files), failed (the previous certificate stays).";
+
 static const stat_row rows[SERVER_STAT_COUNT] = {
     {"extproc_open_streams", "gRPC streams open now (ext_proc and health).", METRIC_GAUGE, NULL,
      NULL, TRANSPORT(open_streams)},
@@ -88,6 +92,14 @@ static const stat_row rows[SERVER_STAT_COUNT] = {
      "too_many_messages", ENGINE(violations[VIOLATION_TOO_MANY_MESSAGES])},
     {"extproc_protocol_violations_total", VIOLATION_HELP, METRIC_COUNTER, "kind", "phase_order",
      ENGINE(violations[VIOLATION_PHASE_ORDER])},
+    {"extproc_tls_handshake_failures_total",
+     "TLS connections closed because their handshake failed (no common version or cipher, no h2 "
+     "in ALPN, a client certificate missing or refused, a client not speaking TLS).",
+     METRIC_COUNTER, NULL, NULL, TRANSPORT(tls_handshake_failures_total)},
+    {"extproc_tls_reloads_total", RELOAD_HELP, METRIC_COUNTER, "result", "ok",
+     TRANSPORT(tls_reloads_ok_total)},
+    {"extproc_tls_reloads_total", RELOAD_HELP, METRIC_COUNTER, "result", "failed",
+     TRANSPORT(tls_reloads_failed_total)},
 };
 
 int server_metrics_init(server_metrics *sm, const transport_stats *transport,

@@ -4,7 +4,10 @@
  * at the end of that event (conn_flush), not one per frame, from a buffer the worker's
  * connections share; a connection has a buffer of its own only while the socket has not taken
  * all of a round. Per-stream gRPC handling is in grpc_stream.c, the input budgets in flow.c, the
- * handshake, idle and keepalive deadlines in connection_timeouts.c. */
+ * handshake, idle and keepalive deadlines in connection_timeouts.c.
+ *
+ * On a TLS connection the same path carries records: what is read is handed to OpenSSL and what
+ * it decrypts to nghttp2; a round's frames are encrypted in one go and written as one (tls.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,7 @@
 
 #include "base/log.h"
 #include "transport/connection.h"
+#include "transport/tls.h"
 
 /* Connection-level receive window: large enough that many concurrent streams each with a
  * message in flight do not stall one another, small enough to bound what a peer can push. */
@@ -144,6 +148,7 @@ static int new_session(connection *c) {
 static void on_closed(uv_handle_t *h) {
   connection *c = h->data;
   if (--c->handles_open > 0) return;
+  tls_conn_free(c->tls); /* not in conn_close: a read may still be decrypting into it */
   free(c->pending);
   free(c);
 }
@@ -239,29 +244,57 @@ static bool write_rest(connection *c, const uint8_t *data, size_t len) {
   return false;
 }
 
+/* Gathers what nghttp2 has queued, up to MAX_WRITE_BYTES, into the worker's output buffer. */
+static bool gather_frames(connection *c, size_t *len) {
+  for (;;) {
+    const uint8_t *data;
+    const ssize_t n = nghttp2_session_mem_send(c->session, &data);
+    if (n < 0 || (n > 0 && !out_append(c->w, len, data, (size_t)n))) return false;
+    if (n == 0 || *len >= MAX_WRITE_BYTES) return true;
+  }
+}
+
+/* One round's bytes for the socket: nghttp2's frames, encrypted on TLS, where the handshake's
+ * messages (or an alert) come first. Frames wait for the client's first decrypted bytes, as on
+ * cleartext they wait for its first bytes (see connection_accept). */
+static bool next_round(connection *c, const uint8_t **out, size_t *out_len) {
+  worker *w = c->w;
+  size_t len = 0;
+  const bool frames = !c->tls || (tls_conn_established(c->tls) && c->head_len > 0);
+  if (frames && !gather_frames(c, &len)) return false;
+  if (!c->tls) {
+    *out = w->out_buf;
+    *out_len = len;
+    return true;
+  }
+  *out_len = 0;
+  if (!tls_conn_output(c->tls, w->out_buf, len, &w->tls_buf, &w->tls_cap, out_len)) return false;
+  *out = w->tls_buf;
+  return true;
+}
+
 /* Writes everything nghttp2 has queued in one go: try a direct write first (the common case,
  * no callback), and hand the rest to libuv. */
 void conn_flush(connection *c) {
   worker *w = c->w;
   while (!c->pending && !c->closing) {
     flow_release_held(c); /* output drained last round may let input flow again */
-    size_t len = 0;
-    for (;;) {
-      const uint8_t *data;
-      const ssize_t n = nghttp2_session_mem_send(c->session, &data);
-      if (n < 0 || (n > 0 && !out_append(w, &len, data, (size_t)n))) {
-        conn_close(c);
-        return;
-      }
-      if (n == 0 || len >= MAX_WRITE_BYTES) break;
+    const uint8_t *data;
+    size_t len;
+    if (!next_round(c, &data, &len)) {
+      conn_close(c);
+      return;
     }
     if (len == 0) {
-      if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session))
-        conn_close(c);
+      if (nghttp2_session_want_read(c->session) || nghttp2_session_want_write(c->session)) return;
+      /* HTTP/2 is done with the connection (a GOAWAY went out, no stream is open): a TLS peer is
+       * told the session ends (close_notify) before the socket closes. */
+      if (c->tls && tls_conn_shutdown(c->tls)) continue;
+      conn_close(c);
       return;
     }
     atomic_fetch_add_explicit(&w->stats->bytes_sent_total, len, memory_order_relaxed);
-    uv_buf_t buf = uv_buf_init((char *)w->out_buf, (unsigned)len);
+    uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
     const int written = uv_try_write(&c->h.stream, &buf, 1);
     if (written == (int)len) continue;
     if (written < 0 && written != UV_EAGAIN) {
@@ -269,11 +302,24 @@ void conn_flush(connection *c) {
       return;
     }
     const size_t off = written > 0 ? (size_t)written : 0;
-    if (!write_rest(c, w->out_buf + off, len - off)) {
+    if (!write_rest(c, data + off, len - off)) {
       conn_close(c);
       return;
     }
   }
+}
+
+void conn_write_now(connection *c, const uint8_t *data, size_t len) {
+  if (c->closing || c->pending) return; /* never ahead of output already queued */
+  if (c->tls) {
+    size_t n = 0;
+    if (!tls_conn_output(c->tls, data, len, &c->w->tls_buf, &c->w->tls_cap, &n)) return;
+    data = c->w->tls_buf;
+    len = n;
+  }
+  if (len == 0) return;
+  uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
+  (void)uv_try_write(&c->h.stream, &buf, 1);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -293,6 +339,74 @@ static bool keep_head(connection *c, const uint8_t *data, size_t len) {
   return first;
 }
 
+/* Hands input to nghttp2. Returns false if the connection was closed. */
+static bool receive_frames(connection *c, const uint8_t *data, size_t len) {
+  const bool first_read = keep_head(c, data, len);
+  const ssize_t rv = nghttp2_session_mem_recv(c->session, data, len);
+  if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+    /* The first read usually holds a whole HTTP/1.x request line; later ones only the head. */
+    peer_refuse_foreign(c, first_read ? data : c->head, first_read ? len : c->head_len);
+    conn_close(c);
+    return false;
+  }
+  if (rv < 0) {
+    conn_log(c, EXTPROC_LOG_WARN, "HTTP/2 error from peer: %s", nghttp2_strerror((int)rv));
+    /* nghttp2 has queued a GOAWAY for protocol errors: try to send it, then close. */
+    conn_flush(c);
+    conn_close(c);
+    return false;
+  }
+  return !c->closing;
+}
+
+/* The TLS handshake failed: counted, one line saying why (or what the client speaks instead of
+ * TLS), the alert sent to a TLS client, closed. */
+static void refuse_handshake(connection *c) {
+  atomic_fetch_add(&c->w->stats->tls_handshake_failures_total, 1);
+  char why[256];
+  tls_conn_error(c->tls, why, sizeof(why));
+  if (peer_refuse_handshake(c, why)) conn_write_now(c, NULL, 0);
+  conn_close(c);
+}
+
+/* Bytes read on a TLS connection: the handshake first, then records to decrypt. */
+static void on_tls_input(connection *c, const uint8_t *data, size_t len) {
+  if (!tls_conn_established(c->tls)) keep_head(c, data, len); /* to name a non-TLS client */
+  if (!tls_conn_feed(c->tls, data, len)) {
+    conn_close(c);
+    return;
+  }
+  if (!tls_conn_established(c->tls)) {
+    const tls_step step = tls_conn_handshake(c->tls);
+    if (step == TLS_STEP_FAILED) {
+      refuse_handshake(c);
+      return;
+    }
+    if (step == TLS_STEP_WANT_INPUT) {
+      conn_flush(c); /* the server's handshake messages */
+      return;
+    }
+    c->head_len = 0; /* from here on the head is the decrypted stream's */
+    if (log_enabled(EXTPROC_LOG_DEBUG)) {
+      char what[128];
+      tls_conn_describe(c->tls, what, sizeof(what));
+      conn_log(c, EXTPROC_LOG_DEBUG, "TLS handshake done: %s", what);
+    }
+  }
+  /* The read buffer's bytes are OpenSSL's now: it takes the decrypted ones. */
+  uint8_t *plain = c->w->read_buf;
+  for (;;) {
+    const ssize_t n = tls_conn_read(c->tls, plain, sizeof(c->w->read_buf));
+    if (n == 0) break;
+    if (n < 0) { /* close_notify, or a record that does not decrypt */
+      conn_close(c);
+      return;
+    }
+    if (!receive_frames(c, plain, (size_t)n)) return;
+  }
+  conn_flush(c);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   connection *c = stream->data;
   if (nread < 0) {
@@ -306,22 +420,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   atomic_fetch_add_explicit(&c->w->stats->bytes_received_total, (uint64_t)nread,
                             memory_order_relaxed);
   const uint8_t *data = (const uint8_t *)buf->base;
-  const bool first_read = keep_head(c, data, (size_t)nread);
-  const ssize_t rv = nghttp2_session_mem_recv(c->session, data, (size_t)nread);
-  if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
-    /* The first read usually holds a whole HTTP/1.x request line; later ones only the head. */
-    peer_refuse_foreign(c, first_read ? data : c->head, first_read ? (size_t)nread : c->head_len);
-    conn_close(c);
-    return;
-  }
-  if (rv < 0) {
-    conn_log(c, EXTPROC_LOG_WARN, "HTTP/2 error from peer: %s", nghttp2_strerror((int)rv));
-    /* nghttp2 has queued a GOAWAY for protocol errors: try to send it, then close. */
+  if (c->tls)
+    on_tls_input(c, data, (size_t)nread);
+  else if (receive_frames(c, data, (size_t)nread))
     conn_flush(c);
-    conn_close(c);
-    return;
-  }
-  conn_flush(c);
 }
 
 /* Undoes a connection whose setup failed after its handles were initialized. */
@@ -352,7 +454,9 @@ void connection_accept(listener *l, int fd, const char *peer) {
   snprintf(c->peer, sizeof(c->peer), "%s", peer);
   const int opened = l->spec->is_unix ? uv_pipe_open(&c->h.pipe, fd) : uv_tcp_open(&c->h.tcp, fd);
   if (opened != 0) close(fd); /* not the handle's */
-  if (opened != 0 || new_session(c) != 0) {
+  /* Unix sockets stay cleartext: only processes on this host reach them. */
+  const bool tls = w->cfg->tls && !l->spec->is_unix;
+  if (opened != 0 || new_session(c) != 0 || (tls && !(c->tls = tls_conn_new(w->cfg->tls)))) {
     abort_setup(c);
     return;
   }

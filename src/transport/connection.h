@@ -5,6 +5,8 @@
  *                  them to the engine or the health service, queueing replies, trailers
  *   flow.c         flow-control budgets: when received bytes go back to the peer's window
  *   connection_timeouts.c  handshake timeout, idle timeout, keepalive PINGs
+ *   tls.c          TLS on TCP listeners when the server has a certificate: the connection's
+ *                  bytes pass through OpenSSL between the socket and nghttp2
  *
  * Everything here runs on the connection's worker loop. */
 #ifndef EXTPROC_CONNECTION_H
@@ -70,6 +72,7 @@ struct connection {
   uv_write_t write_req;
   uint8_t *pending; /* output the socket did not take at once, being written; else NULL */
   bool closing;
+  struct tls_conn *tls; /* NULL on cleartext connections; freed with the connection */
   /* Deadlines, in loop milliseconds (uv_now). */
   bool handshake_done;   /* the peer's preface and SETTINGS arrived */
   bool ping_outstanding; /* a keepalive PING awaits its ACK */
@@ -81,7 +84,8 @@ struct connection {
   bool input_held;         /* some stream holds credit for budget reasons */
   bool held_by_budget;     /* ... because of the server-wide max_buffered_bytes */
   /* The peer (peer.c): its address for log lines, and its first bytes, which name what it
-   * speaks if it turns out not to be an HTTP/2 client. */
+   * speaks if it turns out not to be an HTTP/2 client (on TLS: first the raw bytes, to name a
+   * client that does not speak TLS; once the handshake is done, the first decrypted ones). */
   char peer[PEER_TEXT_BYTES];
   uint8_t head[PEER_HEAD_BYTES];
   uint8_t head_len;
@@ -97,6 +101,10 @@ void conn_flush(connection *c);
 /* Closes the connection now: its streams are released, its handles closed, its
  * max_connections slot given back. Safe to call twice. */
 void conn_close(connection *c);
+
+/* Writes `len` bytes (encrypted on TLS) to the socket if it takes them now; best effort, for a
+ * last word before closing (peer.c). */
+void conn_write_now(connection *c, const uint8_t *data, size_t len);
 
 /* Sends a GOAWAY (last stream id: the last one processed) with `error_code` and `debug` text
  * (may be NULL), and flushes. A connection with no open stream then closes by itself once the

@@ -1,7 +1,7 @@
 /* A connection's deadlines, on one timer each:
- *  - handshake: the peer's connection preface and SETTINGS must arrive within
- *    handshake_timeout_ms of the accept (a silent TCP connection would otherwise hold a
- *    descriptor and a max_connections slot forever);
+ *  - handshake: the peer's connection preface and SETTINGS (on TLS: after the TLS handshake)
+ *    must arrive within handshake_timeout_ms of the accept (a silent TCP connection would otherwise
+ * hold a descriptor and a max_connections slot forever);
  *  - keepalive: after keepalive_interval_ms without input the server sends a PING; no ACK
  *    within keepalive_timeout_ms means the peer is gone (a host that vanished never sends a FIN
  *    or RST, and a connection waiting on a deferred answer would wait forever);
@@ -11,6 +11,7 @@
  * clock, costs nothing), and when the timer fires it works out which deadline really passed
  * and re-arms for the next one. So the request path never touches the timer heap. */
 #include "transport/connection.h"
+#include "transport/tls.h"
 
 static uint64_t deadline(uint64_t since, uint32_t timeout_ms) {
   return timeout_ms == TIMEOUT_OFF ? UINT64_MAX : since + timeout_ms;
@@ -62,7 +63,9 @@ static void on_deadline(uv_timer_t *timer) {
   const uint64_t now = uv_now(&c->w->loop);
   if (!c->handshake_done) {
     if (now >= deadline(c->accepted_ms, cfg->handshake_timeout_ms)) {
-      close_for(c, LIMIT_HANDSHAKE_TIMEOUT, "no HTTP/2 preface and SETTINGS in time",
+      close_for(c, LIMIT_HANDSHAKE_TIMEOUT,
+                c->tls && !tls_conn_established(c->tls) ? "no TLS handshake in time"
+                                                        : "no HTTP/2 preface and SETTINGS in time",
                 cfg->handshake_timeout_ms);
       return;
     }

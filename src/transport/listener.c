@@ -150,7 +150,7 @@ static int open_tcp(const char *address, listener_spec *spec, unsigned workers) 
   return 0;
 }
 
-static int open_unix(const char *path, listener_spec *spec) {
+static int open_unix(const char *path, listener_spec *spec, unsigned mode) {
   struct sockaddr_un sun = {.sun_family = AF_UNIX};
   if (!*path || strlen(path) >= sizeof(sun.sun_path)) return EXTPROC_EINVAL;
   strcpy(sun.sun_path, path);
@@ -180,12 +180,20 @@ static int open_unix(const char *path, listener_spec *spec) {
     close(fd);
     return EXTPROC_EIO;
   }
+  /* connect() needs write permission on the socket file, which bind() created with 0777 less
+   * the umask. A chosen mode is set before listen(), so no client connects before it holds. */
+  if (mode != 0 && chmod(path, (mode_t)mode) != 0) {
+    log_line(EXTPROC_LOG_ERROR, "listen unix:%s: chmod %04o: %s", path, mode, strerror(errno));
+    close(fd);
+    unlink(path);
+    return EXTPROC_EIO;
+  }
   spec->fds[0] = fd;
   spec->unix_path = strdup(path);
   return 0;
 }
 
-int listener_open(const char *address, listener_spec *spec, unsigned workers) {
+int listener_open(const char *address, listener_spec *spec, unsigned workers, unsigned unix_mode) {
   spec->fds = malloc(workers * sizeof(int));
   if (!spec->fds) return EXTPROC_ENOMEM;
   for (unsigned i = 0; i < workers; i++)
@@ -193,7 +201,7 @@ int listener_open(const char *address, listener_spec *spec, unsigned workers) {
   int rv;
   if (strncmp(address, "unix:", 5) == 0) {
     spec->is_unix = true;
-    rv = open_unix(address + 5, spec);
+    rv = open_unix(address + 5, spec, unix_mode);
   } else {
     rv = open_tcp(address, spec, workers);
   }

@@ -5,8 +5,10 @@
 #include "transport/transport.h"
 
 /* Parses `address` ("HOST:PORT", "[V6]:PORT" or "unix:PATH") and binds its sockets, one per
- * worker for TCP. Returns 0 or a negative extproc_error (spec is left empty on error). */
-int listener_open(const char *address, listener_spec *spec, unsigned workers);
+ * worker for TCP. A unix socket file gets mode `unix_mode` (permission bits; 0 leaves what
+ * bind() made: 0777 less the umask). Returns 0 or a negative extproc_error (spec is left empty
+ * on error). */
+int listener_open(const char *address, listener_spec *spec, unsigned workers, unsigned unix_mode);
 
 /* Binds and listens on one TCP socket for `address` ("HOST:PORT" or "[V6]:PORT"), for an
  * endpoint served outside the worker loops (metrics). Returns the socket (>= 0), owned by the

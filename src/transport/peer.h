@@ -3,6 +3,7 @@
 #ifndef EXTPROC_PEER_H
 #define EXTPROC_PEER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -28,6 +29,12 @@ void peer_describe(const struct sockaddr_storage *ss, const char *unix_path, cha
  * what it sent first. Logs one warning naming the protocol and the peer, and for an HTTP/1.x
  * request answers with a short 505 explaining the port's protocol; the caller closes. */
 void peer_refuse_foreign(connection *c, const uint8_t *data, size_t len);
+
+/* The TLS handshake of `c` failed for `why` (tls_conn_error). Logs one warning: the reason, or,
+ * when the client's first bytes (c->head) are not a TLS ClientHello, what it speaks instead
+ * (cleartext HTTP/2, HTTP/1.x). Returns true if the client speaks TLS, so that the alert is worth
+ * sending; the caller closes. */
+bool peer_refuse_handshake(connection *c, const char *why);
 
 /* A log line about connection `c`, naming its peer. printf-style. */
 void conn_log(const connection *c, extproc_log_level level, const char *fmt, ...)

@@ -37,6 +37,7 @@ typedef struct transport_config {
   uint32_t keepalive_interval_ms;  /* no input for this long: PING */
   uint32_t keepalive_timeout_ms;   /* PING not acknowledged within this: close */
   size_t max_buffered_bytes;       /* incomplete messages, over all connections */
+  struct tls_store *tls;           /* TCP listeners speak TLS with its context; NULL: cleartext */
 } transport_config;
 
 #define TIMEOUT_OFF UINT32_MAX
@@ -83,7 +84,13 @@ typedef enum transport_limit {
  *   deferred_abandoned_total        deferred requests not yet resumed when their loop stopped;
  *                                   each is freed by its late resume
  *   bytes_received_total            bytes read from peers (HTTP/2 framing included)
- *   bytes_sent_total                bytes handed to the sockets for peers
+ *   bytes_sent_total                bytes handed to the sockets for peers (TLS records
+ *                                   included, on TLS listeners)
+ *   tls_handshake_failures_total    TLS connections closed because their handshake failed
+ *                                   (no common version or cipher, no h2 in ALPN, a client
+ *                                   certificate missing or refused, not TLS at all)
+ *   tls_reloads_ok_total            certificate reloads that took effect
+ *   tls_reloads_failed_total        certificate reloads refused (the previous context stays)
  */
 typedef struct transport_stats {
   atomic_uint_fast64_t open_streams;
@@ -105,6 +112,9 @@ typedef struct transport_stats {
   atomic_uint_fast64_t deferred_abandoned;
   atomic_uint_fast64_t bytes_received_total;
   atomic_uint_fast64_t bytes_sent_total;
+  atomic_uint_fast64_t tls_handshake_failures_total;
+  atomic_uint_fast64_t tls_reloads_ok_total;
+  atomic_uint_fast64_t tls_reloads_failed_total;
   /* Not a metric: when each limit's warning may next be logged, and how many were suppressed
    * since the last one (limits.c). */
   struct {
@@ -172,6 +182,9 @@ struct worker {
    * take is copied into a buffer of the connection's own, so idle connections hold none. */
   uint8_t *out_buf;
   size_t out_cap;
+  /* On TLS connections, the round's records: out_buf's bytes encrypted. */
+  uint8_t *tls_buf;
+  size_t tls_cap;
 
   uv_mutex_t lock; /* guards `completed` */
   extproc_request **completed;

@@ -225,6 +225,8 @@ static void close_loop(worker *w) {
   w->completed = NULL;
   free(w->out_buf);
   w->out_buf = NULL;
+  free(w->tls_buf);
+  w->tls_buf = NULL;
 }
 
 int worker_init(worker *w, unsigned index, const transport_config *cfg, transport_stats *stats,

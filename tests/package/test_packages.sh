@@ -83,8 +83,8 @@ expect_depends() { # PACKAGE DEPENDENCY-REGEX...
     depends "$p" | grep -Exc "$d" >/dev/null || fail "$p does not depend on /$d/: $(depends "$p" | paste -sd,)"
   done
 }
-expect_depends libextproc0 'libc6( .*)?' 'libnghttp2-14( .*)?' 'libuv1( .*)?' 'libprotobuf-c1( .*)?' 'libmicrohttpd12( .*)?'
-expect_depends libextproc-dev "libextproc0 \(= $VERSION\)" libnghttp2-dev libuv1-dev libprotobuf-c-dev libmicrohttpd-dev
+expect_depends libextproc0 'libc6( .*)?' 'libnghttp2-14( .*)?' 'libuv1( .*)?' 'libprotobuf-c1( .*)?' 'libmicrohttpd12( .*)?' 'libssl3( .*)?'
+expect_depends libextproc-dev "libextproc0 \(= $VERSION\)" libnghttp2-dev libuv1-dev libprotobuf-c-dev libmicrohttpd-dev libssl-dev
 expect_depends extproc-tools 'libc6( .*)?' 'libssl3( .*)?' 'libcjson1( .*)?' 'libnghttp2-14( .*)?'
 pass "dependencies: libextproc0: $(depends libextproc0 | paste -sd' ')"
 pass "dependencies: libextproc-dev: $(depends libextproc-dev | paste -sd' ')"

@@ -7,6 +7,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +43,8 @@ typedef struct stream_rec {
 
 struct h2_client {
   int fd;
+  SSL_CTX *ssl_ctx; /* TLS mode only (h2_client_connect_tls) */
+  SSL *ssl;
   nghttp2_session *session;
   int timeout_ms;
   bool settings_received;
@@ -348,10 +352,51 @@ static int serialize(h2_client *c) {
   }
 }
 
+/* The reason of OpenSSL's last error, for messages; clears the thread's queue. */
+static const char *ssl_reason(void) {
+  const unsigned long e = ERR_peek_last_error();
+  const char *reason = e ? ERR_reason_error_string(e) : NULL;
+  ERR_clear_error();
+  return reason ? reason : "no OpenSSL error queued";
+}
+
+/* SSL_write or SSL_read's outcome as send/recv would say it: bytes, or -1 with errno EAGAIN
+ * (the record layer needs the socket), or -1 with errno EIO (TLS failed; why on stderr), or 0
+ * (the server ended the session). */
+static ssize_t ssl_outcome(h2_client *c, int n) {
+  if (n > 0) return n;
+  switch (SSL_get_error(c->ssl, n)) {
+  case SSL_ERROR_WANT_READ:
+  case SSL_ERROR_WANT_WRITE: errno = EAGAIN; return -1;
+  case SSL_ERROR_ZERO_RETURN: return 0;
+  case SSL_ERROR_SYSCALL:
+    if (errno == 0) return 0; /* EOF without close_notify */
+    return -1;
+  default:
+    fprintf(stderr, "h2_client: TLS: %s\n", ssl_reason());
+    errno = EIO;
+    return -1;
+  }
+}
+
+static ssize_t send_bytes(h2_client *c, const uint8_t *data, size_t len) {
+  if (!c->ssl) return send(c->fd, data, len, MSG_NOSIGNAL);
+  errno = 0;
+  const ssize_t n = ssl_outcome(c, SSL_write(c->ssl, data, len > INT32_MAX ? INT32_MAX : (int)len));
+  if (n == 0) errno = EPIPE; /* the session ended: nothing more can be written */
+  return n == 0 ? -1 : n;
+}
+
+static ssize_t recv_bytes(h2_client *c, uint8_t *buf, size_t cap) {
+  if (!c->ssl) return recv(c->fd, buf, cap, 0);
+  errno = 0;
+  return ssl_outcome(c, SSL_read(c->ssl, buf, (int)cap));
+}
+
 /* Writes what the socket takes without blocking. */
 static int write_some(h2_client *c) {
   while (c->woff < c->wlen) {
-    const ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
+    const ssize_t n = send_bytes(c, c->wbuf + c->woff, c->wlen - c->woff);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
@@ -371,7 +416,7 @@ static int push_output(h2_client *c) {
 
 static int read_some(h2_client *c) {
   uint8_t buf[READ_CHUNK];
-  const ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+  const ssize_t n = recv_bytes(c, buf, sizeof(buf));
   if (n < 0) {
     if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return 0;
     fail_connection(c, strerror(errno));
@@ -393,7 +438,13 @@ int h2_client_poll(h2_client *c, int timeout_ms) {
   if (c->disconnected || push_output(c) != 0) return -1;
   struct pollfd p = {.fd = c->fd, .events = POLLIN};
   if (c->woff < c->wlen) p.events |= POLLOUT;
-  const int rv = poll(&p, 1, timeout_ms);
+  /* OpenSSL may hold decrypted bytes the socket no longer shows. */
+  if (c->ssl && SSL_has_pending(c->ssl)) timeout_ms = 0;
+  int rv = poll(&p, 1, timeout_ms);
+  if (rv == 0 && c->ssl && SSL_has_pending(c->ssl)) {
+    rv = 1;
+    p.revents = POLLIN;
+  }
   if (rv < 0) return errno == EINTR ? 0 : -1;
   if (rv == 0) return 0;
   if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -542,13 +593,17 @@ static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len, con
   return -1;
 }
 
-static h2_client *client_start(int fd, bool ignore_pings) {
+static h2_client *client_start(int fd, bool ignore_pings, SSL_CTX *ssl_ctx, SSL *ssl) {
   h2_client *c = calloc(1, sizeof(*c));
   if (!c) {
+    SSL_free(ssl);
+    SSL_CTX_free(ssl_ctx);
     close(fd);
     return NULL;
   }
   c->fd = fd;
+  c->ssl_ctx = ssl_ctx;
+  c->ssl = ssl;
   c->timeout_ms = H2_CLIENT_TIMEOUT_MS;
 
   nghttp2_session_callbacks *cb;
@@ -592,7 +647,16 @@ h2_client *h2_client_connect_tcp_ignoring_pings(const char *host, int port) {
   return connect_tcp(host, port, true);
 }
 
+static int tcp_socket(const char *host, int port);
+
 static h2_client *connect_tcp(const char *host, int port, bool ignore_pings) {
+  const int fd = tcp_socket(host, port);
+  if (fd < 0) return NULL;
+  return client_start(fd, ignore_pings, NULL, NULL);
+}
+
+/* A connected TCP socket (non-blocking, TCP_NODELAY), or -1. */
+static int tcp_socket(const char *host, int port) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC,
                            .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
@@ -602,7 +666,7 @@ static h2_client *connect_tcp(const char *host, int port, bool ignore_pings) {
   const int gai = getaddrinfo(host, service, &hints, &ai);
   if (gai != 0) {
     fprintf(stderr, "h2_client: %s: %s\n", host, gai_strerror(gai));
-    return NULL;
+    return -1;
   }
   char what[300];
   snprintf(what, sizeof(what), "%s port %d", host, port);
@@ -611,13 +675,84 @@ static h2_client *connect_tcp(const char *host, int port, bool ignore_pings) {
     if (fd < 0) fprintf(stderr, "h2_client: socket: %s\n", strerror(errno));
     if (fd >= 0) close(fd);
     freeaddrinfo(ai);
-    return NULL;
+    return -1;
   }
   freeaddrinfo(ai);
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  return client_start(fd, ignore_pings);
+  return fd;
 }
+
+/* ---- TLS --------------------------------------------------------------------------------- */
+
+static SSL_CTX *client_context(const h2_client_tls *o) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx) return NULL;
+  bool ok = true;
+  if (o->max_version && o->max_version < TLS1_2_VERSION) {
+    /* OpenSSL 3 sends TLS 1.0 and 1.1 hellos only at security level 0. */
+    SSL_CTX_set_security_level(ctx, 0);
+    ok = SSL_CTX_set_cipher_list(ctx, "DEFAULT:@SECLEVEL=0") == 1;
+  }
+  if (o->min_version) ok = ok && SSL_CTX_set_min_proto_version(ctx, o->min_version) == 1;
+  if (o->max_version) ok = ok && SSL_CTX_set_max_proto_version(ctx, o->max_version) == 1;
+  if (o->ca_file) {
+    ok = ok && SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) == 1;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  }
+  if (o->cert_file)
+    ok = ok && SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) == 1 &&
+         SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) == 1;
+  static const unsigned char h2[] = {2, 'h', '2'};
+  const unsigned char *alpn = o->alpn ? (const unsigned char *)o->alpn : h2;
+  const size_t alpn_len = o->alpn ? strlen(o->alpn) : sizeof(h2);
+  if (alpn_len) ok = ok && SSL_CTX_set_alpn_protos(ctx, alpn, (unsigned)alpn_len) == 0;
+  if (!ok) {
+    fprintf(stderr, "h2_client: TLS setup: %s\n", ssl_reason());
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+/* Runs the handshake on the non-blocking socket, bounded by the client's timeout. */
+static bool handshake(SSL *ssl, int fd) {
+  const int64_t deadline = now_ms() + H2_CLIENT_TIMEOUT_MS;
+  for (;;) {
+    const int rv = SSL_connect(ssl);
+    if (rv == 1) return true;
+    const int err = SSL_get_error(ssl, rv);
+    if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+      fprintf(stderr, "h2_client: TLS handshake: %s\n", ssl_reason());
+      return false;
+    }
+    const int64_t left = deadline - now_ms();
+    struct pollfd p = {.fd = fd, .events = err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
+    if (left <= 0 || poll(&p, 1, (int)left) == 0) {
+      fprintf(stderr, "h2_client: TLS handshake: timed out\n");
+      return false;
+    }
+  }
+}
+
+h2_client *h2_client_connect_tls(const char *host, int port, const h2_client_tls *opts) {
+  SSL_CTX *ctx = client_context(opts);
+  if (!ctx) return NULL;
+  const int fd = tcp_socket(host, port);
+  SSL *ssl = fd >= 0 ? SSL_new(ctx) : NULL;
+  if (!ssl || SSL_set_fd(ssl, fd) != 1 ||
+      (opts->sni &&
+       (SSL_set_tlsext_host_name(ssl, opts->sni) != 1 || SSL_set1_host(ssl, opts->sni) != 1)) ||
+      !handshake(ssl, fd)) {
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  return client_start(fd, false, ctx, ssl);
+}
+
+void *h2_client_tls_session(const h2_client *c) { return c->ssl; }
 
 h2_client *h2_client_connect_unix(const char *path) {
   struct sockaddr_un sun = {.sun_family = AF_UNIX};
@@ -629,7 +764,7 @@ h2_client *h2_client_connect_unix(const char *path) {
     if (fd >= 0) close(fd);
     return NULL;
   }
-  return client_start(fd, false);
+  return client_start(fd, false, NULL, NULL);
 }
 
 void h2_client_set_timeout(h2_client *c, int timeout_ms) {
@@ -660,6 +795,8 @@ void h2_client_close_socket(h2_client *c, bool tcp_reset) {
 
 void h2_client_free(h2_client *c) {
   if (!c) return;
+  SSL_free(c->ssl);
+  SSL_CTX_free(c->ssl_ctx);
   if (c->fd >= 0) close(c->fd);
   nghttp2_session_del(c->session); /* does not call on_stream_close */
   for (size_t i = 0; i < c->streams_cap; i++)

@@ -63,6 +63,26 @@ h2_client *h2_client_connect_tcp_ignoring_pings(const char *host, int port);
 /* The same over a unix stream socket at `path`. */
 h2_client *h2_client_connect_unix(const char *path);
 
+/* TLS settings of h2_client_connect_tls(). Zero fields take the library's defaults. */
+typedef struct h2_client_tls {
+  const char *ca_file;   /* verifies the server's certificate against it; NULL: no check */
+  const char *sni;       /* server name sent (SNI) and checked against the certificate */
+  const char *cert_file; /* the client's certificate (PEM) for mutual TLS; NULL: none */
+  const char *key_file;  /* its key */
+  int min_version;       /* e.g. TLS1_2_VERSION */
+  int max_version;       /* e.g. TLS1_1_VERSION (security level 0 is then allowed) */
+  const char *alpn;      /* ALPN in wire format ("\x08http/1.1"); NULL: h2; "": none */
+} h2_client_tls;
+
+/* h2_client_connect_tcp over TLS: the TLS handshake (bounded by the timeout), then the HTTP/2
+ * preface and the server's SETTINGS. NULL on failure (why on stderr), also when the server
+ * refuses the client after the client's side of the handshake (TLS 1.3 client certificates). */
+h2_client *h2_client_connect_tls(const char *host, int port, const h2_client_tls *opts);
+
+/* The connection's OpenSSL SSL object (to read the peer's certificate, ALPN, version); NULL on
+ * a cleartext client. */
+void *h2_client_tls_session(const h2_client *c);
+
 /* Changes the bound of every later wait (milliseconds, > 0). */
 void h2_client_set_timeout(h2_client *c, int timeout_ms);
 

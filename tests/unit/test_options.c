@@ -74,6 +74,28 @@ static void test_flags_set_every_field(void **state) {
   assert_false(s.services_from_env);
 }
 
+/* TLS files are paths kept as given; the unix socket mode is octal, within 0 to 0777. */
+static void test_tls_files_and_octal_mode(void **state) {
+  (void)state;
+  main_settings s;
+  assert_int_equal(
+      parse(&s, ENV("EXTPROC_TLS_CLIENT_CA", "/etc/ca.pem"),
+            ARGS("--tls-cert", "/etc/c.pem", "--tls-key=/etc/k.pem", "--unix-socket-mode", "0660")),
+      OPTIONS_RUN);
+  assert_string_equal(s.server.tls_cert_file, "/etc/c.pem");
+  assert_string_equal(s.server.tls_key_file, "/etc/k.pem");
+  assert_string_equal(s.server.tls_client_ca_file, "/etc/ca.pem");
+  assert_int_equal(s.server.unix_socket_mode, 0660);
+  assert_int_equal(parse(&s, ENV("EXTPROC_UNIX_SOCKET_MODE", "600"), NULL), OPTIONS_RUN);
+  assert_int_equal(s.server.unix_socket_mode, 0600);
+  assert_int_equal(parse(&s, NULL, ARGS("--unix-socket-mode", "0680")), OPTIONS_BAD);
+  assert_string_equal(error,
+                      "--unix-socket-mode: '0680' is not an octal number (allowed: 0 to 0777)");
+  assert_int_equal(parse(&s, NULL, ARGS("--unix-socket-mode", "1777")), OPTIONS_BAD);
+  assert_string_equal(error, "--unix-socket-mode: 1777 is out of range (allowed: 0 to 0777)");
+  assert_int_equal(parse(&s, NULL, ARGS("--tls-cert", "")), OPTIONS_BAD);
+}
+
 static void test_units(void **state) {
   (void)state;
   static const struct {
@@ -211,6 +233,7 @@ int main(void) {
       cmocka_unit_test(test_defaults_match_the_server),
       cmocka_unit_test(test_flags_set_every_field),
       cmocka_unit_test(test_units),
+      cmocka_unit_test(test_tls_files_and_octal_mode),
       cmocka_unit_test(test_environment_and_precedence),
       cmocka_unit_test(test_bad_values_name_the_flag_and_range),
       cmocka_unit_test(test_help_and_version),
