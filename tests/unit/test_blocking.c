@@ -30,25 +30,7 @@
 
 #define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
-enum {
-  WATCHDOG_SECONDS = 180,
-  BLOCKING_STREAMS = 64,
-  BLOCKING_SLEEP_MS = 50,
-  POOL_THREADS = 2,
-  QUICK_REQUESTS = 200
-};
-
-static int setup(void **state) {
-  (void)state;
-  alarm(WATCHDOG_SECONDS);
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  alarm(0);
-  return 0;
-}
+enum { BLOCKING_STREAMS = 64, BLOCKING_SLEEP_MS = 50, POOL_THREADS = 2, QUICK_REQUESTS = 200 };
 
 static atomic_int g_blocking_started, g_blocking_done;
 
@@ -247,7 +229,8 @@ static void test_blocking_pool_keeps_the_loop_free(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_blocking_pool_keeps_the_loop_free, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_blocking_pool_keeps_the_loop_free, watchdog_setup,
+                                      watchdog_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,19 +24,7 @@
 #include "test_util.h"
 #include "testing/envoy_request.h"
 
-enum { WATCHDOG_SECONDS = 120, WAIT_MS = 20000 };
-
-static int setup(void **state) {
-  (void)state;
-  alarm(WATCHDOG_SECONDS);
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  alarm(0);
-  return 0;
-}
+enum { WAIT_MS = 20000 };
 
 static const char *const get_headers[] = {":method",      "GET", ":path", "/",
                                           "x-request-id", "d-1", NULL};
@@ -521,15 +509,24 @@ static void test_deadline_while_running(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_body_accumulate_limit, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_deadline_fails_the_stream, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_deadline_immediate_response, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_resume_before_deadline, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_resume_races_deadline, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_blocking_callback_in_harness, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_blocking_callback_past_deadline, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_deadline_while_queued, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_deadline_while_running, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_body_accumulate_limit, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_deadline_fails_the_stream, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_deadline_immediate_response, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_resume_before_deadline, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_resume_races_deadline, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_blocking_callback_in_harness, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_blocking_callback_past_deadline, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_deadline_while_queued, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_deadline_while_running, watchdog_setup,
+                                      watchdog_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

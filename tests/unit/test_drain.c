@@ -42,23 +42,11 @@ enum {
 
 /* Bounds for waits only a bug makes long. A drain this long never ends by itself in a test: the
  * test ends it with extproc_server_stop_now(). */
-enum { WAIT_MS = 20000, LONG_MS = 60000, TEST_WATCHDOG_SECONDS = 120 };
+enum { WAIT_MS = 20000, LONG_MS = 60000 };
 /* How much longer than its grace period a stop may take: closing loops and joining threads,
  * with room for the sanitizers. A correctness bound (without the fix the wait never returns),
  * not a performance figure. */
 enum { STOP_BOUND_MS = 5000 };
-
-static int setup(void **state) {
-  (void)state;
-  alarm(TEST_WATCHDOG_SECONDS);
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  alarm(0);
-  return 0;
-}
 
 /* ---- Processors ---------------------------------------------------------------------------- */
 
@@ -514,13 +502,15 @@ static void test_resumes_racing_the_abandon(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_drain_reports_not_serving_and_keeps_serving, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_watches_end_when_the_listeners_close, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_health_listen, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_deferred_answer_abandoned_when_the_grace_runs_out, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_resumes_racing_the_abandon, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_drain_reports_not_serving_and_keeps_serving,
+                                      watchdog_setup, watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_watches_end_when_the_listeners_close, watchdog_setup,
+                                      watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_health_listen, watchdog_setup, watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_deferred_answer_abandoned_when_the_grace_runs_out,
+                                      watchdog_setup, watchdog_teardown),
+      cmocka_unit_test_setup_teardown(test_resumes_racing_the_abandon, watchdog_setup,
+                                      watchdog_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t now_ms(void) {
   struct timespec ts;
@@ -57,4 +58,16 @@ uint8_t *nested_attributes(unsigned depth, uint8_t **start, size_t *len) {
   *start = p;
   *len = (size_t)(end - p);
   return buf;
+}
+
+int watchdog_setup(void **state) {
+  (void)state;
+  alarm(TEST_WATCHDOG_SECONDS_DEFAULT);
+  return 0;
+}
+
+int watchdog_teardown(void **state) {
+  (void)state;
+  alarm(0);
+  return 0;
 }

@@ -15,4 +15,11 @@ void sleep_ms(long ms);
  * message is its last *len bytes, from *start. NULL on out-of-memory. */
 uint8_t *nested_attributes(unsigned depth, uint8_t **start, size_t *len);
 
+/* cmocka setup and teardown bounding each test with alarm(): a test that hangs (only a bug
+ * makes one) is ended by SIGALRM, whose default action fails the run, instead of stalling the
+ * suite. */
+enum { TEST_WATCHDOG_SECONDS_DEFAULT = 240 };
+int watchdog_setup(void **state);
+int watchdog_teardown(void **state);
+
 #endif
