@@ -20,7 +20,18 @@
 typedef struct auth_state {
   auth_settings settings;
   auth_store store;
+  atomic_bool told_unconfigured; /* the "no keys" error was logged */
 } auth_state;
+
+/* Served without any key file, the processor fails closed; it says so once, when first used
+ * (not at creation: the runner creates it even when it serves other processors only). */
+static void warn_if_unconfigured(extproc_request *req, auth_state *st) {
+  if (auth_settings_have_keys(&st->settings) || atomic_exchange(&st->told_unconfigured, true))
+    return;
+  extproc_log(req, EXTPROC_LOG_ERROR,
+              "auth: no keys configured (EXTPROC_AUTH_HS256_SECRET_FILE, EXTPROC_AUTH_JWKS_FILE, "
+              "EXTPROC_AUTH_API_KEYS_FILE): every request is refused");
+}
 
 /* ---- Refusing ---------------------------------------------------------------------------- */
 
@@ -135,6 +146,7 @@ static extproc_result admit(extproc_request *req, const auth_settings *s, const 
 static extproc_result on_request_headers(extproc_request *req, void *ctx) {
   (void)ctx;
   auth_state *st = extproc_request_user_data(req);
+  warn_if_unconfigured(req, st);
   const char *authorization = NULL;
   /* Two authorization headers are ambiguous (which one would the upstream read?): refused. */
   const size_t count = extproc_header_get_all(req, "authorization", &authorization, 1);

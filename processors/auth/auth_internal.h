@@ -52,7 +52,14 @@ typedef struct auth_settings {
   long reload_interval_s; /* 0: files are read once, at start */
 } auth_settings;
 
-/* Reads every EXTPROC_AUTH_* variable. Returns 0, or -1 after logging the bad setting. */
+/* Whether any key file is configured. */
+static inline bool auth_settings_have_keys(const auth_settings *s) {
+  return s->hs256_secret_file || s->jwks_file || s->api_keys_file;
+}
+
+/* Reads every EXTPROC_AUTH_* variable. Returns 0, or -1 after logging the bad setting. No key
+ * file at all is not an error here: the runner creates every processor it could serve, so an
+ * unconfigured auth processor must still be created; it then refuses every request. */
 int auth_settings_load(auth_settings *s);
 void auth_settings_free(auth_settings *s);
 

@@ -103,14 +103,6 @@ static int parse_forwards(auth_settings *s) {
   return rv;
 }
 
-static int check_sources(const auth_settings *s) {
-  if (s->hs256_secret_file || s->jwks_file || s->api_keys_file) return 0;
-  extproc_log(NULL, EXTPROC_LOG_ERROR,
-              "auth: no keys configured: set EXTPROC_AUTH_HS256_SECRET_FILE, "
-              "EXTPROC_AUTH_JWKS_FILE or EXTPROC_AUTH_API_KEYS_FILE");
-  return -1;
-}
-
 int auth_settings_load(auth_settings *s) {
   memset(s, 0, sizeof(*s));
   if (dup_env("EXTPROC_AUTH_HS256_SECRET_FILE", NULL, &s->hs256_secret_file) ||
@@ -146,7 +138,7 @@ int auth_settings_load(auth_settings *s) {
       seconds_env("EXTPROC_AUTH_RELOAD_INTERVAL", DEFAULT_RELOAD_INTERVAL_S, MAX_RELOAD_INTERVAL_S,
                   &s->reload_interval_s))
     return -1;
-  return check_sources(s);
+  return 0;
 }
 
 void auth_settings_free(auth_settings *s) {

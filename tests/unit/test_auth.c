@@ -95,6 +95,30 @@ static void test_bad_settings_create_no_processor(void **state) {
   unsetenv("EXTPROC_AUTH_CLOCK_SKEW");
 }
 
+/* The runner creates every processor, served or not: without key files the processor is still
+ * created, and refuses every request. */
+static void test_unconfigured_processor_refuses_everything(void **state) {
+  (void)state;
+  unsetenv("EXTPROC_AUTH_HS256_SECRET_FILE");
+  unsetenv("EXTPROC_AUTH_API_KEYS_FILE");
+  extproc_processor *proc = auth_processor_new();
+  assert_non_null(proc);
+  extproc_harness *h;
+  char *token = mint(SECRET_A, "api", 60);
+  char auth[1024];
+  snprintf(auth, sizeof(auth), "Bearer %s", token);
+  const char *req[] = {":method", "GET",       ":path", "/", "authorization",
+                       auth,      "x-api-key", "k1",    NULL};
+  assert_int_equal(extproc_harness_new(&h, proc), 0);
+  assert_int_equal(extproc_harness_headers(h, EXTPROC_REQUEST_HEADERS, req, true), 0);
+  const extproc_harness_reply *r = extproc_harness_immediate_response(h);
+  assert_non_null(r);
+  assert_int_equal(r->immediate_status, 401);
+  extproc_harness_free(h);
+  free(token);
+  extproc_processor_free(proc);
+}
+
 static void test_short_secret_is_refused(void **state) {
   fixture *fx = *state;
   write_file(fx->secret, "too-short\n");
@@ -235,6 +259,8 @@ static void test_reloads_while_threads_check_tokens(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_bad_settings_create_no_processor, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unconfigured_processor_refuses_everything, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_short_secret_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused_and_admitted_requests, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reloads_while_threads_check_tokens, setup, teardown),
