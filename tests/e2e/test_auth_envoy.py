@@ -353,5 +353,6 @@ def test_keys_rotate_while_load_runs(tmp_path_factory):
                 t.join()
         assert not failures, failures[:5]
         assert sum(counts) > 0
+        print(f"rotation: {sum(counts)} load requests, all admitted")
         log = Path(s.log_dir / "processor.log").read_text()
         assert log.count("auth: keys reloaded") == 2, log[-3000:]
