@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "examples.h"
 
 const example examples[] = {
@@ -21,6 +22,8 @@ const example examples[] = {
      ctx_processor_new},
     {"ProtocolExtProcService", "protocol", "every body mode and reply field, driven by x-test-*",
      protocol_processor_new},
+    {"AuthExtProcService", "auth", "bearer JWT or API key required; claims forwarded upstream",
+     auth_processor_new},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   build-essential cmake pkg-config clang-format
   libnghttp2-dev libuv1-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler
-  libprotobuf-dev protobuf-compiler libcmocka-dev libcjson-dev libmicrohttpd-dev
+  libprotobuf-dev protobuf-compiler libcmocka-dev libcjson-dev libmicrohttpd-dev libjwt-dev
   python3 python3-venv curl cargo doxygen openssl
   dpkg-dev file man-db groff-base podman runc
 )

@@ -310,6 +310,18 @@ EXTPROC_API int extproc_processor_set_max_body_accumulate(extproc_processor *pro
 /** Sets the pointer returned by extproc_request_user_data(). Not owned. Call before serving. */
 EXTPROC_API void extproc_processor_set_user_data(extproc_processor *proc, void *user_data);
 
+/** Frees a processor's user_data; called with it by extproc_processor_free(). */
+typedef void (*extproc_user_data_free_fn)(void *user_data);
+
+/** Hands the user_data (see extproc_processor_set_user_data()) to the processor: `free_fn` is
+ * called once with it when the processor is freed (extproc_processor_free()), after serving has
+ * ended, unless user_data is NULL then. NULL (the default) leaves user_data owned by the
+ * caller. Lets a processor constructor keep processor-wide state (settings, loaded keys) whose
+ * lifetime is the processor's. Returns 0 or EXTPROC_EINVAL (NULL processor). Not thread-safe:
+ * call before serving. */
+EXTPROC_API int extproc_processor_set_user_data_free(extproc_processor *proc,
+                                                     extproc_user_data_free_fn free_fn);
+
 /** Returns the processor's name (owned by the processor), or "" for NULL. */
 EXTPROC_API const char *extproc_processor_name(const extproc_processor *proc);
 

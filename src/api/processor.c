@@ -118,10 +118,18 @@ void extproc_processor_set_user_data(extproc_processor *proc, void *user_data) {
   if (proc) proc->user_data = user_data;
 }
 
+int extproc_processor_set_user_data_free(extproc_processor *proc,
+                                         extproc_user_data_free_fn free_fn) {
+  if (!proc) return EXTPROC_EINVAL;
+  proc->user_data_free = free_fn;
+  return 0;
+}
+
 const char *extproc_processor_name(const extproc_processor *proc) { return proc ? proc->name : ""; }
 
 void extproc_processor_free(extproc_processor *proc) {
   if (!proc) return;
+  if (proc->user_data_free && proc->user_data) proc->user_data_free(proc->user_data);
   free(proc->name);
   free(proc->chain_header);
   free(proc);

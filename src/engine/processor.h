@@ -17,7 +17,8 @@ struct extproc_processor {
   extproc_error_policy on_error;
   uint32_t error_http_status;
   void *user_data;
-  char *chain_header;   /* NULL unless the chain is revealed */
+  extproc_user_data_free_fn user_data_free; /* owns user_data when set */
+  char *chain_header;                       /* NULL unless the chain is revealed */
   bool blocking;        /* callbacks run on the server's blocking pool, not on the loop */
   uint32_t deadline_ms; /* a deferred phase's deadline; 0 for none */
   size_t max_body_accumulate_bytes; /* extproc_body_accumulate()'s cap per direction */

@@ -92,6 +92,30 @@ static void test_a_newer_caller_is_refused_only_if_it_uses_unknown_fields(void *
   assert_null(p);
 }
 
+static int user_data_frees;
+static void count_user_data_free(void *user_data) {
+  assert_ptr_equal(user_data, &user_data_frees);
+  user_data_frees++;
+}
+
+/* A processor owns its user_data once given a free function, and frees it exactly once. */
+static void test_processor_frees_its_user_data_when_asked(void **state) {
+  (void)state;
+  assert_int_equal(extproc_processor_set_user_data_free(NULL, count_user_data_free),
+                   EXTPROC_EINVAL);
+  extproc_processor *p;
+  assert_int_equal(extproc_processor_new(&p, "owner"), 0);
+  extproc_processor_set_user_data(p, &user_data_frees);
+  assert_int_equal(extproc_processor_set_user_data_free(p, count_user_data_free), 0);
+  extproc_processor_free(p);
+  assert_int_equal(user_data_frees, 1);
+  /* Without user_data there is nothing to free. */
+  assert_int_equal(extproc_processor_new(&p, "empty"), 0);
+  assert_int_equal(extproc_processor_set_user_data_free(p, count_user_data_free), 0);
+  extproc_processor_free(p);
+  assert_int_equal(user_data_frees, 1);
+}
+
 static void test_constructors_tell_a_bad_argument(void **state) {
   (void)state;
   extproc_processor *p;
@@ -318,6 +342,7 @@ int main(void) {
       cmocka_unit_test(test_an_older_caller_gets_defaults_for_new_fields),
       cmocka_unit_test(test_a_newer_caller_is_refused_only_if_it_uses_unknown_fields),
       cmocka_unit_test(test_constructors_tell_a_bad_argument),
+      cmocka_unit_test(test_processor_frees_its_user_data_when_asked),
       cmocka_unit_test(test_header_writes_in_a_full_duplex_body_phase_are_refused),
       cmocka_unit_test(test_nothing_is_recorded_in_observability_mode),
       cmocka_unit_test(test_writes_after_an_immediate_response_and_response_route_cache),
