@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "examples.h"
+#include "idempotency.h"
 
 const example examples[] = {
     {"BaseExtProcService", "base", "does nothing; logs every phase at debug level",
@@ -21,6 +22,9 @@ const example examples[] = {
      ctx_processor_new},
     {"ProtocolExtProcService", "protocol", "every body mode and reply field, driven by x-test-*",
      protocol_processor_new},
+    {"IdempotencyExtProcService", "idempotency",
+     "POST/PATCH with Idempotency-Key reach the upstream once; repeats replayed from Redis",
+     idempotency_processor_new},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 
