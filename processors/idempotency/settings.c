@@ -75,8 +75,11 @@ static int load_address(idem_settings *s) {
   const long port = strtol(colon + 1, &end, 10);
   if (*end || end == colon + 1 || port < 1 || port > 65535)
     return bad(name, v, "the port must be 1..65535");
-  memcpy(s->host, v, (size_t)(colon - v));
-  s->host[colon - v] = '\0';
+  /* [IPV6]:PORT: hiredis takes the address without brackets. */
+  const bool bracketed = v[0] == '[' && colon[-1] == ']';
+  const size_t len = (size_t)(colon - v) - (bracketed ? 2 : 0);
+  memcpy(s->host, v + bracketed, len);
+  s->host[len] = '\0';
   s->port = (int)port;
   return 0;
 }
