@@ -4,6 +4,7 @@
 
 #include "auth.h"
 #include "examples.h"
+#include "idempotency.h"
 
 const example examples[] = {
     {"BaseExtProcService", "base", "does nothing; logs every phase at debug level",
@@ -24,6 +25,9 @@ const example examples[] = {
      protocol_processor_new},
     {"AuthExtProcService", "auth", "bearer JWT or API key required; claims forwarded upstream",
      auth_processor_new},
+    {"IdempotencyExtProcService", "idempotency",
+     "POST/PATCH with Idempotency-Key reach the upstream once; repeats replayed from Redis",
+     idempotency_processor_new},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 

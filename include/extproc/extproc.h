@@ -341,6 +341,32 @@ EXTPROC_API const extproc_request_info *extproc_request_get_info(const extproc_r
 /** The processor's user_data (see extproc_processor_def.user_data). */
 EXTPROC_API void *extproc_request_user_data(const extproc_request *req);
 
+/** The event loop the request's stream runs on: a libuv `uv_loop_t *` (returned as `void *`, so
+ * that this header does not need libuv's), for processors that answer through an asynchronous
+ * client on the stream's own loop instead of a thread: attach the client's handles to it,
+ * call extproc_request_defer() and return EXTPROC_DEFER, then call extproc_request_resume() from
+ * the client's callback on the same loop (one loop per worker thread; all streams of a
+ * connection share it).
+ *
+ * Returns NULL for a NULL request and in the in-process testing harness (testing.h), which has
+ * no loop: a processor must then answer without one (fall back, or refuse the phase).
+ *
+ * Thread: use the loop only on its own thread, i.e. from a non-blocking callback of a request
+ * on it, from context_cleanup, or from callbacks of handles on that loop; libuv loops are not
+ * thread-safe. A blocking callback (extproc_processor_set_blocking) runs on a pool thread and
+ * must not touch it.
+ *
+ * Lifetime: the loop is owned by the server and outlives every stream on it; the same pointer
+ * is returned for every request on that worker until the server stops. Key per-loop state
+ * (e.g. one client connection per loop) by it. Handles a processor starts on the loop must be
+ * unreferenced (`uv_unref()`), or they keep the loop, and so extproc_server_stop(), from
+ * finishing. When the server stops, once every stream on a loop has ended, the server closes
+ * every handle still open on it (without calling their owners' close callbacks) and frees the
+ * loop: after extproc_server_wait() has returned (or extproc_server_free(), which waits),
+ * neither the loop nor the processor's handles on it may be touched, only the processor's own
+ * memory released. */
+EXTPROC_API void *extproc_request_loop(const extproc_request *req);
+
 /** The name of the processor serving this request. */
 EXTPROC_API const char *extproc_request_processor_name(const extproc_request *req);
 

@@ -19,6 +19,8 @@ void *extproc_request_user_data(const extproc_request *req) {
   return req ? req->proc->user_data : NULL;
 }
 
+void *extproc_request_loop(const extproc_request *req) { return req ? req->poster.loop : NULL; }
+
 const char *extproc_request_processor_name(const extproc_request *req) {
   return req ? req->proc->name : NULL;
 }

@@ -97,6 +97,9 @@ typedef struct stream_poster {
   /* Runs blocking processors' callbacks; NULL runs them on the loop thread, as others. */
   struct task_pool *pool;
   engine_stats *stats; /* may be NULL */
+  /* The loop the stream runs on, opaque to the engine (the transport's uv_loop_t), handed to
+   * processors by extproc_request_loop(); NULL where there is none (the testing harness). */
+  void *loop;
 } stream_poster;
 
 /* Opens a stream for `proc`. `sink` is static; `io` and `poster` are the transport's.

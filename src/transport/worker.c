@@ -43,7 +43,8 @@ stream_poster worker_poster(worker *w) {
                          .timer_start = worker_timer_start,
                          .timer_stop = worker_timer_stop,
                          .pool = w->cfg->pool,
-                         .stats = w->cfg->engine_stats};
+                         .stats = w->cfg->engine_stats,
+                         .loop = &w->loop};
 }
 
 static void run_completions(worker *w) {
