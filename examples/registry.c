@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access_log.h"
 #include "examples.h"
 
 const example examples[] = {
@@ -21,6 +22,8 @@ const example examples[] = {
      ctx_processor_new},
     {"ProtocolExtProcService", "protocol", "every body mode and reply field, driven by x-test-*",
      protocol_processor_new},
+    {"AccessLogExtProcService", "access-log", "one JSON line per exchange, to a file or stdout",
+     access_log_processor_new},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 
