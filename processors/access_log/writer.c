@@ -55,6 +55,7 @@ struct al_writer {
   int fd;
   uint64_t size;      /* bytes in the file, as far as this writer knows */
   uint64_t reopen_at; /* monotonic ms before which no open is tried */
+  int failing;        /* errno of the last write if it failed, else 0 */
   uint64_t reported_drops, last_report;
 };
 
@@ -138,10 +139,18 @@ static void write_out(al_writer *w, size_t lines, size_t used, uint64_t *written
   if (err == 0) {
     w->size += used;
     *written += lines;
+    if (w->failing)
+      extproc_log(NULL, EXTPROC_LOG_WARN, "access-log: writing %s works again", w->path);
+    w->failing = 0;
     return;
   }
   *lost += lines;
-  extproc_log(NULL, EXTPROC_LOG_ERROR, "access-log: writing %s failed: %s", w->path, strerror(err));
+  /* Once per spell of failures: the drop reports count the lines lost meanwhile. */
+  if (err != w->failing)
+    extproc_log(NULL, EXTPROC_LOG_ERROR,
+                "access-log: writing %s failed: %s; lines are dropped until it works again",
+                w->path, strerror(err));
+  w->failing = err;
   if (w->to_stdout) return;
   if (ftruncate(w->fd, (off_t)w->size) != 0) w->size = 0; /* unknown now: reread at reopen */
   close_file(w);
