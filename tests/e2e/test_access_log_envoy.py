@@ -6,7 +6,8 @@ Each mode gets 1,000 requests from 32 concurrent clients, a mix of GETs, JSON lo
 a password, text uploads larger than the body cap, and server-sent event streams. The log must
 then hold exactly one well-formed JSON line per request whose fields match what the client sent
 and got and what the upstream saw; credentials must appear nowhere in it; and it must have been
-rotated. A second stack logs onto a full disk (a 256 KiB tmpfs): every request still succeeds,
+rotated. A client leaving mid-stream still gets its line, marked incomplete. A second stack
+logs onto a full disk (a 256 KiB tmpfs): every request still succeeds,
 and the lines that could not be written are counted and reported.
 """
 
@@ -318,3 +319,27 @@ def test_full_disk_drops_lines_never_requests(tmp_path):
                 time.sleep(0.2)
             assert dropped > 0, procs[1].tail()
             assert written + dropped == REQUESTS, (written, dropped)
+
+
+def test_client_gone_midstream_still_logged(logged):
+    """A client that leaves in the middle of an event stream: Envoy ends the exchange before
+    the response's end, and the line is still written, marked incomplete."""
+    path, ports, _ = logged
+    rid = f"gone-{uuid.uuid4().hex[:8]}"
+    conn = http.client.HTTPConnection("127.0.0.1", ports["streamed"], timeout=10)
+    conn.request("GET", "/events/gone", headers={"x-request-id": rid,
+                                                 "x-echo-response-sse": "64"})
+    reply = conn.getresponse()
+    assert reply.status == 200
+    assert reply.read1(100)  # the stream has begun: 63 more events would take 0.6 s
+    conn.close()
+    (line,) = lines_for(path, rid, 1)
+    assert line["complete"] is False
+    assert line["status"] == 200 and line["path"] == "/events/gone"
+    # The first events only: the whole stream is longer.
+    conn = http.client.HTTPConnection("127.0.0.1", ports["streamed"], timeout=10)
+    conn.request("GET", "/events/gone", headers={"x-request-id": rid + "-whole",
+                                                 "x-echo-response-sse": "64"})
+    whole = conn.getresponse().read()
+    conn.close()
+    assert 0 < line["response_bytes"] < len(whole) - 200, (line["response_bytes"], len(whole))
