@@ -5,10 +5,10 @@ trailers SEND) in front of tools/echo_upstream.py, one runner serving the access
 Each mode gets 1,000 requests from 32 concurrent clients, a mix of GETs, JSON logins carrying
 a password, text uploads larger than the body cap, and server-sent event streams. The log must
 then hold exactly one well-formed JSON line per request whose fields match what the client sent
-and got and what the upstream saw; credentials must appear nowhere in it; and it must have been
-rotated. A client leaving mid-stream still gets its line, marked incomplete. A second stack
-logs onto a full disk (a 256 KiB tmpfs): every request still succeeds,
-and the lines that could not be written are counted and reported.
+and got and what the upstream saw; passwords and authorization headers must be redacted; and
+it must have been rotated. A client leaving mid-stream still gets its line, marked incomplete.
+A second stack logs onto a full disk (a 256 KiB tmpfs): every request still succeeds, and the
+lines that could not be written are counted and reported.
 """
 
 import contextlib
