@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access_log.h"
 #include "auth.h"
 #include "examples.h"
 #include "idempotency.h"
@@ -28,6 +29,8 @@ const example examples[] = {
     {"IdempotencyExtProcService", "idempotency",
      "POST/PATCH with Idempotency-Key reach the upstream once; repeats replayed from Redis",
      idempotency_processor_new},
+    {"AccessLogExtProcService", "access-log", "one JSON line per exchange, to a file or stdout",
+     access_log_processor_new},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 

@@ -18,6 +18,9 @@ Every request, whatever its method, gets `200 OK` with a JSON body describing wh
 - A request header `x-echo-response-chunks: N` (1 to 64) makes the answer use chunked transfer
   coding instead of Content-Length, the JSON split into N pieces of about equal size sent 50 ms
   apart, so that a proxy sees (and a test of streamed response bodies gets) N separate chunks.
+- A request header `x-echo-response-sse: N` (1 to 64) makes the answer a server-sent event
+  stream (`text/event-stream`, chunked): first `event: echo` whose `data` is the JSON above,
+  then N-1 events `data: tick I`, one chunk each, 10 ms apart, as a streaming API would send.
 - A request header `x-echo-response-headers: NAME=VALUE;NAME=VALUE...` adds those headers to
   the answer, in order (a name given twice is sent twice), so a test can give a processor
   response headers to set, append to, keep or remove.
@@ -99,6 +102,10 @@ class EchoHandler(BaseHTTPRequestHandler):
         if self.trailers:
             doc["trailers"] = self.trailers
         payload = json.dumps(doc).encode()
+        events = self._count_header("x-echo-response-sse")
+        if events:
+            self._send_events(payload, events)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         for item in filter(None, self.headers.get("x-echo-response-headers", "").split(";")):
@@ -123,13 +130,35 @@ class EchoHandler(BaseHTTPRequestHandler):
             time.sleep(0.05)
         self.wfile.write(b"0\r\n\r\n")
 
-    def _response_chunks(self):
-        """N from x-echo-response-chunks (1..64), else 0: answer with Content-Length."""
+    def _send_events(self, payload, events):
+        """The echo as the first of `events` server-sent events, each its own chunk."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        pieces = [b"event: echo\ndata: " + payload + b"\n\n"]
+        pieces += [b"data: tick %d\n\n" % i for i in range(1, events)]
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(0.01)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _count_header(self, name):
+        """N from header `name` (1..64), else 0."""
         try:
-            n = int(self.headers.get("x-echo-response-chunks", "0"))
+            n = int(self.headers.get(name, "0"))
         except ValueError:
             return 0
         return n if 1 <= n <= 64 else 0
+
+    def _response_chunks(self):
+        """N from x-echo-response-chunks (1..64), else 0: answer with Content-Length."""
+        return self._count_header("x-echo-response-chunks")
 
     def log_message(self, format, *args):
         # Access logs are off by default: a 500-request test would bury useful output.

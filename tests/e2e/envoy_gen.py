@@ -184,17 +184,18 @@ def _listener(name, mode, port, log_dir):
     return listener
 
 
-def config(ports, admin_port, echo_port, processor, log_dir):
+def config(ports, admin_port, echo_port, processor, log_dir, listeners=None):
     """The configuration's text.
 
-    ports maps each LISTENERS name to its listener port; processor is ("tcp", port) or
-    ("unix", path); access logs go to log_dir.
+    ports maps each LISTENERS name (or each of `listeners`, a subset of them) to its listener
+    port; processor is ("tcp", port) or ("unix", path); access logs go to log_dir.
     """
-    assert set(ports) == set(LISTENERS), sorted(ports)
+    chosen = {n: LISTENERS[n] for n in (listeners or LISTENERS)}
+    assert set(ports) == set(chosen), sorted(ports)
     doc = {
         "admin": {"address": _socket(("tcp", admin_port))},
         "static_resources": {
-            "listeners": [_listener(n, m, ports[n], log_dir) for n, m in LISTENERS.items()],
+            "listeners": [_listener(n, m, ports[n], log_dir) for n, m in chosen.items()],
             "clusters": [
                 {
                     "name": UPSTREAM_CLUSTER,
