@@ -124,8 +124,8 @@ typedef struct extproc_server_options {
    * is dropped: messages that fit in the windows already granted still complete), until enough
    * messages complete or streams end. Besides this, each connection buffers at most 2 x
    * max_message_bytes, and a peer may always fill the windows it was granted (1 MiB per stream,
-   * 16 MiB per connection). Default 256 MiB, or max_message_bytes if that is larger; a value
-   * set below max_message_bytes is refused. */
+   * 16 MiB per connection). 0 (what extproc_server_options_init() sets) means 256 MiB, or
+   * max_message_bytes if that is larger; a value set below max_message_bytes is refused. */
   size_t max_buffered_bytes;
 } extproc_server_options;
 

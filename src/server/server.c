@@ -26,6 +26,10 @@
  * of a host too busy to answer in time. */
 enum { DEFAULT_DRAIN_DELAY_MS = 3000 };
 
+/* Incomplete messages buffered over the whole server when max_buffered_bytes is left 0 (unless
+ * max_message_bytes is larger): sixteen default-sized (16 MiB) messages at once. */
+#define DEFAULT_MAX_BUFFERED_BYTES ((size_t)256 << 20)
+
 struct extproc_server {
   extproc_server_options opts;
   transport_config cfg;
@@ -74,7 +78,9 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->idle_timeout_ms = 2 * 3600 * 1000;
   opts->keepalive_interval_ms = 60000;
   opts->keepalive_timeout_ms = 20000;
-  opts->max_buffered_bytes = (size_t)256 << 20;
+  /* 0: 256 MiB, or max_message_bytes if larger, decided by extproc_server_new(). A fixed 256 MiB
+   * here would make every max_message_bytes above it refused unless this was raised too. */
+  opts->max_buffered_bytes = 0;
 }
 
 /* Opens the health-only listener as listeners[0]. Returns 0 or a negative extproc_error. */
@@ -128,8 +134,8 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.keepalive_interval_ms == 0) o.keepalive_interval_ms = defaults.keepalive_interval_ms;
   if (o.keepalive_timeout_ms == 0) o.keepalive_timeout_ms = defaults.keepalive_timeout_ms;
   if (o.max_buffered_bytes == 0) /* room for at least one whole message, however large */
-    o.max_buffered_bytes = defaults.max_buffered_bytes > o.max_message_bytes
-                               ? defaults.max_buffered_bytes
+    o.max_buffered_bytes = DEFAULT_MAX_BUFFERED_BYTES > o.max_message_bytes
+                               ? DEFAULT_MAX_BUFFERED_BYTES
                                : o.max_message_bytes;
   if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
       o.blocking_threads > MAX_BLOCKING_THREADS || o.max_buffered_bytes < o.max_message_bytes)

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "extproc/server.h"
 #include "server/options.h"
 
 /* A fake environment: NAME=VALUE pairs, NULL-terminated. */
@@ -172,6 +173,25 @@ static void test_bad_values_name_the_flag_and_range(void **state) {
   expect_bad(ENV("LOG_LEVEL", "loud"), NULL, "LOG_LEVEL: unknown level 'loud'");
 }
 
+/* Every value the table allows must start a server: --max-message-bytes at its largest, alone,
+ * must not be refused for a buffer budget left at its default. */
+static void test_largest_message_limit_alone_is_accepted(void **state) {
+  (void)state;
+  main_settings s;
+  assert_int_equal(parse(&s, NULL, ARGS("--max-message-bytes", "2GiB")), OPTIONS_RUN);
+  extproc_server *srv = NULL;
+  assert_int_equal(extproc_server_new(&srv, &s.server), 0);
+  extproc_server_free(srv);
+  assert_int_equal(parse(&s, NULL, ARGS("--max-message-bytes", "512MiB")), OPTIONS_RUN);
+  assert_int_equal(extproc_server_new(&srv, &s.server), 0);
+  extproc_server_free(srv);
+  /* An explicit budget below the message limit is still refused. */
+  assert_int_equal(
+      parse(&s, NULL, ARGS("--max-message-bytes", "512MiB", "--max-buffered-bytes", "256MiB")),
+      OPTIONS_RUN);
+  assert_int_equal(extproc_server_new(&srv, &s.server), EXTPROC_EINVAL);
+}
+
 static void test_help_and_version(void **state) {
   (void)state;
   main_settings s;
@@ -213,6 +233,7 @@ int main(void) {
       cmocka_unit_test(test_units),
       cmocka_unit_test(test_environment_and_precedence),
       cmocka_unit_test(test_bad_values_name_the_flag_and_range),
+      cmocka_unit_test(test_largest_message_limit_alone_is_accepted),
       cmocka_unit_test(test_help_and_version),
       cmocka_unit_test(test_help_lists_every_option),
   };
