@@ -207,8 +207,10 @@ EXTPROC_API void extproc_server_wait(extproc_server *srv);
 /** Starts the server and blocks until SIGINT or SIGTERM or extproc_server_stop() has stopped it
  * and the workers are done. The first signal drains (extproc_server_stop()); a second one, or a
  * signal during a stop begun by extproc_server_stop(), stops at once
- * (extproc_server_stop_now()). The signals are handled (through libuv) only while it runs;
- * afterwards their disposition is the default one again. Uses one extra thread to wait for the
+ * (extproc_server_stop_now()). SIGHUP, whose default action would end the process without a
+ * drain, is logged (a warning) and otherwise ignored: nothing can be reloaded. The signals are
+ * handled (through libuv) only while it runs; afterwards their disposition is the default one
+ * again. Uses one extra thread to wait for the
  * workers. Returns 0, the error of start, or EXTPROC_EIO if that thread could not be created. */
 EXTPROC_API int extproc_server_run(extproc_server *srv);
 

@@ -242,11 +242,12 @@ int extproc_server_start(extproc_server *srv) {
     if (worker_init(&srv->workers[ready], ready, &srv->cfg, &srv->stats, srv->listeners,
                     srv->listener_count) != 0)
       break;
-  /* Worker threads leave SIGINT/SIGTERM to the thread that runs the server. */
+  /* Worker threads leave SIGINT, SIGTERM and SIGHUP to the thread that runs the server. */
   sigset_t block, old;
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &block, &old);
   if (ready == srv->worker_count)
     while (srv->running < srv->worker_count && worker_start(&srv->workers[srv->running]) == 0)
@@ -325,7 +326,7 @@ static void ignore_close(uv_handle_t *h) { (void)h; }
  * signal can still cut a drain short. */
 typedef struct run_state {
   extproc_server *srv;
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sighup;
   uv_async_t done; /* the waiter thread has seen every worker finish */
   uv_thread_t waiter;
 } run_state;
@@ -346,10 +347,22 @@ static void on_signal(uv_signal_t *sig, int signum) {
   extproc_server_stop(srv);
 }
 
+/* SIGHUP's default action ends the process at once, without a drain, and operators send it out
+ * of habit ("reload"), as do terminals that go away and some supervisors. Nothing here can be
+ * reloaded, so it is logged and otherwise ignored; SIGINT and SIGTERM stop. */
+static void on_hangup(uv_signal_t *sig, int signum) {
+  (void)sig;
+  log_line(EXTPROC_LOG_WARN,
+           "received signal %d (SIGHUP): ignored, there is nothing to reload; SIGINT or SIGTERM "
+           "stops the server",
+           signum);
+}
+
 static void on_workers_done(uv_async_t *async) {
   run_state *r = async->data;
   uv_close((uv_handle_t *)&r->sigint, ignore_close);
   uv_close((uv_handle_t *)&r->sigterm, ignore_close);
+  uv_close((uv_handle_t *)&r->sighup, ignore_close);
   uv_close((uv_handle_t *)&r->done, ignore_close);
 }
 
@@ -359,12 +372,13 @@ static void waiter_main(void *arg) {
   uv_async_send(&r->done);
 }
 
-/* Starts the waiter thread with SIGINT and SIGTERM blocked: they are for the run loop. */
+/* Starts the waiter thread with SIGINT, SIGTERM and SIGHUP blocked: they are for the run loop. */
 static int start_waiter(run_state *r) {
   sigset_t block, old;
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &block, &old);
   const int rv = uv_thread_create(&r->waiter, waiter_main, r);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -380,9 +394,11 @@ int extproc_server_run(extproc_server *srv) {
   r.done.data = &r;
   uv_signal_init(&loop, &r.sigint);
   uv_signal_init(&loop, &r.sigterm);
-  r.sigint.data = r.sigterm.data = srv;
+  uv_signal_init(&loop, &r.sighup);
+  r.sigint.data = r.sigterm.data = r.sighup.data = srv;
   uv_signal_start(&r.sigint, on_signal, SIGINT);
   uv_signal_start(&r.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&r.sighup, on_hangup, SIGHUP);
   int rv = extproc_server_start(srv);
   bool waiting = false;
   if (rv == 0) {
