@@ -95,7 +95,8 @@ static int open_health_listener(extproc_server *srv, const char *address) {
 }
 
 /* Descriptors kept for everything but connections when max_connections is derived from the
- * open-file limit: a fixed part (stdio, the run loop's signal pipe and wakeups, log files), an
+ * open-file limit: a fixed part (stdio, the run loop's signal pipe and wakeups, log files, the
+ * metrics endpoint's socket and its at most 16 connections (metrics_http.c)), an
  * eighth of the limit for what the processor itself opens (files, clients to other services),
  * and per worker its loop's epoll, wakeup and spare descriptors plus one socket per listener. */
 enum { FD_RESERVE_FIXED = 64, FD_RESERVE_PER_WORKER = 4 };
