@@ -2,6 +2,7 @@
  * this file picks the services to serve and where, then runs the server until a signal. */
 #include "extproc/main.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,11 @@ static int serve(const plan *p, const main_settings *st) {
     }
   }
   if (rv == 0 && extproc_server_run(srv) != 0) rv = 1;
+  /* The server has stopped, and SIGINT and SIGTERM have their default action again: one more
+   * (an impatient operator, a supervisor repeating itself) would turn this clean exit into a
+   * kill while the rest is freed. */
+  signal(SIGINT, SIG_IGN);
+  signal(SIGTERM, SIG_IGN);
   extproc_server_free(srv);
   return rv;
 }

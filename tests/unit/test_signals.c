@@ -1,6 +1,11 @@
-/* Signals under extproc_server_run(), sent to this very process: SIGHUP (an operator's habitual
- * "reload", or a terminal going away) must not end a running server, whose default action
- * would do without a drain; it keeps serving, and SIGTERM still stops it with run returning 0. */
+/* Signals.
+ *  - Under extproc_server_run(), sent to this very process: SIGHUP (an operator's habitual
+ *    "reload", or a terminal going away) must not end a running server, which its default
+ *    action would do without a drain; it keeps serving, and SIGTERM still stops it with run
+ *    returning 0.
+ *  - The example runner (a child process) sent SIGTERM, then SIGTERM again and again until it
+ *    has exited: it must exit 0 every time, never be killed by a signal that comes while it
+ *    frees what it used after the stop. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,8 +13,13 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "extproc/extproc.h"
@@ -17,7 +27,11 @@
 #include "h2_client.h"
 #include "test_util.h"
 
-enum { WAIT_MS = 10000, TEST_WATCHDOG_SECONDS = 60 };
+#ifndef EXTPROC_EXAMPLES_BIN
+#error "EXTPROC_EXAMPLES_BIN: path of extproc-examples"
+#endif
+
+enum { WAIT_MS = 10000, TEST_WATCHDOG_SECONDS = 60, REPEATED_STOPS = 10, RESEND_US = 500 };
 
 typedef struct run_arg {
   extproc_server *srv;
@@ -76,9 +90,69 @@ static void test_sighup_is_ignored_and_sigterm_still_stops(void **state) {
   alarm(0);
 }
 
+static int free_port(void) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sin = {.sin_family = AF_INET};
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sin);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+  assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+  close(fd);
+  return ntohs(sin.sin_port);
+}
+
+/* Starts the runner serving `trivial` on `port` with no drain and no grace period (its output
+ * discarded), and waits until it answers a health check. */
+static pid_t start_runner(int port) {
+  char service[64];
+  snprintf(service, sizeof(service), "trivial@127.0.0.1:%d", port);
+  const char *argv[] = {EXTPROC_EXAMPLES_BIN, "--service", service,          "--workers", "2",
+                        "--drain-delay",      "0",         "--grace-period", "0",         NULL};
+  const pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    FILE *null = freopen("/dev/null", "w", stdout);
+    if (null) dup2(STDOUT_FILENO, STDERR_FILENO);
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  const int64_t deadline = now_ms() + WAIT_MS;
+  while (!healthy(port)) {
+    if (waitpid(pid, NULL, WNOHANG) == pid) fail_msg("the runner exited while starting");
+    if (now_ms() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+      fail_msg("the runner did not come up within %d ms", WAIT_MS);
+    }
+    sleep_ms(20);
+  }
+  return pid;
+}
+
+static void test_repeated_sigterm_still_exits_cleanly(void **state) {
+  (void)state;
+  alarm(TEST_WATCHDOG_SECONDS);
+  const int port = free_port();
+  for (int round = 0; round < REPEATED_STOPS; round++) {
+    const pid_t pid = start_runner(port);
+    int status = 0;
+    /* The first signal stops it; the next ones come at any point of its way out. */
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      kill(pid, SIGTERM);
+      usleep(RESEND_US);
+    }
+    if (WIFSIGNALED(status))
+      fail_msg("round %d: the runner was killed by signal %d", round, WTERMSIG(status));
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+  }
+  alarm(0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sighup_is_ignored_and_sigterm_still_stops),
+      cmocka_unit_test(test_repeated_sigterm_still_exits_cleanly),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
