@@ -2,7 +2,6 @@
  * this file picks the services to serve and where, then runs the server until a signal. */
 #include "extproc/main.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +11,7 @@
 #include "extproc/server.h"
 #include "extproc/version.h"
 #include "server/options.h"
+#include "server/server_run.h"
 
 /* One address served; the server takes at most MAX_LISTENERS (transport.h) of them. */
 enum { MAX_SERVED = 16, ADDRESS_BYTES = 256 };
@@ -208,12 +208,10 @@ static int serve(const plan *p, const main_settings *st) {
       log_line(EXTPROC_LOG_INFO, "serving %s on %s", s->service->name, s->address);
     }
   }
-  if (rv == 0 && extproc_server_run(srv) != 0) rv = 1;
-  /* The server has stopped, and SIGINT and SIGTERM have their default action again: one more
-   * (an impatient operator, a supervisor repeating itself) would turn this clean exit into a
-   * kill while the rest is freed. */
-  signal(SIGINT, SIG_IGN);
-  signal(SIGTERM, SIG_IGN);
+  /* Not extproc_server_run(): once the server has stopped, one more signal (an impatient
+   * operator, a supervisor repeating itself) must not turn this clean exit into a kill while the
+   * rest is freed. */
+  if (rv == 0 && server_run_to_exit(srv) != 0) rv = 1;
   extproc_server_free(srv);
   return rv;
 }

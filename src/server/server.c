@@ -14,6 +14,7 @@
 #include "extproc/server.h"
 #include "server/metrics_http.h"
 #include "server/server_metrics.h"
+#include "server/server_run.h"
 #include "transport/listener.h"
 #include "transport/worker.h"
 
@@ -359,12 +360,21 @@ static void on_hangup(uv_signal_t *sig, int signum) {
            signum);
 }
 
+static void set_run_signals(void (*disposition)(int)) {
+  signal(SIGINT, disposition);
+  signal(SIGTERM, disposition);
+  signal(SIGHUP, disposition);
+}
+
 static void on_workers_done(uv_async_t *async) {
   run_state *r = async->data;
   uv_close((uv_handle_t *)&r->sigint, ignore_close);
   uv_close((uv_handle_t *)&r->sigterm, ignore_close);
   uv_close((uv_handle_t *)&r->sighup, ignore_close);
   uv_close((uv_handle_t *)&r->done, ignore_close);
+  /* Closing the handles gave the signals their default action back (libuv does so at once): a
+   * signal repeated late would then kill the process on its way out, not stop it cleanly. */
+  set_run_signals(SIG_IGN);
 }
 
 static void waiter_main(void *arg) {
@@ -386,7 +396,8 @@ static int start_waiter(run_state *r) {
   return rv;
 }
 
-int extproc_server_run(extproc_server *srv) {
+/* extproc_server_run(), leaving SIGINT, SIGTERM and SIGHUP ignored on return if asked. */
+static int run(extproc_server *srv, bool leave_ignored) {
   if (!srv) return EXTPROC_EINVAL;
   uv_loop_t loop;
   run_state r = {.srv = srv};
@@ -415,8 +426,13 @@ int extproc_server_run(extproc_server *srv) {
   uv_run(&loop, UV_RUN_DEFAULT); /* until the workers are done and the handles closed */
   if (waiting) uv_thread_join(&r.waiter);
   uv_loop_close(&loop);
+  if (!leave_ignored) set_run_signals(SIG_DFL);
   return rv;
 }
+
+int extproc_server_run(extproc_server *srv) { return run(srv, false); }
+
+int server_run_to_exit(extproc_server *srv) { return run(srv, true); }
 
 uint64_t extproc_server_open_streams(const extproc_server *srv) {
   return srv ? atomic_load(&((extproc_server *)srv)->stats.open_streams) : 0;
