@@ -151,7 +151,8 @@ EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_op
  *   "[IPV6]:PORT"   e.g. "[::1]:50051", "[::]:0"
  *   "unix:PATH"     a unix socket; a stale socket file at PATH is replaced, but one a live
  *                   server still listens on, or a file that is not a socket, is an error; the
- *                   socket file is removed by extproc_server_free
+ *                   socket file is removed by extproc_server_free, unless another server has
+ *                   replaced it meanwhile (a rolling restart)
  * Port 0 picks a free port (see extproc_server_port). Binds at once, so the port is known on
  * return; a port another process holds is an error (the workers share it among themselves only).
  * Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed address, EXTPROC_EIO if
