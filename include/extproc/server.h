@@ -210,9 +210,10 @@ EXTPROC_API void extproc_server_wait(extproc_server *srv);
  * signal during a stop begun by extproc_server_stop(), stops at once
  * (extproc_server_stop_now()). SIGHUP, whose default action would end the process without a
  * drain, is logged (a warning) and otherwise ignored: nothing can be reloaded. The signals are
- * handled (through libuv) only while it runs: from the moment the workers are done until it
- * returns they are ignored (a late one must not kill a process on its way out), and afterwards
- * their disposition is the default one again. Uses one extra thread to wait for the
+ * handled (through libuv) only while it runs, unblocked in the calling thread meanwhile (its
+ * signal mask is restored on return), so one that came earlier while blocked is taken at once.
+ * From the moment the workers are done until it returns they are ignored (a late one must not
+ * kill a process on its way out), and afterwards their disposition is the default one again. Uses one extra thread to wait for the
  * workers. Returns 0, the error of start, or EXTPROC_EIO if that thread could not be created. */
 EXTPROC_API int extproc_server_run(extproc_server *srv);
 

@@ -2,6 +2,8 @@
  * this file picks the services to serve and where, then runs the server until a signal. */
 #include "extproc/main.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,7 +218,8 @@ static int serve(const plan *p, const main_settings *st) {
   return rv;
 }
 
-int extproc_main(int argc, char **argv, const extproc_service *services, size_t count) {
+/* extproc_main with SIGINT, SIGTERM and SIGHUP blocked until the server handles them. */
+static int main_blocked(int argc, char **argv, const extproc_service *services, size_t count) {
   plan *p = calloc(1, sizeof(*p));
   if (!p) return 1;
   p->prog = program_name(argv);
@@ -254,5 +257,20 @@ int extproc_main(int argc, char **argv, const extproc_service *services, size_t 
   }
   free(copies);
   free(p);
+  return rv;
+}
+
+int extproc_main(int argc, char **argv, const extproc_service *services, size_t count) {
+  /* A stop asked for while the program starts (a rolling restart cancelled at once) waits until
+   * the server handles it, then drains as any other, instead of killing the process half set up
+   * by the signals' default action. Threads started meanwhile inherit the mask. */
+  sigset_t stops, old_mask;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGTERM);
+  sigaddset(&stops, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stops, &old_mask);
+  const int rv = main_blocked(argc, argv, services, count);
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   return rv;
 }

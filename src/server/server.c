@@ -411,6 +411,14 @@ static int run(extproc_server *srv, bool leave_ignored) {
   uv_signal_start(&r.sigint, on_signal, SIGINT);
   uv_signal_start(&r.sigterm, on_signal, SIGTERM);
   uv_signal_start(&r.sighup, on_hangup, SIGHUP);
+  /* Handled from here on, also if they came earlier and were kept waiting (blocked): a signal
+   * during start-up (extproc_main blocks them first) or a mask inherited from a parent. */
+  sigset_t handled, old_mask;
+  sigemptyset(&handled);
+  sigaddset(&handled, SIGINT);
+  sigaddset(&handled, SIGTERM);
+  sigaddset(&handled, SIGHUP);
+  pthread_sigmask(SIG_UNBLOCK, &handled, &old_mask);
   int rv = extproc_server_start(srv);
   bool waiting = false;
   if (rv == 0) {
@@ -427,6 +435,7 @@ static int run(extproc_server *srv, bool leave_ignored) {
   if (waiting) uv_thread_join(&r.waiter);
   uv_loop_close(&loop);
   if (!leave_ignored) set_run_signals(SIG_DFL);
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   return rv;
 }
 

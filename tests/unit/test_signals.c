@@ -5,7 +5,8 @@
  *    returning 0.
  *  - The example runner (a child process) sent SIGTERM, then SIGTERM again and again until it
  *    has exited: it must exit 0 every time, never be killed by a signal that comes while it
- *    frees what it used after the stop. */
+ *    frees what it used after the stop.
+ *  - The runner sent SIGTERM before it handles signals: it must still drain and exit 0. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -149,10 +150,51 @@ static void test_repeated_sigterm_still_exits_cleanly(void **state) {
   alarm(0);
 }
 
+/* A SIGTERM that comes while the runner starts, before anything handles it (made certain here:
+ * it is pending, blocked, when the runner is executed; a parent's blocked mask is inherited the
+ * same way), is taken once the server runs: it drains and exits 0, rather than being killed half
+ * set up, or never stopping because the signal stays blocked. */
+static void test_sigterm_during_start_up_stops_cleanly(void **state) {
+  (void)state;
+  alarm(TEST_WATCHDOG_SECONDS);
+  char service[64];
+  snprintf(service, sizeof(service), "trivial@127.0.0.1:%d", free_port());
+  const char *argv[] = {EXTPROC_EXAMPLES_BIN, "--service", service,          "--workers", "2",
+                        "--drain-delay",      "0",         "--grace-period", "0",         NULL};
+  const pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigprocmask(SIG_BLOCK, &term, NULL);
+    raise(SIGTERM); /* pending across execv */
+    FILE *null = freopen("/dev/null", "w", stdout);
+    if (null) dup2(STDOUT_FILENO, STDERR_FILENO);
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  const int64_t deadline = now_ms() + WAIT_MS;
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (now_ms() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+      fail_msg("the runner did not stop within %d ms of a SIGTERM sent while it started", WAIT_MS);
+    }
+    sleep_ms(20);
+  }
+  if (WIFSIGNALED(status)) fail_msg("the runner was killed by signal %d", WTERMSIG(status));
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  alarm(0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sighup_is_ignored_and_sigterm_still_stops),
       cmocka_unit_test(test_repeated_sigterm_still_exits_cleanly),
+      cmocka_unit_test(test_sigterm_during_start_up_stops_cleanly),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
