@@ -213,8 +213,9 @@ EXTPROC_API void extproc_server_wait(extproc_server *srv);
  * handled (through libuv) only while it runs, unblocked in the calling thread meanwhile (its
  * signal mask is restored on return), so one that came earlier while blocked is taken at once.
  * From the moment the workers are done until it returns they are ignored (a late one must not
- * kill a process on its way out), and afterwards their disposition is the default one again. Uses one extra thread to wait for the
- * workers. Returns 0, the error of start, or EXTPROC_EIO if that thread could not be created. */
+ * kill a process on its way out), and afterwards their disposition is the default one again.
+ * Uses one extra thread to wait for the workers. Returns 0, the error of start, or EXTPROC_EIO
+ * if that thread could not be created. */
 EXTPROC_API int extproc_server_run(extproc_server *srv);
 
 /** Number of gRPC streams currently open, over all loops. Thread-safe. For tests and metrics. */
