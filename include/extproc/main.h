@@ -66,6 +66,12 @@ typedef struct extproc_service {
  * options and the services to stdout, `--version` the program's name and the library's
  * version; both return 0 without serving.
  *
+ * SIGINT, SIGTERM and SIGHUP are blocked from the start (the calling thread's mask is restored
+ * on return) until the server handles them, so a stop asked for during start-up drains once it
+ * runs instead of killing the process half set up. Once the server has stopped, SIGINT and
+ * SIGTERM are ignored while it is freed, so a signal repeated late does not turn the clean exit
+ * into a kill; SIGHUP is ignored while it serves (extproc_server_run()).
+ *
  * Returns 0 after a stop by SIGINT or SIGTERM (or after --help, --version); 1 if a service
  * cannot be served (a bad or busy address) or the server cannot start or be created (out of
  * memory); 2 for bad usage: an unknown flag or service, a value that is not a number or is out

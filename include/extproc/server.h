@@ -140,8 +140,8 @@ typedef struct extproc_server_options {
    * is dropped: messages that fit in the windows already granted still complete), until enough
    * messages complete or streams end. Besides this, each connection buffers at most 2 x
    * max_message_bytes, and a peer may always fill the windows it was granted (1 MiB per stream,
-   * 16 MiB per connection). Default 256 MiB, or max_message_bytes if that is larger; a value
-   * set below max_message_bytes is refused. */
+   * 16 MiB per connection). 0 (what extproc_server_options_init() sets) means 256 MiB, or
+   * max_message_bytes if that is larger; a value set below max_message_bytes is refused. */
   size_t max_buffered_bytes;
   /** PEM file with the server's certificate, then any intermediate CA certificates (a chain, as
    * cert-manager's `tls.crt`). With `tls_key_file`, every TCP listener speaks TLS (see "TLS"
@@ -188,7 +188,8 @@ EXTPROC_API int extproc_server_new(extproc_server **out, const extproc_server_op
  *   "[IPV6]:PORT"   e.g. "[::1]:50051", "[::]:0"
  *   "unix:PATH"     a unix socket; a stale socket file at PATH is replaced, but one a live
  *                   server still listens on, or a file that is not a socket, is an error; the
- *                   socket file is removed by extproc_server_free
+ *                   socket file is removed by extproc_server_free, unless another server has
+ *                   replaced it meanwhile (a rolling restart)
  * Port 0 picks a free port (see extproc_server_port). Binds at once, so the port is known on
  * return; a port another process holds is an error (the workers share it among themselves only).
  * Returns the listener's index (>= 0), or EXTPROC_EINVAL for a malformed address, EXTPROC_EIO if
@@ -245,9 +246,14 @@ EXTPROC_API void extproc_server_wait(extproc_server *srv);
  * and the workers are done. SIGHUP reloads the TLS files (extproc_server_reload_tls()); without
  * TLS it is logged and ignored. The first signal drains (extproc_server_stop()); a second one, or a
  * signal during a stop begun by extproc_server_stop(), stops at once
- * (extproc_server_stop_now()). The signals are handled (through libuv) only while it runs;
- * afterwards their disposition is the default one again. Uses one extra thread to wait for the
- * workers. Returns 0, the error of start, or EXTPROC_EIO if that thread could not be created. */
+ * (extproc_server_stop_now()). SIGHUP's default action would end the process without a drain,
+ * so it is never left to it. The signals are
+ * handled (through libuv) only while it runs, unblocked in the calling thread meanwhile (its
+ * signal mask is restored on return), so one that came earlier while blocked is taken at once.
+ * From the moment the workers are done until it returns they are ignored (a late one must not
+ * kill a process on its way out), and afterwards their disposition is the default one again.
+ * Uses one extra thread to wait for the workers. Returns 0, the error of start, or EXTPROC_EIO
+ * if that thread could not be created. */
 EXTPROC_API int extproc_server_run(extproc_server *srv);
 
 /** Reads the TLS files again (extproc_server_options.tls_cert_file, tls_key_file,

@@ -2,6 +2,8 @@
  * this file picks the services to serve and where, then runs the server until a signal. */
 #include "extproc/main.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@
 #include "extproc/server.h"
 #include "extproc/version.h"
 #include "server/options.h"
+#include "server/server_run.h"
 
 /* One address served; the server takes at most MAX_LISTENERS (transport.h) of them. */
 enum { MAX_SERVED = 16, ADDRESS_BYTES = 256 };
@@ -207,12 +210,16 @@ static int serve(const plan *p, const main_settings *st) {
       log_line(EXTPROC_LOG_INFO, "serving %s on %s", s->service->name, s->address);
     }
   }
-  if (rv == 0 && extproc_server_run(srv) != 0) rv = 1;
+  /* Not extproc_server_run(): once the server has stopped, one more signal (an impatient
+   * operator, a supervisor repeating itself) must not turn this clean exit into a kill while the
+   * rest is freed. */
+  if (rv == 0 && server_run_to_exit(srv) != 0) rv = 1;
   extproc_server_free(srv);
   return rv;
 }
 
-int extproc_main(int argc, char **argv, const extproc_service *services, size_t count) {
+/* extproc_main with SIGINT, SIGTERM and SIGHUP blocked until the server handles them. */
+static int main_blocked(int argc, char **argv, const extproc_service *services, size_t count) {
   plan *p = calloc(1, sizeof(*p));
   if (!p) return 1;
   p->prog = program_name(argv);
@@ -250,5 +257,20 @@ int extproc_main(int argc, char **argv, const extproc_service *services, size_t 
   }
   free(copies);
   free(p);
+  return rv;
+}
+
+int extproc_main(int argc, char **argv, const extproc_service *services, size_t count) {
+  /* A stop asked for while the program starts (a rolling restart cancelled at once) waits until
+   * the server handles it, then drains as any other, instead of killing the process half set up
+   * by the signals' default action. Threads started meanwhile inherit the mask. */
+  sigset_t stops, old_mask;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGTERM);
+  sigaddset(&stops, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stops, &old_mask);
+  const int rv = main_blocked(argc, argv, services, count);
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   return rv;
 }

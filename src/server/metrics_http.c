@@ -9,6 +9,15 @@
 #include "extproc/extproc.h"
 #include "transport/listener.h"
 
+/* Scrapes served at once; more connections wait in the listen queue. A scraper (Prometheus, a
+ * person with curl) uses one or two; each connection takes a descriptor from the process, so
+ * without a bound slow or many clients of this port would take the descriptors the processors'
+ * connections need (the reserve kept out of max_connections covers this many, see server.c). */
+enum { MAX_SCRAPE_CONNECTIONS = 16 };
+
+/* An idle or slow scrape connection is closed after this many seconds. */
+enum { SCRAPE_TIMEOUT_SECONDS = 10 };
+
 /* The Prometheus text exposition format, version 0.0.4. */
 #define EXPOSITION_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
@@ -64,10 +73,14 @@ int metrics_endpoint_start(metrics_endpoint **out, const char *address, metrics 
   e->registry = m;
   e->collect = collect;
   e->collect_data = collect_data;
-  /* One internal thread serves scrapes one at a time: a scrape is small and rare. */
-  e->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL,
-                               on_request, e, MHD_OPTION_LISTEN_SOCKET, fd,
-                               MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+  /* One internal thread serves scrapes one at a time: a scrape is small and rare. poll(), not
+   * epoll: with epoll (edge-triggered in libmicrohttpd) a connection whose client had sent its
+   * bytes and closed before it was accepted is seen only at its timeout, so such clients held
+   * the few slots for 10 s each; poll sees the close at once. */
+  e->daemon = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0, NULL, NULL, on_request, e,
+      MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SCRAPE_TIMEOUT_SECONDS,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_SCRAPE_CONNECTIONS, MHD_OPTION_END);
   if (!e->daemon) {
     log_line(EXTPROC_LOG_ERROR, "metrics on %s: could not start the HTTP server", address);
     close(fd);

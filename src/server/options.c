@@ -494,6 +494,22 @@ static bool parse_env(main_settings *s, env_lookup env, parse_error *e) {
   return true;
 }
 
+/* Values each within its range but refused together by extproc_server_new(): named here, so the
+ * program stops with the options' names (exit code 2), not the server's bare "invalid
+ * argument". */
+static bool check_together(const main_settings *s, parse_error *e) {
+  const extproc_server_options *o = &s->server;
+  if (o->max_buffered_bytes != 0 && o->max_buffered_bytes < o->max_message_bytes) {
+    fail(e,
+         "--max-buffered-bytes (EXTPROC_MAX_BUFFERED_BYTES) of %zu bytes is below "
+         "--max-message-bytes (EXTPROC_MAX_MESSAGE_BYTES) of %zu bytes: it must hold one whole "
+         "message (0 makes it the larger of 256MiB and the message limit)",
+         o->max_buffered_bytes, o->max_message_bytes);
+    return false;
+  }
+  return true;
+}
+
 options_outcome options_parse(main_settings *s, int argc, char *const *argv, env_lookup env,
                               char *error, size_t error_cap) {
   parse_error e = {error, error_cap};
@@ -501,7 +517,7 @@ options_outcome options_parse(main_settings *s, int argc, char *const *argv, env
   set_defaults(s);
   const options_outcome outcome = parse_flags(s, argc, argv, &e);
   if (outcome != OPTIONS_RUN) return outcome;
-  return parse_env(s, env, &e) ? OPTIONS_RUN : OPTIONS_BAD;
+  return parse_env(s, env, &e) && check_together(s, &e) ? OPTIONS_RUN : OPTIONS_BAD;
 }
 
 /* ---- --help ----------------------------------------------------------------------------- */

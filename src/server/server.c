@@ -14,6 +14,7 @@
 #include "extproc/server.h"
 #include "server/metrics_http.h"
 #include "server/server_metrics.h"
+#include "server/server_run.h"
 #include "server/tls_watch.h"
 #include "transport/listener.h"
 #include "transport/tls.h"
@@ -27,6 +28,10 @@
  * unhealthy_threshold 2: 3 s covers one interval, and also unhealthy_threshold timed-out checks
  * of a host too busy to answer in time. */
 enum { DEFAULT_DRAIN_DELAY_MS = 3000 };
+
+/* Incomplete messages buffered over the whole server when max_buffered_bytes is left 0 (unless
+ * max_message_bytes is larger): sixteen default-sized (16 MiB) messages at once. */
+#define DEFAULT_MAX_BUFFERED_BYTES ((size_t)256 << 20)
 
 struct extproc_server {
   extproc_server_options opts;
@@ -78,7 +83,9 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->idle_timeout_ms = 2 * 3600 * 1000;
   opts->keepalive_interval_ms = 60000;
   opts->keepalive_timeout_ms = 20000;
-  opts->max_buffered_bytes = (size_t)256 << 20;
+  /* 0: 256 MiB, or max_message_bytes if larger, decided by extproc_server_new(). A fixed 256 MiB
+   * here would make every max_message_bytes above it refused unless this was raised too. */
+  opts->max_buffered_bytes = 0;
 }
 
 /* Opens the health-only listener as listeners[0]. Returns 0 or a negative extproc_error. */
@@ -93,7 +100,8 @@ static int open_health_listener(extproc_server *srv, const char *address) {
 }
 
 /* Descriptors kept for everything but connections when max_connections is derived from the
- * open-file limit: a fixed part (stdio, the run loop's signal pipe and wakeups, log files), an
+ * open-file limit: a fixed part (stdio, the run loop's signal pipe and wakeups, log files, the
+ * metrics endpoint's socket and its at most 16 connections (metrics_http.c)), an
  * eighth of the limit for what the processor itself opens (files, clients to other services),
  * and per worker its loop's epoll, wakeup and spare descriptors plus one socket per listener. */
 enum { FD_RESERVE_FIXED = 64, FD_RESERVE_PER_WORKER = 4 };
@@ -161,8 +169,8 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.keepalive_interval_ms == 0) o.keepalive_interval_ms = defaults.keepalive_interval_ms;
   if (o.keepalive_timeout_ms == 0) o.keepalive_timeout_ms = defaults.keepalive_timeout_ms;
   if (o.max_buffered_bytes == 0) /* room for at least one whole message, however large */
-    o.max_buffered_bytes = defaults.max_buffered_bytes > o.max_message_bytes
-                               ? defaults.max_buffered_bytes
+    o.max_buffered_bytes = DEFAULT_MAX_BUFFERED_BYTES > o.max_message_bytes
+                               ? DEFAULT_MAX_BUFFERED_BYTES
                                : o.max_message_bytes;
   if (o.max_message_bytes > (1u << 31) || o.initial_window_bytes > 0x7fffffff ||
       o.blocking_threads > MAX_BLOCKING_THREADS || o.max_buffered_bytes < o.max_message_bytes ||
@@ -390,9 +398,25 @@ static void on_signal(uv_signal_t *sig, int signum) {
   extproc_server_stop(srv);
 }
 
+/* SIGHUP: reload the TLS certificates. Without TLS there is nothing to reload, but its default
+ * action would end the process at once, without a drain (operators send it out of habit, as do
+ * terminals that go away and some supervisors): it is logged and otherwise ignored. */
 static void on_sighup(uv_signal_t *sig, int signum) {
-  (void)signum;
-  (void)reload_tls(sig->data, "SIGHUP"); /* logged either way */
+  extproc_server *srv = sig->data;
+  if (srv->tls) {
+    (void)reload_tls(srv, "SIGHUP"); /* logged either way */
+    return;
+  }
+  log_line(EXTPROC_LOG_WARN,
+           "received signal %d (SIGHUP): ignored, there is no TLS certificate to reload; SIGINT "
+           "or SIGTERM stops the server",
+           signum);
+}
+
+static void set_run_signals(void (*disposition)(int)) {
+  signal(SIGINT, disposition);
+  signal(SIGTERM, disposition);
+  signal(SIGHUP, disposition);
 }
 
 static void on_workers_done(uv_async_t *async) {
@@ -401,6 +425,9 @@ static void on_workers_done(uv_async_t *async) {
   uv_close((uv_handle_t *)&r->sigterm, ignore_close);
   uv_close((uv_handle_t *)&r->sighup, ignore_close);
   uv_close((uv_handle_t *)&r->done, ignore_close);
+  /* Closing the handles gave the signals their default action back (libuv does so at once): a
+   * signal repeated late would then kill the process on its way out, not stop it cleanly. */
+  set_run_signals(SIG_IGN);
 }
 
 static void waiter_main(void *arg) {
@@ -422,7 +449,8 @@ static int start_waiter(run_state *r) {
   return rv;
 }
 
-int extproc_server_run(extproc_server *srv) {
+/* extproc_server_run(), leaving SIGINT, SIGTERM and SIGHUP ignored on return if asked. */
+static int run(extproc_server *srv, bool leave_ignored) {
   if (!srv) return EXTPROC_EINVAL;
   uv_loop_t loop;
   run_state r = {.srv = srv};
@@ -436,6 +464,14 @@ int extproc_server_run(extproc_server *srv) {
   uv_signal_start(&r.sigint, on_signal, SIGINT);
   uv_signal_start(&r.sigterm, on_signal, SIGTERM);
   uv_signal_start(&r.sighup, on_sighup, SIGHUP);
+  /* Handled from here on, also if they came earlier and were kept waiting (blocked): a signal
+   * during start-up (extproc_main blocks them first) or a mask inherited from a parent. */
+  sigset_t handled, old_mask;
+  sigemptyset(&handled);
+  sigaddset(&handled, SIGINT);
+  sigaddset(&handled, SIGTERM);
+  sigaddset(&handled, SIGHUP);
+  pthread_sigmask(SIG_UNBLOCK, &handled, &old_mask);
   int rv = extproc_server_start(srv);
   bool waiting = false;
   if (rv == 0) {
@@ -451,8 +487,14 @@ int extproc_server_run(extproc_server *srv) {
   uv_run(&loop, UV_RUN_DEFAULT); /* until the workers are done and the handles closed */
   if (waiting) uv_thread_join(&r.waiter);
   uv_loop_close(&loop);
+  if (!leave_ignored) set_run_signals(SIG_DFL);
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   return rv;
 }
+
+int extproc_server_run(extproc_server *srv) { return run(srv, false); }
+
+int server_run_to_exit(extproc_server *srv) { return run(srv, true); }
 
 uint64_t extproc_server_open_streams(const extproc_server *srv) {
   return srv ? atomic_load(&((extproc_server *)srv)->stats.open_streams) : 0;

@@ -188,9 +188,25 @@ static int open_unix(const char *path, listener_spec *spec, unsigned mode) {
     unlink(path);
     return EXTPROC_EIO;
   }
+  if (lstat(path, &st) == 0) {
+    spec->unix_dev = (unsigned long long)st.st_dev;
+    spec->unix_ino = (unsigned long long)st.st_ino;
+  }
   spec->fds[0] = fd;
   spec->unix_path = strdup(path);
   return 0;
+}
+
+/* Removes the socket file the server created, unless it is no longer that file: in a rolling
+ * restart the next instance, finding the path refused once our listener closed, replaces it with
+ * its own while we still finish our streams, and must not lose it when we exit. */
+static void remove_own_socket_file(const listener_spec *spec) {
+  struct stat st;
+  if (lstat(spec->unix_path, &st) != 0 || !S_ISSOCK(st.st_mode)) return;
+  if ((unsigned long long)st.st_dev != spec->unix_dev ||
+      (unsigned long long)st.st_ino != spec->unix_ino)
+    return;
+  unlink(spec->unix_path);
 }
 
 int listener_open(const char *address, listener_spec *spec, unsigned workers, unsigned unix_mode) {
@@ -211,7 +227,7 @@ int listener_open(const char *address, listener_spec *spec, unsigned workers, un
 
 void listener_spec_free(listener_spec *spec, unsigned workers) {
   if (spec->unix_path) { /* the socket file we made goes with the server */
-    unlink(spec->unix_path);
+    remove_own_socket_file(spec);
     free(spec->unix_path);
     spec->unix_path = NULL;
   }

@@ -131,6 +131,8 @@ typedef struct listener_spec {
   int port;
   int *fds;        /* per worker; -1 where that worker does not serve this listener */
   char *unix_path; /* the socket file we created, removed when the server is freed */
+  /* Which file that is (device and inode): a successor may have replaced it by then. */
+  unsigned long long unix_dev, unix_ino;
 } listener_spec;
 
 /* A TCP or unix-socket handle, used through whichever view a libuv call needs. */

@@ -2,6 +2,7 @@
  * cumulative histogram buckets), counts from many threads add up, and the server's endpoint
  * answers GET /metrics over real HTTP. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -216,6 +217,70 @@ static void test_the_server_counts_violations_and_connections(void **state) {
   extproc_processor_free(proc);
 }
 
+/* Descriptors this process has open now. */
+static size_t open_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  assert_non_null(d);
+  size_t n = 0;
+  while (readdir(d))
+    n++;
+  closedir(d);
+  return n;
+}
+
+/* Waits (bounded) until the descriptor count stops changing, and returns it. */
+static size_t settled_fds(void) {
+  size_t last = open_fds();
+  for (int i = 0; i < 20; i++) {
+    sleep_ms(100);
+    const size_t now = open_fds();
+    if (now == last && i >= 3) break;
+    last = now;
+  }
+  return last;
+}
+
+enum { IDLE_SCRAPERS = 200, SCRAPE_CONNECTION_LIMIT = 16 };
+
+/* Clients of the metrics port that connect and never finish their request (slowloris), many
+ * more than scrapers would: the endpoint holds a bounded number of their connections, so they
+ * cannot take the descriptors the processors need, and the processors keep serving. */
+static void test_idle_scrapers_hold_a_bounded_number_of_descriptors(void **state) {
+  (void)state;
+  extproc_server *srv;
+  extproc_processor *proc;
+  int port;
+  const int metrics_port = setup_metrics_server(&srv, &proc, &port);
+  const size_t before = settled_fds();
+  int fds[IDLE_SCRAPERS];
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)metrics_port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (int i = 0; i < IDLE_SCRAPERS; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fds[i] >= 0);
+    assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(write(fds[i], "GET /metr", 9), 9);
+  }
+  /* Ours, plus the server's side of those it accepted. */
+  const size_t during = settled_fds();
+  print_message("descriptors: %zu before, %zu with %d idle scrapers (%zu of them the server's)\n",
+                before, during, IDLE_SCRAPERS, during - before - IDLE_SCRAPERS);
+  assert_true(during - before <= IDLE_SCRAPERS + SCRAPE_CONNECTION_LIMIT + 2);
+  h2_client *c = h2_client_connect_tcp("127.0.0.1", port);
+  assert_non_null(c);
+  assert_int_equal(h2_client_health_check(c), 0);
+  h2_client_free(c);
+  for (int i = 0; i < IDLE_SCRAPERS; i++)
+    close(fds[i]);
+  char *r = http_get(metrics_port, "GET", "/metrics"); /* served again once they are gone */
+  assert_non_null(strstr(r, "HTTP/1.1 200"));
+  free(r);
+  extproc_server_stop_now(srv);
+  extproc_server_wait(srv);
+  extproc_server_free(srv);
+  extproc_processor_free(proc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_counter_gauge_and_labels_render),
@@ -223,6 +288,7 @@ int main(void) {
       cmocka_unit_test(test_counts_from_many_threads_add_up),
       cmocka_unit_test(test_the_endpoint_serves_metrics_over_http),
       cmocka_unit_test(test_the_server_counts_violations_and_connections),
+      cmocka_unit_test(test_idle_scrapers_hold_a_bounded_number_of_descriptors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "extproc/server.h"
 #include "server/options.h"
 
 /* A fake environment: NAME=VALUE pairs, NULL-terminated. */
@@ -194,6 +195,33 @@ static void test_bad_values_name_the_flag_and_range(void **state) {
   expect_bad(ENV("LOG_LEVEL", "loud"), NULL, "LOG_LEVEL: unknown level 'loud'");
 }
 
+/* Every value the table allows must start a server: --max-message-bytes at its largest, alone,
+ * must not be refused for a buffer budget left at its default; a budget set below the message
+ * limit is refused by the parser, naming both options. */
+static void test_message_limit_and_buffer_budget_together(void **state) {
+  (void)state;
+  main_settings s;
+  assert_int_equal(parse(&s, NULL, ARGS("--max-message-bytes", "2GiB")), OPTIONS_RUN);
+  extproc_server *srv = NULL;
+  assert_int_equal(extproc_server_new(&srv, &s.server), 0);
+  extproc_server_free(srv);
+  assert_int_equal(parse(&s, NULL, ARGS("--max-message-bytes", "512MiB")), OPTIONS_RUN);
+  assert_int_equal(extproc_server_new(&srv, &s.server), 0);
+  extproc_server_free(srv);
+  /* An explicit budget below the message limit is refused by the server; the parser names both
+   * options first (exit code 2), from flags or the environment alike. */
+  s.server.max_buffered_bytes = (size_t)256 << 20;
+  assert_int_equal(extproc_server_new(&srv, &s.server), EXTPROC_EINVAL);
+  assert_int_equal(
+      parse(&s, NULL, ARGS("--max-message-bytes", "512MiB", "--max-buffered-bytes", "256MiB")),
+      OPTIONS_BAD);
+  assert_non_null(strstr(error, "--max-buffered-bytes (EXTPROC_MAX_BUFFERED_BYTES) of 268435456 "
+                                "bytes is below --max-message-bytes"));
+  assert_int_equal(parse(&s, ENV("EXTPROC_MAX_BUFFERED_BYTES", "1B"), NULL), OPTIONS_BAD);
+  assert_non_null(strstr(error, "of 1 bytes is below"));
+  assert_int_equal(parse(&s, ENV("EXTPROC_MAX_BUFFERED_BYTES", "16MiB"), NULL), OPTIONS_RUN);
+}
+
 static void test_help_and_version(void **state) {
   (void)state;
   main_settings s;
@@ -236,6 +264,7 @@ int main(void) {
       cmocka_unit_test(test_tls_files_and_octal_mode),
       cmocka_unit_test(test_environment_and_precedence),
       cmocka_unit_test(test_bad_values_name_the_flag_and_range),
+      cmocka_unit_test(test_message_limit_and_buffer_budget_together),
       cmocka_unit_test(test_help_and_version),
       cmocka_unit_test(test_help_lists_every_option),
   };

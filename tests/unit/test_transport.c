@@ -537,6 +537,35 @@ static void test_unix_socket_files(void **state) {
   assert_int_equal(lstat(f->unix_path, &st), -1);
 }
 
+/* A rolling restart on a unix socket: the next server replaces the socket file once the old one
+ * no longer answers there (here: listened but never started, as after its listener closed at a
+ * stop); freeing the old server must leave the new one's file, which goes with the new one. */
+static void test_unix_socket_of_a_successor_is_left(void **state) {
+  fixture *f = *state;
+  char address[128];
+  snprintf(f->unix_path, sizeof(f->unix_path), "/tmp/extproc-test-%ld-successor.sock",
+           (long)getpid());
+  snprintf(address, sizeof(address), "unix:%s", f->unix_path);
+  unlink(f->unix_path);
+  extproc_server *old_srv, *new_srv;
+  assert_int_equal(extproc_server_new(&old_srv, NULL), 0);
+  assert_true(extproc_server_listen(old_srv, address, f->proc) >= 0);
+  assert_int_equal(extproc_server_new(&new_srv, NULL), 0);
+  assert_true(extproc_server_listen(new_srv, address, f->proc) >= 0);
+  extproc_server_free(old_srv);
+  struct stat st;
+  assert_int_equal(lstat(f->unix_path, &st), 0);
+  assert_true(S_ISSOCK(st.st_mode));
+  assert_int_equal(extproc_server_start(new_srv), 0);
+  h2_client *c = track(f, h2_client_connect_unix(f->unix_path));
+  round_trip(c, 0);
+  untrack(f, c);
+  extproc_server_stop_now(new_srv);
+  extproc_server_wait(new_srv);
+  extproc_server_free(new_srv);
+  assert_int_equal(lstat(f->unix_path, &st), -1);
+}
+
 /* ---- 3. Unknown method ----------------------------------------------------------------- */
 
 static void test_unknown_path(void **state) {
@@ -1058,6 +1087,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_round_trip_ipv6, setup, teardown),
       cmocka_unit_test_setup_teardown(test_round_trip_unix, setup, teardown),
       cmocka_unit_test_setup_teardown(test_address_in_use, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unix_socket_of_a_successor_is_left, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unix_socket_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_path, setup, teardown),
       cmocka_unit_test_setup_teardown(test_http_refusals, setup, teardown),
