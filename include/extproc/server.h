@@ -160,6 +160,13 @@ typedef struct extproc_server_options {
    * needs write permission), set before the socket listens. 0 (the default) leaves the mode
    * bind() gives: 0777 less the process's umask. At most 0777. */
   unsigned unix_socket_mode;
+  /** Most gRPC streams open at once, over all connections and workers. Each holds a few KiB of
+   * request state for as long as the peer keeps it open, and no timeout ends a stream a live
+   * peer keeps open, so this bounds what streams can hold in all. Past it a new stream is
+   * refused at once with RST_STREAM REFUSED_STREAM (nothing of it was processed; Envoy may
+   * retry it), counted as extproc_limit_hits_total{limit="open_streams"} and logged
+   * (rate-limited). Default 100000 (a few hundred MiB at most). */
+  uint32_t max_open_streams;
 } extproc_server_options;
 
 /** A timeout field of extproc_server_options set to this is disabled. */

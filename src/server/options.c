@@ -75,6 +75,13 @@ static const option_def table[] = {
      .to = SERVER(max_connections),
      .help = "Connections open at once, over all workers; at the limit accepting pauses. 0 "
              "derives it from the open-file limit (ulimit -n)."},
+    {.name = "max-open-streams",
+     .type = OPT_COUNT,
+     .value_name = "N",
+     .max = UINT32_MAX,
+     .to = SERVER(max_open_streams),
+     .help = "gRPC streams open at once over all connections; past it new streams are refused "
+             "(REFUSED_STREAM)."},
     {.name = "max-buffered-bytes",
      .type = OPT_BYTES,
      .value_name = "BYTES",

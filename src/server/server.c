@@ -65,6 +65,9 @@ struct extproc_server {
  * is not sized by cores; each thread holds about 8 MiB of address space for its stack. */
 enum { DEFAULT_BLOCKING_THREADS = 8, MAX_BLOCKING_THREADS = 1024, BLOCKING_QUEUE_PER_THREAD = 64 };
 
+/* Streams open at once by default: at a few KiB of request state each, a few hundred MiB. */
+enum { DEFAULT_MAX_OPEN_STREAMS = 100000 };
+
 void extproc_server_options_init(extproc_server_options *opts) {
   if (!opts) return;
   memset(opts, 0, sizeof(*opts));
@@ -79,6 +82,7 @@ void extproc_server_options_init(extproc_server_options *opts) {
   opts->blocking_threads = DEFAULT_BLOCKING_THREADS;
   opts->blocking_queue = 0;  /* per thread, below */
   opts->max_connections = 0; /* from RLIMIT_NOFILE at start */
+  opts->max_open_streams = DEFAULT_MAX_OPEN_STREAMS;
   opts->handshake_timeout_ms = 10000;
   opts->idle_timeout_ms = 2 * 3600 * 1000;
   opts->keepalive_interval_ms = 60000;
@@ -164,6 +168,7 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
   if (o.blocking_threads == 0) o.blocking_threads = defaults.blocking_threads;
   if (o.blocking_queue == 0)
     o.blocking_queue = (size_t)o.blocking_threads * BLOCKING_QUEUE_PER_THREAD;
+  if (o.max_open_streams == 0) o.max_open_streams = defaults.max_open_streams;
   if (o.handshake_timeout_ms == 0) o.handshake_timeout_ms = defaults.handshake_timeout_ms;
   if (o.idle_timeout_ms == 0) o.idle_timeout_ms = defaults.idle_timeout_ms;
   if (o.keepalive_interval_ms == 0) o.keepalive_interval_ms = defaults.keepalive_interval_ms;
@@ -194,7 +199,8 @@ int extproc_server_new(extproc_server **out, const extproc_server_options *opts)
                                 .idle_timeout_ms = o.idle_timeout_ms,
                                 .keepalive_interval_ms = o.keepalive_interval_ms,
                                 .keepalive_timeout_ms = o.keepalive_timeout_ms,
-                                .max_buffered_bytes = o.max_buffered_bytes};
+                                .max_buffered_bytes = o.max_buffered_bytes,
+                                .max_open_streams = o.max_open_streams};
   /* The caller's strings are not kept. */
   srv->opts.health_listen = NULL;
   srv->opts.tls_cert_file = srv->opts.tls_key_file = srv->opts.tls_client_ca_file = NULL;

@@ -23,7 +23,8 @@ typedef struct stat_row {
 static const char LIMIT_HELP[] =
     "Limits reached: accepting paused (max_connections, file_descriptors), connections closed "
     "(handshake_timeout, idle_timeout, keepalive_timeout), streams ended (message_size, "
-    "callback_deadline), input held (buffered_bytes), bodies refused (body_accumulate).";
+    "callback_deadline), input held (buffered_bytes), bodies refused (body_accumulate), streams "
+    "refused (open_streams).";
 static const char VIOLATION_HELP[] =
     "Messages Envoy would not send, refused before any callback, by kind.";
 
@@ -78,6 +79,8 @@ static const stat_row rows[SERVER_STAT_COUNT] = {
      TRANSPORT(messages_too_large_total)},
     {"extproc_limit_hits_total", LIMIT_HELP, METRIC_COUNTER, "limit", "buffered_bytes",
      TRANSPORT(buffered_limit_holds_total)},
+    {"extproc_limit_hits_total", LIMIT_HELP, METRIC_COUNTER, "limit", "open_streams",
+     TRANSPORT(streams_refused_total)},
     {"extproc_limit_hits_total", LIMIT_HELP, METRIC_COUNTER, "limit", "body_accumulate",
      ENGINE(body_limit_hits)},
     {"extproc_limit_hits_total", LIMIT_HELP, METRIC_COUNTER, "limit", "callback_deadline",

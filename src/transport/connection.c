@@ -31,8 +31,25 @@ static bool is_request_headers(const nghttp2_frame *frame) {
   return frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST;
 }
 
+/* Each open stream holds its request state (a few KiB) for as long as the peer keeps it open, and
+ * no timeout ends a stream a live peer keeps: past max_open_streams, over the whole server, a
+ * new stream is refused with REFUSED_STREAM, which tells the client (Envoy retries such a
+ * stream) that nothing of it was processed. */
+static bool refuse_over_stream_limit(connection *c, int32_t id) {
+  worker *w = c->w;
+  if (atomic_load_explicit(&w->stats->open_streams, memory_order_relaxed) <
+      w->cfg->max_open_streams)
+    return false;
+  nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
+  limit_hit(w->stats, LIMIT_OPEN_STREAMS,
+            "connection from %s: stream %d refused: %llu streams open (max_open_streams)", c->peer,
+            id, (unsigned long long)w->cfg->max_open_streams);
+  return true;
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
   if (!is_request_headers(frame)) return 0;
+  if (refuse_over_stream_limit(user_data, frame->hd.stream_id)) return 0;
   h2_stream *s = h2_stream_new(user_data, frame->hd.stream_id);
   if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets just this stream */
   nghttp2_session_set_stream_user_data(session, s->id, s);

@@ -18,6 +18,7 @@ static atomic_uint_fast64_t *counter_of(transport_stats *stats, transport_limit 
   case LIMIT_IDLE_TIMEOUT: return &stats->idle_timeouts_total;
   case LIMIT_KEEPALIVE_TIMEOUT: return &stats->keepalive_timeouts_total;
   case LIMIT_MESSAGE_SIZE: return &stats->messages_too_large_total;
+  case LIMIT_OPEN_STREAMS: return &stats->streams_refused_total;
   default: return &stats->buffered_limit_holds_total;
   }
 }

@@ -37,6 +37,7 @@ typedef struct transport_config {
   uint32_t keepalive_interval_ms;  /* no input for this long: PING */
   uint32_t keepalive_timeout_ms;   /* PING not acknowledged within this: close */
   size_t max_buffered_bytes;       /* incomplete messages, over all connections */
+  uint64_t max_open_streams;       /* open at once, over all connections and workers */
   struct tls_store *tls;           /* TCP listeners speak TLS with its context; NULL: cleartext */
 } transport_config;
 
@@ -51,6 +52,7 @@ typedef enum transport_limit {
   LIMIT_KEEPALIVE_TIMEOUT,
   LIMIT_MESSAGE_SIZE,
   LIMIT_BUFFERED_BYTES,
+  LIMIT_OPEN_STREAMS,
   LIMIT_COUNT
 } transport_limit;
 
@@ -83,6 +85,8 @@ typedef enum transport_limit {
  *                                   (or at an immediate stop), closed by us
  *   deferred_abandoned_total        deferred requests not yet resumed when their loop stopped;
  *                                   each is freed by its late resume
+ *   streams_refused_total           streams refused (RST_STREAM REFUSED_STREAM) because
+ *                                   max_open_streams were open
  *   bytes_received_total            bytes read from peers (HTTP/2 framing included)
  *   bytes_sent_total                bytes handed to the sockets for peers (TLS records
  *                                   included, on TLS listeners)
@@ -110,6 +114,7 @@ typedef struct transport_stats {
   atomic_uint_fast64_t health_watches;
   atomic_uint_fast64_t streams_cut;
   atomic_uint_fast64_t deferred_abandoned;
+  atomic_uint_fast64_t streams_refused_total;
   atomic_uint_fast64_t bytes_received_total;
   atomic_uint_fast64_t bytes_sent_total;
   atomic_uint_fast64_t tls_handshake_failures_total;

@@ -17,11 +17,14 @@
 
 #include "test_util.h"
 
+#include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <nghttp2/nghttp2.h>
 
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "extproc/extproc.h"
@@ -239,6 +242,43 @@ enum {
  *         + streams x initial window (received, never credited)
  * where without the budget every stream would send its whole message. Then the last bytes go
  * out; every message must still complete (nothing may wait on credit that never comes). */
+/* Past max_open_streams over the whole server, a new stream is refused at once with
+ * REFUSED_STREAM (nothing of it processed), and one more is served once a stream closes. */
+static void test_open_streams_beyond_the_limit_are_refused(void **state) {
+  fixture *f = *state;
+  extproc_server_options opts;
+  extproc_server_options_init(&opts);
+  opts.workers = 2;
+  opts.drain_delay_ms = 0;
+  opts.max_open_streams = 3;
+  assert_int_equal(extproc_server_new(&f->srv, &opts), 0);
+  const int index = extproc_server_listen(f->srv, "127.0.0.1:0", f->proc);
+  assert_true(index >= 0);
+  assert_int_equal(extproc_server_start(f->srv), 0);
+  f->client = h2_client_connect_tcp("127.0.0.1", extproc_server_port(f->srv, index));
+  assert_non_null(f->client);
+  int32_t open[3];
+  for (int i = 0; i < 3; i++) {
+    open[i] = h2_client_open_stream(f->client, PROCESS_PATH);
+    assert_int_equal(h2_client_wait_headers(f->client, open[i]), 0); /* the server answered */
+  }
+  const int32_t refused = h2_client_open_stream(f->client, PROCESS_PATH);
+  assert_int_equal(h2_client_wait_closed(f->client, refused), 0);
+  const h2_client_stream *r = h2_client_get_stream(f->client, refused);
+  assert_true(r->reset_received);
+  assert_int_equal(r->reset_error, NGHTTP2_REFUSED_STREAM);
+  assert_false(r->headers_received);
+  assert_int_equal(extproc_server_open_streams(f->srv), 3);
+  /* One closes: the next one is served. */
+  assert_int_equal(h2_client_reset(f->client, open[0], NGHTTP2_CANCEL), 0);
+  const int64_t deadline = now_ms() + WAIT_MS;
+  while (extproc_server_open_streams(f->srv) != 2 && now_ms() < deadline)
+    assert_true(h2_client_poll(f->client, 10) >= 0);
+  const int32_t next = h2_client_open_stream(f->client, PROCESS_PATH);
+  assert_int_equal(h2_client_wait_headers(f->client, next), 0);
+  assert_false(h2_client_get_stream(f->client, next)->reset_received);
+}
+
 static void test_partial_message_budget(void **state) {
   fixture *f = *state;
   start_server(f, PARTIAL_MAX_MESSAGE, PARTIAL_WINDOW);
@@ -407,6 +447,8 @@ static void test_output_budget(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_open_streams_beyond_the_limit_are_refused, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_partial_message_budget, setup, teardown),
       cmocka_unit_test_setup_teardown(test_output_budget, setup, teardown),
   };
