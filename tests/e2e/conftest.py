@@ -4,7 +4,8 @@ Everything listens on free loopback ports (or unix sockets) and is stopped after
   stack  the trivial processor alone (tests/e2e/envoy-trivial.yaml), once per module and per
          transport ("tcp", "unix"), so every test using it runs against both;
   chain  the demo itself: deploy/envoy.yaml with its addresses rewritten and the six example
-         processors, so the tests exercise the very file the demo uses.
+         processors, so the tests exercise the very file the demo uses (its use-case listener
+         and processors are tested in test_usecase_chain_envoy.py).
 
 Environment:
   EXTPROC_EXAMPLES  processor runner binary (default: build/examples/extproc-examples)
@@ -16,6 +17,7 @@ A missing binary is a test error, not a skip: these tests must never pass by run
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -62,10 +64,20 @@ def envoy_binary():
     return found
 
 
-def envoy_config(template, listen_port, admin_port, echo_port, processors):
+USECASE_LISTENER = "socket_address: { address: 0.0.0.0, port_value: 8081 }"
+PROCESSOR_PORT = re.compile(r"socket_address: \{ address: 127\.0\.0\.1, port_value: (5\d{4}) \}")
+
+
+def template_processor_ports(template):
+    """The demo processor ports (50051...) a template's clusters point at."""
+    return {int(p) for p in PROCESSOR_PORT.findall(Path(template).read_text())}
+
+
+def envoy_config(template, listen_port, admin_port, echo_port, processors, usecase_port=None):
     """An Envoy config file's text with its demo addresses replaced.
 
     processors maps each processor's demo port (50051...) to ("tcp", port) or ("unix", path).
+    usecase_port replaces the demo's second listener (8081, deploy/envoy.yaml's use cases).
     Each demo value must occur exactly once, so an edit to the template that would make the
     rewrite silently miss fails here instead.
     """
@@ -77,6 +89,9 @@ def envoy_config(template, listen_port, admin_port, echo_port, processors):
         ("port_value: 9901 }", f"port_value: {admin_port} }}"),
         ("port_value: 8000 }", f"port_value: {echo_port} }}"),
     ]
+    if usecase_port is not None:
+        replacements.append((USECASE_LISTENER, f"socket_address: {{ address: 127.0.0.1, "
+                                               f"port_value: {usecase_port} }}"))
     for demo_port, (kind, where) in processors.items():
         replacements.append((
             f"socket_address: {{ address: 127.0.0.1, port_value: {demo_port} }}",
@@ -86,6 +101,7 @@ def envoy_config(template, listen_port, admin_port, echo_port, processors):
         count = text.count(old)
         assert count == 1, f"{template}: expected {old!r} once, found it {count} times"
         text = text.replace(old, new)
+    assert "address: 0.0.0.0" not in text, f"{template}: a listener left on every interface"
     return text
 
 
@@ -242,21 +258,28 @@ class Stack:
     echo_port: int
     log_dir: Path
     procs: list = field(default_factory=list)
+    usecase_port: int = None  # the template's second listener (demo: 8081), if it has one
 
     def logs(self):
         return "\n".join(p.tail() for p in self.procs)
 
 
 DEMO_SERVICES = ["trivial", "timer", "echo", "digest", "decorated", "context"]  # ports 50051...
+USECASE_SERVICES = ["auth", "idempotency", "access-log"]  # ports 50057... in deploy/envoy.yaml
 
 
 @contextlib.contextmanager
 def running_stack(log_dir, template, services, transport="tcp", processor_args=()):
     """Echo upstream, one runner serving `services` (their demo ports are 50051, 50052, ... in
-    this order) and Envoy configured from `template`; all stopped on exit."""
+    this order) and Envoy configured from `template`; all stopped on exit. The template's
+    processors not among `services` point at free ports nothing listens on (Envoy's health
+    checks fail there), never at a running demo's; a second listener (8081) gets a free port,
+    Stack.usecase_port."""
     sock_dir = tempfile.mkdtemp(prefix="extproc-")  # short path: see short_tmp_dir()
     listen_port, admin_port, echo_port = free_ports(3)
     s = Stack(transport, listen_port, admin_port, echo_port, Path(log_dir))
+    if USECASE_LISTENER in Path(template).read_text():
+        s.usecase_port = free_ports(1)[0]
     # A base id unique to this run lets several Envoys (and test runs) share the machine.
     base_id = os.getpid() * 10 + next(_base_ids) % 10
     try:
@@ -265,14 +288,18 @@ def running_stack(log_dir, template, services, transport="tcp", processor_args=(
                                                extra_args=processor_args)
         s.procs.append(processor)
         demo_ports = {50051 + i: a for i, a in enumerate(addresses)}
+        for port in sorted(template_processor_ports(template) - set(demo_ports)):
+            demo_ports[port] = ("tcp", free_ports(1)[0])
         config = Path(log_dir) / "envoy.yaml"
-        config.write_text(envoy_config(template, s.port, s.admin_port, s.echo_port, demo_ports))
+        config.write_text(envoy_config(template, s.port, s.admin_port, s.echo_port, demo_ports,
+                                       s.usecase_port))
+        ready_ports = [s.port] + ([s.usecase_port] if s.usecase_port else [])
         s.procs.append(start("envoy", [
             envoy_binary(), "-c", str(config), "--base-id", str(base_id),
             "--log-level", "warn", "--concurrency", "2"], log_dir))
-        wait_until("envoy /ready and its listener",
-                   lambda: envoy_ready(s.admin_port) and can_connect(("127.0.0.1", s.port)),
-                   s.procs)
+        wait_until("envoy /ready and its listeners",
+                   lambda: envoy_ready(s.admin_port) and
+                   all(can_connect(("127.0.0.1", p)) for p in ready_ports), s.procs)
         yield s
     finally:
         codes = {p.name: p.stop() for p in reversed(s.procs)}  # Envoy first: nothing calls
