@@ -464,15 +464,19 @@ run_config one 1 "$TMP/envoy-one.yaml" "trivial@127.0.0.1:$A_PROC" "$A_LISTEN" "
 
 # ---- (b) the demo's six filters: deploy/envoy.yaml, ports rewritten (each occurs once there)
 
-read -r B_LISTEN B_ADMIN P1 P2 P3 P4 P5 P6 <<<"$(free_ports 8)"
+# The use-case listener (8081) and its processors (50057-50059) are not measured: they get free
+# loopback ports that nothing serves, so this Envoy never binds a demo's ports.
+read -r B_LISTEN B_ADMIN P1 P2 P3 P4 P5 P6 B_UNUSED Q1 Q2 Q3 <<<"$(free_ports 12)"
 python3 - "$ROOT/deploy/envoy.yaml" "$TMP/envoy-six.yaml" "$B_LISTEN" "$B_ADMIN" "$NGINX_PORT" \
-  "$P1" "$P2" "$P3" "$P4" "$P5" "$P6" <<'EOF'
+  "$B_UNUSED" "$P1" "$P2" "$P3" "$P4" "$P5" "$P6" "$Q1" "$Q2" "$Q3" <<'EOF'
 import sys
-src, dst, listen, admin, upstream, *procs = sys.argv[1:]
+src, dst, listen, admin, upstream, unused, *procs = sys.argv[1:]
 text = open(src).read()
 pairs = [
     ("socket_address: { address: 0.0.0.0, port_value: 8080 }",
      f"socket_address: {{ address: 127.0.0.1, port_value: {listen} }}"),
+    ("socket_address: { address: 0.0.0.0, port_value: 8081 }",
+     f"socket_address: {{ address: 127.0.0.1, port_value: {unused} }}"),
     ("port_value: 9901 }", f"port_value: {admin} }}"),
     ("port_value: 8000 }", f"port_value: {upstream} }}"),  # the echo upstream becomes nginx
 ] + [(f"port_value: {50051 + i} }}", f"port_value: {p} }}") for i, p in enumerate(procs)]
