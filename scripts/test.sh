@@ -79,8 +79,9 @@ if ! build-tsan/tests/test_arena >/dev/null 2>&1; then
 fi
 # Threads meet in the processor's workers (four, whatever the CPU count), in deferred answers
 # resumed from other threads, at shutdown, in the auth processor's key reloads and in the access
-# log's writer thread. The chain's 2000-request run is left out: its 0.2 s message_timeout is
-# about speed, which TSan takes away, not about threads.
+# log's writer thread (also with all nine processors in one runner, the demo's use-case chain).
+# The chain's 2000-request run is left out: its 0.2 s message_timeout is about speed, which TSan
+# takes away, not about threads.
 export EXTPROC_WORKERS=4
 PYTEST_ARGS=(
   "tests/e2e/test_trivial_envoy.py::test_500_requests_at_concurrency_50"
@@ -91,6 +92,7 @@ PYTEST_ARGS=(
   "tests/e2e/test_drain_envoy.py"
   "tests/e2e/test_auth_envoy.py::test_keys_rotate_while_load_runs"
   "tests/e2e/test_access_log_envoy.py"
+  "tests/e2e/test_usecase_chain_envoy.py"
 )
 test_pass build-tsan
 unset EXTPROC_WORKERS

@@ -14,7 +14,8 @@ an earlier filter (auth's 401, idempotency's replay) does to the later ones, as 
     so neither the 401 nor the replay gets a line; the exchange that reached the upstream gets
     exactly one, with its status. (To log every exchange, list access-log first.)
 
-The six-example chain on the other listener still answers as before. Time: about 3-4 s.
+The six-example chain on the other listener still answers as before. Time: about 1.2 s, normal
+and under ASan or TSan, on 2 cores.
 """
 
 import hashlib
