@@ -6,6 +6,7 @@
 #include <extproc/extproc.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,7 +349,15 @@ int al_writer_new(al_writer **out, const al_writer_options *opts) {
     destroy(w);
     return -1;
   }
-  if (pthread_create(&w->thread, NULL, run, w) != 0) {
+  /* The writer takes no signal: a SIGTERM sent to the process must reach the server's handler,
+   * not kill the process through this thread while no handler is installed (at start-up, or as
+   * the server closes its handles). */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  const int created = pthread_create(&w->thread, NULL, run, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (created != 0) {
     extproc_log(NULL, EXTPROC_LOG_ERROR, "access-log: cannot start the writer thread");
     destroy(w);
     return -1;

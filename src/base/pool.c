@@ -3,6 +3,7 @@
 #include "base/pool.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #include "base/arena.h"
@@ -49,8 +50,14 @@ int pool_new(task_pool **out, unsigned threads, size_t queue_slots) {
   pthread_mutex_init(&p->lock, NULL);
   pthread_cond_init(&p->work, NULL);
   p->queue_slots = queue_slots;
+  /* Pool threads take no signal: a process-directed SIGTERM must reach the thread that handles
+   * it, not kill the process through one of these in a moment its handler is not installed. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
   for (; p->thread_count < threads; p->thread_count++)
     if (pthread_create(&p->threads[p->thread_count], NULL, pool_thread, p) != 0) break;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (p->thread_count < threads) {
     pool_free(p);
     return EXTPROC_EIO;

@@ -427,12 +427,19 @@ static void set_run_signals(void (*disposition)(int)) {
 
 static void on_workers_done(uv_async_t *async) {
   run_state *r = async->data;
+  /* Held back while the handles close: closing them gives the signals their default action back
+   * (libuv does so at once), and one arriving before SIG_IGN is set would kill the process on
+   * its way out. Ignoring a pending signal discards it. */
+  sigset_t held;
+  sigemptyset(&held);
+  sigaddset(&held, SIGINT);
+  sigaddset(&held, SIGTERM);
+  sigaddset(&held, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &held, NULL);
   uv_close((uv_handle_t *)&r->sigint, ignore_close);
   uv_close((uv_handle_t *)&r->sigterm, ignore_close);
   uv_close((uv_handle_t *)&r->sighup, ignore_close);
   uv_close((uv_handle_t *)&r->done, ignore_close);
-  /* Closing the handles gave the signals their default action back (libuv does so at once): a
-   * signal repeated late would then kill the process on its way out, not stop it cleanly. */
   set_run_signals(SIG_IGN);
 }
 
