@@ -13,6 +13,7 @@
 #include "extproc/server.h"
 #include "extproc/version.h"
 #include "server/options.h"
+#include "server/run_signals.h"
 #include "server/server_run.h"
 
 /* One address served; the server takes at most MAX_LISTENERS (transport.h) of them. */
@@ -264,12 +265,8 @@ int extproc_main(int argc, char **argv, const extproc_service *services, size_t 
   /* A stop asked for while the program starts (a rolling restart cancelled at once) waits until
    * the server handles it, then drains as any other, instead of killing the process half set up
    * by the signals' default action. Threads started meanwhile inherit the mask. */
-  sigset_t stops, old_mask;
-  sigemptyset(&stops);
-  sigaddset(&stops, SIGINT);
-  sigaddset(&stops, SIGTERM);
-  sigaddset(&stops, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stops, &old_mask);
+  sigset_t old_mask;
+  run_signals_mask(SIG_BLOCK, &old_mask);
   const int rv = main_blocked(argc, argv, services, count);
   pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   return rv;

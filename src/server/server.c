@@ -13,6 +13,7 @@
 #include "engine/processor.h"
 #include "extproc/server.h"
 #include "server/metrics_http.h"
+#include "server/run_signals.h"
 #include "server/server_metrics.h"
 #include "server/server_run.h"
 #include "server/tls_watch.h"
@@ -284,12 +285,8 @@ int extproc_server_start(extproc_server *srv) {
                     srv->listener_count) != 0)
       break;
   /* Worker threads leave SIGINT, SIGTERM and SIGHUP to the thread that runs the server. */
-  sigset_t block, old;
-  sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGTERM);
-  sigaddset(&block, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
+  sigset_t old;
+  run_signals_mask(SIG_BLOCK, &old);
   if (ready == srv->worker_count)
     while (srv->running < srv->worker_count && worker_start(&srv->workers[srv->running]) == 0)
       srv->running++;
@@ -419,28 +416,17 @@ static void on_sighup(uv_signal_t *sig, int signum) {
            signum);
 }
 
-static void set_run_signals(void (*disposition)(int)) {
-  signal(SIGINT, disposition);
-  signal(SIGTERM, disposition);
-  signal(SIGHUP, disposition);
-}
-
 static void on_workers_done(uv_async_t *async) {
   run_state *r = async->data;
   /* Held back while the handles close: closing them gives the signals their default action back
    * (libuv does so at once), and one arriving before SIG_IGN is set would kill the process on
    * its way out. Ignoring a pending signal discards it. */
-  sigset_t held;
-  sigemptyset(&held);
-  sigaddset(&held, SIGINT);
-  sigaddset(&held, SIGTERM);
-  sigaddset(&held, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &held, NULL);
+  run_signals_mask(SIG_BLOCK, NULL);
   uv_close((uv_handle_t *)&r->sigint, ignore_close);
   uv_close((uv_handle_t *)&r->sigterm, ignore_close);
   uv_close((uv_handle_t *)&r->sighup, ignore_close);
   uv_close((uv_handle_t *)&r->done, ignore_close);
-  set_run_signals(SIG_IGN);
+  run_signals_set(SIG_IGN);
 }
 
 static void waiter_main(void *arg) {
@@ -451,12 +437,8 @@ static void waiter_main(void *arg) {
 
 /* Starts the waiter thread with SIGINT, SIGTERM and SIGHUP blocked: they are for the run loop. */
 static int start_waiter(run_state *r) {
-  sigset_t block, old;
-  sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGTERM);
-  sigaddset(&block, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
+  sigset_t old;
+  run_signals_mask(SIG_BLOCK, &old);
   const int rv = uv_thread_create(&r->waiter, waiter_main, r);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   return rv;
@@ -479,12 +461,8 @@ static int run(extproc_server *srv, bool leave_ignored) {
   uv_signal_start(&r.sighup, on_sighup, SIGHUP);
   /* Handled from here on, also if they came earlier and were kept waiting (blocked): a signal
    * during start-up (extproc_main blocks them first) or a mask inherited from a parent. */
-  sigset_t handled, old_mask;
-  sigemptyset(&handled);
-  sigaddset(&handled, SIGINT);
-  sigaddset(&handled, SIGTERM);
-  sigaddset(&handled, SIGHUP);
-  pthread_sigmask(SIG_UNBLOCK, &handled, &old_mask);
+  sigset_t old_mask;
+  run_signals_mask(SIG_UNBLOCK, &old_mask);
   int rv = extproc_server_start(srv);
   bool waiting = false;
   if (rv == 0) {
@@ -500,7 +478,7 @@ static int run(extproc_server *srv, bool leave_ignored) {
   uv_run(&loop, UV_RUN_DEFAULT); /* until the workers are done and the handles closed */
   if (waiting) uv_thread_join(&r.waiter);
   uv_loop_close(&loop);
-  if (!leave_ignored) set_run_signals(SIG_DFL);
+  if (!leave_ignored) run_signals_set(SIG_DFL);
   pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   return rv;
 }

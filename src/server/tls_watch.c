@@ -1,5 +1,6 @@
 /* The TLS file watcher (see tls_watch.h). */
 #include "server/tls_watch.h"
+#include "server/run_signals.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -25,12 +26,8 @@ int tls_watch_start(tls_watch *w, tls_store *store, transport_stats *stats) {
     uv_mutex_destroy(&w->lock);
     return EXTPROC_EIO;
   }
-  sigset_t block, old;
-  sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGTERM);
-  sigaddset(&block, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
+  sigset_t old;
+  run_signals_mask(SIG_BLOCK, &old);
   const int rv = uv_thread_create(&w->thread, watch_main, w);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rv != 0) {
