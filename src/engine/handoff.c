@@ -52,7 +52,7 @@ static void unlink_held(extproc_request *req) {
   req->deferred_linked = false;
 }
 
-/* The request is back on the loop: `state` is what the hand-back left in req->handoff. */
+/* The request is back on the loop: nothing off the loop holds it any more. */
 static void release(extproc_request *req) {
   atomic_store(&req->handoff, HANDOFF_IDLE);
   req->deferred = false;
