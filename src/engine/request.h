@@ -88,7 +88,7 @@ typedef struct message_view {
   const uint8_t *body;
   size_t body_len;
   bool chunk_accumulated; /* this chunk is already in the stream's accumulated body */
-  uint64_t started_ns;    /* monotonic, when the message was taken in */
+  uint64_t started_ns;    /* monotonic, when taken in; 0 when nothing times it */
 } message_view;
 
 /* The reply being built. Everything it points at lives in the message arena. */

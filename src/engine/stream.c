@@ -158,22 +158,25 @@ static reply_kind kind_of(const extproc_request *req, extproc_result result) {
 }
 
 void complete_phase(extproc_request *req, extproc_result result) {
-  const reply_kind kind = kind_of(req, result); /* before the reply is sent and reset */
+  /* Read before the reply is sent and reset; only what metrics or a debug line will use. */
+  const reply_kind kind = req->metrics ? kind_of(req, result) : REPLY_CONTINUE;
   if (result == EXTPROC_FAIL) {
     apply_error_policy(req);
   } else if (!req->msg.observability_mode && !req->ended) {
     send_replies(req);
   }
-  const uint64_t elapsed_ns = monotonic_ns() - req->msg.started_ns;
-  if (req->metrics) {
-    metric_observe(req->metrics->duration[req->msg.phase], elapsed_ns);
-    if (!req->msg.observability_mode) metric_add(req->metrics->replies[kind], 1);
+  if (req->msg.started_ns) {
+    const uint64_t elapsed_ns = monotonic_ns() - req->msg.started_ns;
+    if (req->metrics) {
+      metric_observe(req->metrics->duration[req->msg.phase], elapsed_ns);
+      if (!req->msg.observability_mode) metric_add(req->metrics->replies[kind], 1);
+    }
+    extproc_log(req, EXTPROC_LOG_DEBUG, "%s in %llu ns",
+                result == EXTPROC_FAIL ? "failed"
+                : req->reply.immediate ? "answered immediately"
+                                       : "handled",
+                (unsigned long long)elapsed_ns);
   }
-  extproc_log(req, EXTPROC_LOG_DEBUG, "%s in %llu ns",
-              result == EXTPROC_FAIL ? "failed"
-              : req->reply.immediate ? "answered immediately"
-                                     : "handled",
-              (unsigned long long)elapsed_ns);
   reset_message_memory(req);
 }
 
@@ -211,7 +214,8 @@ void stream_process(extproc_request *req, const uint8_t *data, size_t len) {
   const extproc_phase phase = phase_of(msg->request_case);
   const bool first_message =
       req->direction[0] == DIRECTION_NOTHING && req->direction[1] == DIRECTION_NOTHING;
-  req->msg.started_ns = monotonic_ns();
+  /* The clock is read only for what uses it: the duration metric, or a debug line. */
+  req->msg.started_ns = req->metrics || log_enabled(EXTPROC_LOG_DEBUG) ? monotonic_ns() : 0;
   req->msg.phase = phase;
   req->msg.observability_mode = msg->observability_mode;
   req->reply = (reply_draft){.fail_code = EXTPROC_GRPC_INTERNAL};
