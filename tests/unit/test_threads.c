@@ -30,6 +30,7 @@
 #include "extproc/extproc.h"
 #include "extproc/server.h"
 #include "h2_client.h"
+#include "testing/envoy_request.h"
 
 #define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
@@ -55,54 +56,21 @@ static int teardown(void **state) {
 
 /* ---- Messages ---------------------------------------------------------------------------- */
 
-/* A ProcessingRequest with request (or response) headers carrying x-n: n. Returns a malloc'd
- * buffer and its length in *len; NULL on out-of-memory. */
-static uint8_t *pack_headers(bool response, int n, size_t *len) {
+/* Sends request (or response) headers carrying x-n: n, as Envoy would. */
+static int send_headers(h2_client *c, int32_t id, bool response, int n) {
   char n_text[16];
   snprintf(n_text, sizeof(n_text), "%d", n);
-  const char *keys[3] = {":method", ":path", "x-n"};
-  const char *values[3] = {"GET", "/threads", n_text};
-  if (response) {
-    keys[0] = ":status";
-    values[0] = "200";
-    keys[1] = "content-type";
-    values[1] = "text/plain";
-  }
-  Envoy__Config__Core__V3__HeaderValue hv[3];
-  Envoy__Config__Core__V3__HeaderValue *ptrs[3];
-  for (size_t i = 0; i < 3; i++) {
-    envoy__config__core__v3__header_value__init(&hv[i]);
-    hv[i].key = (char *)keys[i];
-    hv[i].raw_value.data = (uint8_t *)values[i];
-    hv[i].raw_value.len = strlen(values[i]);
-    ptrs[i] = &hv[i];
-  }
-  Envoy__Config__Core__V3__HeaderMap map = ENVOY__CONFIG__CORE__V3__HEADER_MAP__INIT;
-  map.headers = ptrs;
-  map.n_headers = 3;
-  Envoy__Service__ExtProc__V3__HttpHeaders hh = ENVOY__SERVICE__EXT_PROC__V3__HTTP_HEADERS__INIT;
-  hh.headers = &map;
-  hh.end_of_stream = response;
-  ProcessingRequest req = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__INIT;
-  if (response) {
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS;
-    req.response_headers = &hh;
-  } else {
-    req.request_case = ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS;
-    req.request_headers = &hh;
-  }
-  *len = protobuf_c_message_get_packed_size(&req.base);
-  uint8_t *buf = malloc(*len ? *len : 1);
-  if (buf) protobuf_c_message_pack(&req.base, buf);
-  return buf;
-}
-
-static int send_headers(h2_client *c, int32_t id, bool response, int n) {
-  size_t len;
-  uint8_t *buf = pack_headers(response, n, &len);
-  if (!buf) return -1;
-  const int rv = h2_client_send_message(c, id, buf, len, 0);
-  free(buf);
+  const char *const request[] = {":method", "GET", ":path", "/threads", "x-n", n_text};
+  const char *const reply[] = {":status", "200", "content-type", "text/plain", "x-n", n_text};
+  arena a;
+  arena_init(&a, ARENA_CACHED_BLOCK);
+  size_t len = 0;
+  envoy_request *m =
+      envoy_request_headers(&a, response ? EXTPROC_RESPONSE_HEADERS : EXTPROC_REQUEST_HEADERS,
+                            response ? reply : request, 3, response);
+  const uint8_t *buf = m ? envoy_request_encode(&a, m, &len) : NULL;
+  const int rv = buf ? h2_client_send_message(c, id, buf, len, 0) : -1;
+  arena_free(&a);
   return rv;
 }
 
