@@ -7,6 +7,24 @@ ENVOY=${ENVOY:-$REPO/.venv/bin/envoy}
 TEST_NAME=$(basename "$0" .sh)
 
 log() { echo "[$TEST_NAME] $*"; }
+
+# Counts and reports one passed check.
+checks=0
+pass() {
+  checks=$((checks + 1))
+  log "ok: $*"
+}
+
+# Keeps the work directory and shows the tail of its logs after a failure (exit status $1);
+# removes it after a success.
+keep_logs_on_failure() {
+  if [ "$1" -ne 0 ]; then
+    log "logs kept in $WORK"
+    tail -n 20 "$WORK"/*.log 2>/dev/null | sed 's/^/    /' >&2 || true
+  else
+    rm -rf "$WORK"
+  fi
+}
 fail() {
   echo "[$TEST_NAME] FAIL: $*" >&2
   exit 1

@@ -25,20 +25,9 @@ cleanup() {
   [ -z "$ENVOY_PID" ] || stop_pid "$ENVOY_PID"
   pod rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
   pod rmi -f "$IMAGE" >/dev/null 2>&1 || true
-  if [ $rc -ne 0 ]; then
-    log "logs kept in $WORK"
-    tail -n 20 "$WORK"/*.log 2>/dev/null | sed 's/^/    /' >&2 || true
-  else
-    rm -rf "$WORK"
-  fi
+  keep_logs_on_failure $rc
 }
 trap cleanup EXIT
-
-checks=0
-pass() {
-  checks=$((checks + 1))
-  log "ok: $*"
-}
 
 log "building $IMAGE"
 IMAGE=$IMAGE "$REPO/scripts/container.sh" build >"$WORK/build.log" 2>&1 ||

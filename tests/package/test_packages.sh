@@ -36,20 +36,9 @@ cleanup() {
   local rc=$?
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   remove_packages || echo "[$TEST_NAME] could not remove the packages; see $WORK/apt.log" >&2
-  if [ $rc -ne 0 ]; then
-    log "logs kept in $WORK"
-    tail -n 20 "$WORK"/*.log 2>/dev/null | sed 's/^/    /' >&2 || true
-  else
-    rm -rf "$WORK"
-  fi
+  keep_logs_on_failure $rc
 }
 trap cleanup EXIT
-
-checks=0
-pass() {
-  checks=$((checks + 1))
-  log "ok: $*"
-}
 
 # ---- build the packages ---------------------------------------------------------------
 log "configuring and building $BUILD"
