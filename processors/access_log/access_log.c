@@ -23,8 +23,8 @@
 #include "settings.h"
 #include "writer.h"
 
-/* One processor's settings and writer. They live until the process exits, since a processor
- * has no hook that runs when it is freed: free_all (atexit) writes out what is queued. */
+/* One processor's settings and writer, freed with the processor (its user_data), which writes out
+ * what is queued. Every live one is also on a list, for access_log_flush(). */
 typedef struct al_config {
   al_settings settings;
   al_writer *writer;
@@ -33,7 +33,6 @@ typedef struct al_config {
 
 static pthread_mutex_t configs_mu = PTHREAD_MUTEX_INITIALIZER;
 static al_config *configs;
-static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;
 
 static void config_free(al_config *c) {
   al_writer_free(c->writer);
@@ -41,19 +40,18 @@ static void config_free(al_config *c) {
   free(c);
 }
 
-static void free_all(void) {
+/* The processor's user_data_free: off the list, then the queued lines written and all freed. */
+static void config_release(void *data) {
+  al_config *c = data;
   pthread_mutex_lock(&configs_mu);
-  al_config *c = configs;
-  configs = NULL;
-  pthread_mutex_unlock(&configs_mu);
-  while (c) {
-    al_config *next = c->next;
-    config_free(c);
-    c = next;
+  for (al_config **at = &configs; *at; at = &(*at)->next) {
+    if (*at != c) continue;
+    *at = c->next;
+    break;
   }
+  pthread_mutex_unlock(&configs_mu);
+  config_free(c);
 }
-
-static void register_atexit(void) { atexit(free_all); }
 
 void access_log_flush(void) {
   pthread_mutex_lock(&configs_mu);
@@ -223,10 +221,10 @@ extproc_processor *access_log_processor_new(void) {
     config_free(c);
     return NULL;
   }
+  extproc_processor_set_user_data_free(p, config_release);
   pthread_mutex_lock(&configs_mu);
   c->next = configs;
   configs = c;
   pthread_mutex_unlock(&configs_mu);
-  pthread_once(&atexit_once, register_atexit);
   return p;
 }

@@ -8,7 +8,7 @@
 
 /* Reads the settings, opens the log and starts its writer thread. Returns the processor, or
  * NULL after logging which setting is bad (or that the file cannot be opened). The writer
- * lives until the process exits: queued lines are written out then (atexit). */
+ * lives as long as the processor: extproc_processor_free() writes out the queued lines. */
 extproc_processor *access_log_processor_new(void);
 
 /* Waits until every line handed to any access-log writer so far has been written or dropped
