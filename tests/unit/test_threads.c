@@ -71,6 +71,7 @@ static int send_headers(h2_client *c, int32_t id, bool response, int n) {
   const uint8_t *buf = m ? envoy_request_encode(&a, m, &len) : NULL;
   const int rv = buf ? h2_client_send_message(c, id, buf, len, 0) : -1;
   arena_free(&a);
+  arena_cache_release(); /* client threads exit without returning their cached blocks */
   return rv;
 }
 
