@@ -306,7 +306,6 @@ static void test_blocking_callback_past_deadline(void **state) {
 
 typedef struct manual {
   pthread_mutex_t lock;
-  pthread_cond_t cond;
   extproc_request *posted;
   size_t deferred;
   bool armed;
@@ -320,7 +319,6 @@ static void manual_post(void *data, extproc_request *req) {
   manual *m = data;
   pthread_mutex_lock(&m->lock);
   m->posted = req;
-  pthread_cond_signal(&m->cond);
   pthread_mutex_unlock(&m->lock);
 }
 
@@ -368,6 +366,17 @@ static void manual_resumed(void *io) { (void)io; }
 static const stream_sink manual_sink = {
     .send = manual_send, .finish = manual_finish, .resumed = manual_resumed};
 
+/* The loop's side of the engine for `m`: posts, the deadline timer and the counters land in it. */
+static stream_poster manual_poster(manual *m, task_pool *pool) {
+  return (stream_poster){.post = manual_post,
+                         .data = m,
+                         .deferred = &m->deferred,
+                         .timer_start = manual_timer_start,
+                         .timer_stop = manual_timer_stop,
+                         .pool = pool,
+                         .stats = &m->stats};
+}
+
 static void send_headers(extproc_request *req) {
   arena a;
   arena_init(&a, ARENA_CACHED_BLOCK);
@@ -413,14 +422,7 @@ static void test_deadline_while_queued(void **state) {
 
   manual m = {0};
   pthread_mutex_init(&m.lock, NULL);
-  pthread_cond_init(&m.cond, NULL);
-  const stream_poster poster = {.post = manual_post,
-                                .data = &m,
-                                .deferred = &m.deferred,
-                                .timer_start = manual_timer_start,
-                                .timer_stop = manual_timer_stop,
-                                .pool = pool,
-                                .stats = &m.stats};
+  const stream_poster poster = manual_poster(&m, pool);
   extproc_processor *p;
   assert_int_equal(extproc_processor_new(&p, "queued"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, count_run);
@@ -449,7 +451,6 @@ static void test_deadline_while_queued(void **state) {
   assert_int_equal(atomic_load(&g_ran), 0);
   extproc_processor_free(p);
   pthread_mutex_destroy(&m.lock);
-  pthread_cond_destroy(&m.cond);
 }
 
 /* The deadline passes while a blocking callback runs: answered at once, and the callback's
@@ -470,14 +471,7 @@ static void test_deadline_while_running(void **state) {
   assert_int_equal(pool_new(&pool, 1, 4), 0);
   manual m = {0};
   pthread_mutex_init(&m.lock, NULL);
-  pthread_cond_init(&m.cond, NULL);
-  const stream_poster poster = {.post = manual_post,
-                                .data = &m,
-                                .deferred = &m.deferred,
-                                .timer_start = manual_timer_start,
-                                .timer_stop = manual_timer_stop,
-                                .pool = pool,
-                                .stats = &m.stats};
+  const stream_poster poster = manual_poster(&m, pool);
   extproc_processor *p;
   assert_int_equal(extproc_processor_new(&p, "running"), 0);
   extproc_processor_on(p, EXTPROC_REQUEST_HEADERS, wait_release);
@@ -504,7 +498,6 @@ static void test_deadline_while_running(void **state) {
   pool_free(pool);
   extproc_processor_free(p);
   pthread_mutex_destroy(&m.lock);
-  pthread_cond_destroy(&m.cond);
 }
 
 int main(void) {
