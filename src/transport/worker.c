@@ -3,6 +3,7 @@
  * listeners close and connections drain, then the grace period ends what is left). */
 #include "transport/worker.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __GLIBC__
@@ -138,11 +139,19 @@ void worker_retry_budget_later(worker *w) {
  * TRIM_DELAY_MS per loop, and only after TRIM_AFTER_BYTES of large buffers were freed. */
 enum { TRIM_AFTER_BYTES = 1 << 20, TRIM_DELAY_MS = 1000 };
 
+/* One trim at a time, process-wide. When glibc's allocator does not serve malloc (a sanitizer's
+ * or a preloaded one does), the first malloc_trim initializes glibc's idle allocator, and that
+ * initialization is not safe from two threads at once: both attach to its main arena, and the
+ * second thread to exit fails glibc's arena count assertion and aborts. */
+static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void on_trim_timer(uv_timer_t *timer) {
   worker *w = timer->data;
   w->freed_since_trim = 0;
 #ifdef __GLIBC__
+  pthread_mutex_lock(&trim_lock);
   malloc_trim(0);
+  pthread_mutex_unlock(&trim_lock);
 #endif
 }
 
