@@ -1,0 +1,222 @@
+/* How Envoy 1.40's ext_proc filter takes a reply's header mutation, dynamic metadata and
+ * mode_override: what it applies, and what it says about it. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "exchange.h"
+
+/* ---- Judgments ------------------------------------------------------------------------- */
+
+void outcome_judge(outcome *o, const char *code, const char *fmt, ...) {
+  judgment *grown = realloc(o->judgments, (o->judgment_count + 1) * sizeof(*grown));
+  if (!grown) return;
+  o->judgments = grown;
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  grown[o->judgment_count++] = (judgment){.code = code, .message = strdup(buf)};
+}
+
+bool outcome_has_judgment(const outcome *o, const char *code) {
+  for (size_t i = 0; i < o->judgment_count; i++)
+    if (strcmp(o->judgments[i].code, code) == 0) return true;
+  return false;
+}
+
+static void side_free(side_outcome *s) {
+  pair_list_clear(&s->headers);
+  pair_list_clear(&s->trailers);
+  byte_buf_free(&s->body);
+}
+
+void outcome_free(outcome *o) {
+  side_free(&o->upstream);
+  side_free(&o->client);
+  cJSON_Delete(o->dynamic_metadata);
+  cJSON_Delete(o->mode_override);
+  for (size_t i = 0; i < o->judgment_count; i++)
+    free(o->judgments[i].message);
+  free(o->judgments);
+}
+
+const char *response_case_name(int response_case) {
+  switch (response_case) {
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS:
+    return "request_headers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_HEADERS:
+    return "response_headers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY:
+    return "request_body";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY:
+    return "response_body";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS:
+    return "request_trailers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS:
+    return "response_trailers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE:
+    return "immediate_response";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE:
+    return "streamed_immediate_response";
+  default: return "no response (oneof unset)";
+  }
+}
+
+/* ---- Header mutations ------------------------------------------------------------------ */
+
+/* Headers Envoy's default mutation_rules (none configured) never let a processor change: the
+ * pseudo-headers and host. */
+static bool protected_by_default(const char *name) {
+  return name[0] == ':' || strcasecmp(name, "host") == 0;
+}
+
+enum { APPEND_IF_EXISTS_OR_ADD = 0, ADD_IF_ABSENT = 1, OVERWRITE_IF_EXISTS_OR_ADD = 2,
+       OVERWRITE_IF_EXISTS = 3 };
+
+bool envoy_apply_header_mutation(outcome *o, const char *phase, const header_mutation *m,
+                                 pair_list *headers, bool skip_content_length) {
+  if (!m) return true;
+  for (size_t i = 0; i < m->n_remove_headers; i++) {
+    const char *name = m->remove_headers[i];
+    if (protected_by_default(name)) {
+      outcome_judge(o, "mutation_dropped",
+                    "%s: removing %s: Envoy's default mutation_rules ignore it", phase, name);
+      continue;
+    }
+    pair_list_remove(headers, name);
+  }
+  for (size_t i = 0; i < m->n_set_headers; i++) {
+    const Envoy__Config__Core__V3__HeaderValueOption *opt = m->set_headers[i];
+    const Envoy__Config__Core__V3__HeaderValue *hv = opt->header;
+    if (!hv || !hv->key || !*hv->key) continue;
+    const bool has_value = hv->value && *hv->value, has_raw = hv->raw_value.len > 0;
+    if (has_value && has_raw) {
+      outcome_judge(o, "value_and_raw_value",
+                    "%s: header %s has both value and raw_value: Envoy would answer 500", phase,
+                    hv->key);
+      return false;
+    }
+    char *value;
+    if (has_value) {
+      outcome_judge(o, "value_only",
+                    "%s: header %s is written to `value` only (\"%s\"): Envoy 1.40 reads "
+                    "raw_value and would forward it empty",
+                    phase, hv->key, hv->value);
+      value = strdup("");
+    } else {
+      value = strndup((const char *)hv->raw_value.data, hv->raw_value.len);
+    }
+    if (!value) return true;
+    if (protected_by_default(hv->key)) {
+      outcome_judge(o, "mutation_dropped",
+                    "%s: setting %s: Envoy's default mutation_rules ignore it", phase, hv->key);
+    } else if (skip_content_length && strcasecmp(hv->key, "content-length") == 0) {
+      /* Envoy removed content-length for this streaming body and ignores a new one. */
+    } else {
+      int action = opt->append_action;
+      /* The legacy `append` flag, when present, decides between adding and overwriting. */
+      if (opt->append && action != ADD_IF_ABSENT)
+        action = opt->append->value ? APPEND_IF_EXISTS_OR_ADD : OVERWRITE_IF_EXISTS_OR_ADD;
+      const bool exists = pair_list_get(headers, hv->key) != NULL;
+      switch (action) {
+      case ADD_IF_ABSENT:
+        if (!exists) pair_list_add(headers, hv->key, value);
+        break;
+      case OVERWRITE_IF_EXISTS:
+        if (!exists) break;
+        /* fall through */
+      case OVERWRITE_IF_EXISTS_OR_ADD:
+        pair_list_remove(headers, hv->key);
+        pair_list_add(headers, hv->key, value);
+        break;
+      default: pair_list_add(headers, hv->key, value);
+      }
+    }
+    free(value);
+  }
+  return true;
+}
+
+/* ---- Dynamic metadata and mode_override ------------------------------------------------ */
+
+static cJSON *value_to_json(const Google__Protobuf__Value *v);
+
+static cJSON *struct_to_json(const Google__Protobuf__Struct *s) {
+  cJSON *o = cJSON_CreateObject();
+  for (size_t i = 0; o && s && i < s->n_fields; i++)
+    cJSON_AddItemToObject(o, s->fields[i]->key, value_to_json(s->fields[i]->value));
+  return o;
+}
+
+/* Expectations compare as text, so numbers and booleans become strings as YAML writes them. */
+static cJSON *value_to_json(const Google__Protobuf__Value *v) {
+  if (!v) return cJSON_CreateNull();
+  char buf[64];
+  switch (v->kind_case) {
+  case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE: return cJSON_CreateString(v->string_value);
+  case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
+    snprintf(buf, sizeof(buf), "%.17g", v->number_value);
+    return cJSON_CreateString(buf);
+  case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
+    return cJSON_CreateString(v->bool_value ? "true" : "false");
+  case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE: return struct_to_json(v->struct_value);
+  case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: {
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && v->list_value && i < v->list_value->n_values; i++)
+      cJSON_AddItemToArray(a, value_to_json(v->list_value->values[i]));
+    return a;
+  }
+  default: return cJSON_CreateNull();
+  }
+}
+
+void envoy_merge_dynamic_metadata(outcome *o, const processing_response *r) {
+  if (!r->dynamic_metadata) return;
+  if (!o->dynamic_metadata) o->dynamic_metadata = cJSON_CreateObject();
+  cJSON *add = struct_to_json(r->dynamic_metadata);
+  if (!o->dynamic_metadata || !add) {
+    cJSON_Delete(add);
+    return;
+  }
+  /* A namespace written again replaces its keys one by one, as Envoy merges filter metadata. */
+  cJSON *ns;
+  cJSON_ArrayForEach(ns, add) {
+    cJSON *have = cJSON_GetObjectItemCaseSensitive(o->dynamic_metadata, ns->string);
+    if (!have || !cJSON_IsObject(have) || !cJSON_IsObject(ns)) {
+      cJSON_DeleteItemFromObjectCaseSensitive(o->dynamic_metadata, ns->string);
+      cJSON_AddItemToObject(o->dynamic_metadata, ns->string, cJSON_Duplicate(ns, true));
+      continue;
+    }
+    cJSON *kv;
+    cJSON_ArrayForEach(kv, ns) {
+      cJSON_DeleteItemFromObjectCaseSensitive(have, kv->string);
+      cJSON_AddItemToObject(have, kv->string, cJSON_Duplicate(kv, true));
+    }
+  }
+  cJSON_Delete(add);
+}
+
+void envoy_record_mode_override(outcome *o, const processing_response *r) {
+  const Envoy__Extensions__Filters__Http__ExtProc__V3__ProcessingMode *m = r->mode_override;
+  if (!m) return;
+  cJSON_Delete(o->mode_override);
+  o->mode_override = cJSON_CreateObject();
+  if (!o->mode_override) return;
+  const int headers[] = {m->request_header_mode, m->response_header_mode,
+                         m->request_trailer_mode, m->response_trailer_mode};
+  static const char *const header_keys[] = {"request_header_mode", "response_header_mode",
+                                            "request_trailer_mode", "response_trailer_mode"};
+  for (int i = 0; i < 4; i++)
+    if (header_mode_name(headers[i]))
+      cJSON_AddStringToObject(o->mode_override, header_keys[i], header_mode_name(headers[i]));
+  if (body_mode_name((extproc_body_mode)m->request_body_mode))
+    cJSON_AddStringToObject(o->mode_override, "request_body_mode",
+                            body_mode_name((extproc_body_mode)m->request_body_mode));
+  if (body_mode_name((extproc_body_mode)m->response_body_mode))
+    cJSON_AddStringToObject(o->mode_override, "response_body_mode",
+                            body_mode_name((extproc_body_mode)m->response_body_mode));
+}

@@ -1,0 +1,84 @@
+/* extproc-test as a C library: load scenario files, play them against an ext_proc server as
+ * Envoy 1.40 would, and report. The `extproc-test` program is a thin command line over it; a
+ * C test suite can call it directly. The scenario format is docs/scenarios.md.
+ *
+ * Thread-safety: a suite is used by one thread at a time; extest_suite_run() starts its own
+ * worker threads and joins them before returning. Functions returning int return 0 on success
+ * and -1 on failure, with a sentence in the `err` buffer the caller passes. */
+#ifndef EXTPROC_TEST_H
+#define EXTPROC_TEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+/* The scenarios of one or more files, and after extest_suite_run() their results. Opaque. */
+typedef struct extest_suite extest_suite;
+
+/* Where the server listens. Strings are borrowed: they must outlive the run. */
+typedef struct extest_target {
+  const char *address;   /* "HOST:PORT" (numeric or name), "[IPV6]:PORT" or "unix:PATH" */
+  bool tls;              /* speak TLS (ALPN h2) */
+  const char *ca_file;   /* TLS: verify the server against this CA (PEM); NULL: no check */
+  const char *cert_file; /* TLS: a client certificate for mutual TLS (PEM); NULL: none */
+  const char *key_file;  /* its key */
+  const char *sni;       /* TLS: server name sent and verified; NULL: none */
+} extest_target;
+
+typedef struct extest_options {
+  unsigned jobs;          /* scenarios played at once, each on its own connection; 0 means 1 */
+  const char *filter;     /* only scenarios whose name contains this text; NULL: all */
+  bool update_golden;     /* write each scenario's `golden` file from what was seen, instead of
+                             comparing with it */
+} extest_options;
+
+typedef enum extest_status {
+  EXTEST_PASSED,  /* every expectation held, and Envoy would not object to anything */
+  EXTEST_FAILED,  /* an expectation did not hold (see the failures) */
+  EXTEST_ERROR,   /* the scenario could not be played (no connection, unreadable golden file) */
+  EXTEST_SKIPPED, /* left out by the filter */
+} extest_status;
+
+/* One scenario's result. Strings are owned by the suite and live as long as it does. */
+typedef struct extest_result {
+  const char *file; /* the scenario file, as given */
+  const char *name; /* the scenario's name */
+  extest_status status;
+  const char *const *failures; /* sentences, one per expectation that failed */
+  size_t failure_count;
+  const char *const *judgment_codes;    /* what Envoy would say (docs/scenarios.md), e.g. */
+  const char *const *judgment_messages; /* "value_only", with the sentence explaining it */
+  size_t judgment_count;
+  const char *outcome_json; /* what the tool saw, as Envoy would forward it (JSON) */
+  double duration_ms;       /* wall time to play it, in milliseconds */
+} extest_result;
+
+/* Loads every scenario of the `count` files at `paths` into a new suite (`*out`). On error
+ * (unreadable file, malformed YAML, unknown key, bad value) returns -1 with "path:line: what"
+ * in `err` (`errlen` bytes) and no suite. */
+int extest_suite_load(extest_suite **out, const char *const *paths, size_t count, char *err,
+                      size_t errlen);
+
+/* The number of scenarios loaded. */
+size_t extest_suite_count(const extest_suite *s);
+
+/* Plays every scenario against `t`. Returns the number of scenarios that failed or could not
+ * be played (0: all passed or skipped). Results are read with extest_suite_result(). */
+size_t extest_suite_run(extest_suite *s, const extest_target *t, const extest_options *o);
+
+/* Scenario `i`'s result (in file order), or NULL if `i` is out of range. Before a run every
+ * status is EXTEST_SKIPPED. */
+const extest_result *extest_suite_result(const extest_suite *s, size_t i);
+
+/* Reports: a readable summary (what failed and why, what Envoy would say), JSON (one object:
+ * {"passed", "failed", "skipped", "scenarios": [{file, name, status, failures, envoy_says,
+ * outcome, duration_ms}]}) and JUnit XML (one testsuite per file). Return 0, or -1 if writing
+ * failed. */
+int extest_report_text(const extest_suite *s, FILE *f, bool verbose);
+int extest_report_json(const extest_suite *s, FILE *f);
+int extest_report_junit(const extest_suite *s, FILE *f);
+
+/* Frees the suite and its results. NULL is ignored. */
+void extest_suite_free(extest_suite *s);
+
+#endif
