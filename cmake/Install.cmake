@@ -3,7 +3,7 @@
 #   runtime  the shared library and its SONAME link          -> libextproc0
 #   dev      headers, static library, .so link, libextproc.pc,
 #            the CMake package (find_package(libextproc))     -> libextproc-dev
-#   tools    extproc-examples, extproc-load and their man pages -> extproc-tools
+#   tools    extproc-examples, extproc-load, extproc-test and their man pages -> extproc-tools
 # The generated protobuf-c headers are internal: they are never installed.
 include(CMakePackageConfigHelpers)
 
@@ -41,11 +41,11 @@ install(FILES ${CMAKE_BINARY_DIR}/cmake/libextprocConfig.cmake
   DESTINATION ${EXTPROC_CMAKE_DIR} COMPONENT dev)
 
 # The programs, with their man pages (gzipped, as Debian keeps them).
-install(TARGETS extproc-examples extproc-load RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+install(TARGETS extproc-examples extproc-load extproc-test RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   COMPONENT tools)
 find_program(GZIP gzip REQUIRED)
 set(EXTPROC_MAN_PAGES)
-foreach(page extproc-examples.1 extproc-load.1)
+foreach(page extproc-examples.1 extproc-load.1 extproc-test.1)
   set(src ${CMAKE_SOURCE_DIR}/docs/man/${page})
   set(out ${CMAKE_BINARY_DIR}/man/${page}.gz)
   add_custom_command(OUTPUT ${out}

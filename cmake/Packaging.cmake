@@ -3,7 +3,7 @@
 #   libextproc-dev  dev: headers, static library, libextproc.pc, the CMake package; depends on
 #                   libextproc0 of the very same version and on the -dev packages of the
 #                   libraries the static library and pkg-config --static need
-#   extproc-tools   tools: extproc-examples and extproc-load, with their man pages
+#   extproc-tools   tools: extproc-examples, extproc-load and extproc-test, with their man pages
 # Build them with: cpack -G DEB (in a build directory configured with
 # -DCMAKE_INSTALL_PREFIX=/usr for Debian's multiarch library directory).
 set(CPACK_PACKAGE_NAME libextproc)
@@ -47,10 +47,11 @@ This package holds the headers, the static library, the pkg-config file
 
 set(CPACK_DEBIAN_TOOLS_PACKAGE_NAME extproc-tools)
 set(CPACK_DEBIAN_TOOLS_PACKAGE_SECTION net)
-set(CPACK_DEBIAN_TOOLS_DESCRIPTION "example ext_proc processors and an ext_proc load generator
+set(CPACK_DEBIAN_TOOLS_DESCRIPTION "example ext_proc processors, a load generator and a test tool
 extproc-examples serves the example processors of libextproc (the runner of
 its demo); extproc-load drives an ext_proc server the way Envoy does and
-reports throughput, latency and errors. Both are linked with libextproc
-statically.")
+reports throughput, latency and errors; extproc-test plays scenario files
+against any ext_proc server and says what Envoy would do with each reply.
+All are linked with libextproc statically.")
 
 include(CPack)

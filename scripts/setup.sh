@@ -14,7 +14,7 @@ DEB_PACKAGES=(
   libprotobuf-dev protobuf-compiler libcmocka-dev libcjson-dev libmicrohttpd-dev libjwt-dev
   python3 python3-venv curl cargo doxygen openssl
   dpkg-dev file man-db groff-base podman runc
-  redis-server libhiredis-dev
+  redis-server libhiredis-dev libyaml-dev
 )
 
 missing=()

@@ -91,8 +91,9 @@ for f in /usr/include/extproc/extproc.h "$LIBDIR/libextproc.a" "$LIBDIR/libextpr
 done
 ! grep -q 'pb-c' <<<"$dev_files" || fail "libextproc-dev holds generated protobuf-c headers"
 tools_files=$(contents extproc-tools | grep -v '/$' | sort | paste -sd' ')
-[ "$tools_files" = "/usr/bin/extproc-examples /usr/bin/extproc-load \
-/usr/share/man/man1/extproc-examples.1.gz /usr/share/man/man1/extproc-load.1.gz" ] ||
+[ "$tools_files" = "/usr/bin/extproc-examples /usr/bin/extproc-load /usr/bin/extproc-test \
+/usr/share/man/man1/extproc-examples.1.gz /usr/share/man/man1/extproc-load.1.gz \
+/usr/share/man/man1/extproc-test.1.gz" ] ||
   fail "extproc-tools holds: $tools_files"
 pass "package contents"
 
@@ -117,7 +118,7 @@ soname=$(readelf -d "$LIBDIR/libextproc.so.0" | sed -n 's/.*(SONAME).*\[\(.*\)\]
 pkg-config --exists --print-errors libextproc
 pass "library $soname, headers, pkg-config $VERSION"
 
-for prog in extproc-examples extproc-load; do
+for prog in extproc-examples extproc-load extproc-test; do
   page=$(man -w "$prog") || fail "no man page for $prog"
   text=$(zcat "$page")
   flags=$("$prog" --help | grep -oE -- '--[a-z][a-z-]*' | sort -u)

@@ -68,21 +68,76 @@ const char *response_case_name(int response_case) {
 
 /* ---- Header mutations ------------------------------------------------------------------ */
 
-/* Headers Envoy's default mutation_rules (none configured) never let a processor change: the
- * pseudo-headers and host. */
-static bool protected_by_default(const char *name) {
-  return name[0] == ':' || strcasecmp(name, "host") == 0;
+/* A name Envoy accepts in a mutation: an HTTP token, or a pseudo-header (":" then a token). */
+static bool valid_name(const char *name) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  const char *p = name[0] == ':' ? name + 1 : name;
+  if (!*p) return false;
+  for (; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          strchr(extra, *p)))
+      return false;
+  return true;
+}
+
+static bool valid_value(const char *value, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (value[i] == '\r' || value[i] == '\n' || value[i] == 0) return false;
+  return true;
+}
+
+/* Whether Envoy's default mutation_rules (none configured) let a processor set `name` to
+ * `value` (`append`: added beside the existing values) or remove it. Envoy 1.40 ignores, and
+ * counts in rejected_header_mutations: setting :authority, host, :method, :scheme or x-envoy-*,
+ * :status other than a number from 200, appending to any pseudo-header; removing any
+ * pseudo-header, host or x-envoy-*. :path and :status can be set. */
+static bool allowed_by_default(const char *name, const char *value, bool append, bool remove) {
+  if (strncasecmp(name, "x-envoy-", 8) == 0 || strcasecmp(name, "host") == 0) return false;
+  if (name[0] != ':') return true;
+  if (remove || append) return false;
+  if (strcasecmp(name, ":path") == 0) return true;
+  if (strcasecmp(name, ":status") == 0) {
+    char *end;
+    const long code = strtol(value, &end, 10);
+    return *value && !*end && code >= 200 && code <= 999;
+  }
+  return false;
 }
 
 enum { APPEND_IF_EXISTS_OR_ADD = 0, ADD_IF_ABSENT = 1, OVERWRITE_IF_EXISTS_OR_ADD = 2,
        OVERWRITE_IF_EXISTS = 3 };
+
+/* One write, by its append_action (or the legacy `append` flag, which wins when present). */
+static void apply_write(pair_list *headers, const char *name, const char *value, int action) {
+  const bool exists = pair_list_get(headers, name) != NULL;
+  switch (action) {
+  case ADD_IF_ABSENT:
+    if (!exists) pair_list_add(headers, name, value);
+    break;
+  case OVERWRITE_IF_EXISTS:
+    if (!exists) break;
+    /* fall through */
+  case OVERWRITE_IF_EXISTS_OR_ADD:
+    pair_list_remove(headers, name);
+    pair_list_add(headers, name, value);
+    break;
+  default: pair_list_add(headers, name, value);
+  }
+}
 
 bool envoy_apply_header_mutation(outcome *o, const char *phase, const header_mutation *m,
                                  pair_list *headers, bool skip_content_length) {
   if (!m) return true;
   for (size_t i = 0; i < m->n_remove_headers; i++) {
     const char *name = m->remove_headers[i];
-    if (protected_by_default(name)) {
+    if (!valid_name(name)) {
+      outcome_judge(o, "invalid_header_mutation",
+                    "%s: removing \"%s\", not a valid header name: Envoy would answer 500 "
+                    "(even with failure_mode_allow)",
+                    phase, name);
+      return false;
+    }
+    if (!allowed_by_default(name, "", false, true)) {
       outcome_judge(o, "mutation_dropped",
                     "%s: removing %s: Envoy's default mutation_rules ignore it", phase, name);
       continue;
@@ -92,51 +147,47 @@ bool envoy_apply_header_mutation(outcome *o, const char *phase, const header_mut
   for (size_t i = 0; i < m->n_set_headers; i++) {
     const Envoy__Config__Core__V3__HeaderValueOption *opt = m->set_headers[i];
     const Envoy__Config__Core__V3__HeaderValue *hv = opt->header;
-    if (!hv || !hv->key || !*hv->key) continue;
+    if (!hv || !hv->key) continue;
     const bool has_value = hv->value && *hv->value, has_raw = hv->raw_value.len > 0;
-    if (has_value && has_raw) {
+    if (has_value && has_raw)
       outcome_judge(o, "value_and_raw_value",
-                    "%s: header %s has both value and raw_value: Envoy would answer 500", phase,
-                    hv->key);
-      return false;
-    }
-    char *value;
-    if (has_value) {
+                    "%s: header %s has both value and raw_value: Envoy 1.40 takes raw_value "
+                    "(\"%.*s\") and ignores value (\"%s\")",
+                    phase, hv->key, (int)hv->raw_value.len, (const char *)hv->raw_value.data,
+                    hv->value);
+    else if (has_value)
       outcome_judge(o, "value_only",
                     "%s: header %s is written to `value` only (\"%s\"): Envoy 1.40 reads "
                     "raw_value and would forward it empty",
                     phase, hv->key, hv->value);
-      value = strdup("");
-    } else {
-      value = strndup((const char *)hv->raw_value.data, hv->raw_value.len);
+    const char *raw = (const char *)hv->raw_value.data;
+    if (!valid_name(hv->key) || !valid_value(raw ? raw : "", hv->raw_value.len)) {
+      outcome_judge(o, "invalid_header_mutation",
+                    "%s: setting \"%s\": an invalid header name or value (CR, LF or NUL): Envoy "
+                    "would answer 500 (even with failure_mode_allow)",
+                    phase, hv->key);
+      return false;
     }
-    if (!value) return true;
-    if (protected_by_default(hv->key)) {
+    char *value = strndup(raw ? raw : "", hv->raw_value.len);
+    char *name = strdup(hv->key);
+    if (!value || !name) {
+      free(value);
+      free(name);
+      continue;
+    }
+    for (char *c = name; *c; c++) /* Envoy lower-cases the names it is given */
+      if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
+    int action = opt->append_action;
+    if (opt->append && action != ADD_IF_ABSENT)
+      action = opt->append->value ? APPEND_IF_EXISTS_OR_ADD : OVERWRITE_IF_EXISTS_OR_ADD;
+    const bool appends = action == APPEND_IF_EXISTS_OR_ADD && pair_list_get(headers, name);
+    if (!allowed_by_default(name, value, appends, false))
       outcome_judge(o, "mutation_dropped",
-                    "%s: setting %s: Envoy's default mutation_rules ignore it", phase, hv->key);
-    } else if (skip_content_length && strcasecmp(hv->key, "content-length") == 0) {
-      /* Envoy removed content-length for this streaming body and ignores a new one. */
-    } else {
-      int action = opt->append_action;
-      /* The legacy `append` flag, when present, decides between adding and overwriting. */
-      if (opt->append && action != ADD_IF_ABSENT)
-        action = opt->append->value ? APPEND_IF_EXISTS_OR_ADD : OVERWRITE_IF_EXISTS_OR_ADD;
-      const bool exists = pair_list_get(headers, hv->key) != NULL;
-      switch (action) {
-      case ADD_IF_ABSENT:
-        if (!exists) pair_list_add(headers, hv->key, value);
-        break;
-      case OVERWRITE_IF_EXISTS:
-        if (!exists) break;
-        /* fall through */
-      case OVERWRITE_IF_EXISTS_OR_ADD:
-        pair_list_remove(headers, hv->key);
-        pair_list_add(headers, hv->key, value);
-        break;
-      default: pair_list_add(headers, hv->key, value);
-      }
-    }
+                    "%s: setting %s: Envoy's default mutation_rules ignore it", phase, name);
+    else if (!(skip_content_length && strcmp(name, "content-length") == 0))
+      apply_write(headers, name, value, action); /* else Envoy removed it for a streamed body */
     free(value);
+    free(name);
   }
   return true;
 }

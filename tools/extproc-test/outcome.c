@@ -99,7 +99,7 @@ static void check_side(const char *where, const side_expect *want, const side_ou
                        pair_list *failures) {
   if (!want->given) return;
   if (want->not_reached) {
-    if (have->reached) failf(failures, "%s: expected the request not to reach it, it did", where);
+    if (have->reached) failf(failures, "%s: expected nothing to reach it, something did", where);
     return;
   }
   if (!have->reached) {

@@ -172,11 +172,30 @@ static wait_result await_reply(player *p, processing_response **out) {
   }
 }
 
-/* The processor failed while Envoy waited on `phase`: with failure_mode_allow the request goes
- * on unprocessed; otherwise Envoy answers `status` itself. */
+/* Whether Envoy 1.40 runs a message timer for `phase`: not in a direction whose body mode is
+ * FULL_DUPLEX_STREAMED, where a missing reply leaves the request hanging. */
+static bool timed(const player *p, extproc_phase phase) {
+  const bool request = phase < EXTPROC_RESPONSE_HEADERS;
+  return (request ? p->mode.request_body_mode : p->mode.response_body_mode) !=
+         EXTPROC_BODY_FULL_DUPLEX_STREAMED;
+}
+
+/* failure_mode_allow no longer helps once a FULL_DUPLEX_STREAMED body has started. */
+static bool failure_allowed(const player *p, extproc_phase phase) {
+  const bool duplex_body = !timed(p, phase) && phase != EXTPROC_REQUEST_HEADERS &&
+                           phase != EXTPROC_RESPONSE_HEADERS;
+  return p->s->failure_mode_allow && !duplex_body;
+}
+
+static const char *failure_outcome(const player *p, extproc_phase phase, const char *status) {
+  return failure_allowed(p, phase) ? "pass the request on unprocessed (failure_mode_allow)"
+                                   : status;
+}
+
+/* The processor failed while Envoy waited on `phase`: with failure_mode_allow (where it
+ * applies) the request goes on unprocessed; otherwise Envoy answers `status` itself. */
 static void processor_failed(player *p, extproc_phase phase, int status) {
-  (void)phase;
-  if (p->s->failure_mode_allow) {
+  if (failure_allowed(p, phase)) {
     p->bypass = true;
     return;
   }
@@ -185,6 +204,13 @@ static void processor_failed(player *p, extproc_phase phase, int status) {
   p->o->client.status = status;
   pair_list_clear(&p->o->client.headers);
   byte_buf_free(&p->o->client.body);
+}
+
+/* No reply in a direction without a message timer: Envoy keeps the request open until the
+ * client or a connection-manager timeout gives up; nothing reaches the client. */
+static void request_hangs(player *p) {
+  p->ended = true;
+  p->o->client.reached = false;
 }
 
 /* Awaits the reply to `phase` and judges its kind. Returns it when it is the one Envoy waits
@@ -196,33 +222,47 @@ static processing_response *expect_reply(player *p, extproc_phase phase, int als
   switch (await_reply(p, &r)) {
   case GOT_REPLY: break;
   case TIMED_OUT:
+    if (!timed(p, phase)) {
+      outcome_judge(p->o, "no_reply",
+                    "%s: no reply within %u ms: Envoy 1.40 sets no message timer in "
+                    "FULL_DUPLEX_STREAMED, so the request would hang",
+                    name, p->timeout_ms);
+      request_hangs(p);
+      return NULL;
+    }
     outcome_judge(p->o, "message_timeout",
                   "%s: no reply within message_timeout (%u ms): Envoy would %s", name,
-                  p->timeout_ms,
-                  p->s->failure_mode_allow ? "pass the request on unprocessed (failure_mode_allow)"
-                                           : "answer 504");
+                  p->timeout_ms, failure_outcome(p, phase, "answer 504"));
     processor_failed(p, phase, 504);
     return NULL;
   case BAD_REPLY:
-    outcome_judge(p->o, "grpc_error",
-                  "%s: the reply is not a ProcessingResponse: Envoy would %s", name,
-                  p->s->failure_mode_allow ? "pass the request on unprocessed" : "answer 500");
+    outcome_judge(p->o, "grpc_error", "%s: the reply is not a ProcessingResponse: Envoy would %s",
+                  name, failure_outcome(p, phase, "answer 500"));
     processor_failed(p, phase, 500);
     return NULL;
   case STREAM_ENDED: {
     const h2_client_stream *st = h2_client_get_stream(p->c, p->id);
     const int status = st ? st->grpc_status : -1;
+    if (status == 0) {
+      /* A clean close: Envoy 1.40 stops processing and lets the exchange go on. */
+      outcome_judge(p->o, "stream_closed_early",
+                    "%s: the stream ended with grpc-status 0 before the exchange was complete: "
+                    "Envoy would pass the rest on unprocessed",
+                    name);
+      p->bypass = true;
+      return NULL;
+    }
     if (status > 0)
       outcome_judge(p->o, "grpc_error",
                     "%s: the stream ended with grpc-status %d (%s) instead of a reply: Envoy "
                     "would %s",
                     name, status, st->grpc_message ? st->grpc_message : "",
-                    p->s->failure_mode_allow ? "pass the request on unprocessed" : "answer 500");
+                    failure_outcome(p, phase, "answer 500"));
     else
-      outcome_judge(p->o, "stream_closed_early",
-                    "%s: the stream ended (%s) before the exchange was complete: Envoy would %s",
-                    name, status == 0 ? "grpc-status 0" : "reset, no status",
-                    p->s->failure_mode_allow ? "pass the request on unprocessed" : "answer 500");
+      outcome_judge(p->o, "grpc_error",
+                    "%s: the stream was reset or the connection lost instead of a reply: Envoy "
+                    "would %s",
+                    name, failure_outcome(p, phase, "answer 500"));
     processor_failed(p, phase, 500);
     return NULL;
   }
@@ -236,7 +276,7 @@ static processing_response *expect_reply(player *p, extproc_phase phase, int als
   outcome_judge(p->o, "spurious_message",
                 "%s: the reply is a %s response while Envoy waits for %s: Envoy would %s", name,
                 response_case_name(r->response_case), name,
-                p->s->failure_mode_allow ? "pass the request on unprocessed" : "answer 500");
+                failure_outcome(p, phase, "answer 500"));
   protobuf_c_message_free_unpacked(&r->base, NULL);
   processor_failed(p, phase, 500);
   return NULL;
@@ -448,14 +488,27 @@ static void check_content_length(player *p, direction *d, extproc_phase body_pha
   p->o->client.status = 500;
 }
 
-/* Appends a FULL_DUPLEX_STREAMED body reply's streamed piece to `d`; true if it ended the body. */
-static bool take_duplex_piece(direction *d, const processing_response *r) {
+/* Takes a FULL_DUPLEX_STREAMED body reply: its streamed piece is appended to `d`. Returns 1 if
+ * it ended the body, 0 if not, -1 if it was not a streamed piece (Envoy calls a replaced or
+ * cleared body spurious in this mode). */
+static int take_duplex_piece(player *p, direction *d, extproc_phase phase,
+                             const processing_response *r) {
   const common_response *cr = common_of(r);
   const Envoy__Service__ExtProc__V3__BodyMutation *bm = cr ? cr->body_mutation : NULL;
   d->body_changed = true;
-  if (!bm || bm->mutation_case != ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE ||
-      !bm->streamed_response)
-    return false;
+  if (bm && bm->mutation_case != ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE &&
+      bm->mutation_case != ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION__NOT_SET) {
+    outcome_judge(p->o, "spurious_message",
+                  "%s: a %s body mutation in FULL_DUPLEX_STREAMED, where Envoy takes only "
+                  "streamed_response: Envoy would answer 500",
+                  phase_name(phase),
+                  bm->mutation_case == ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_BODY
+                      ? "body"
+                      : "clear_body");
+    processor_failed(p, phase, 500);
+    return -1;
+  }
+  if (!bm || !bm->streamed_response) return 0;
   byte_buf_append(&d->body, bm->streamed_response->body.data, bm->streamed_response->body.len);
   return bm->streamed_response->end_of_stream;
 }
@@ -474,17 +527,21 @@ static void play_duplex_body(player *p, direction *d, extproc_phase phase,
     const size_t judged = p->o->judgment_count;
     processing_response *r = expect_reply(p, phase, 0);
     if (!r) {
-      /* Pieces came, but none ended the body: Envoy keeps the request open until its timer. */
+      /* Pieces came, but none ended the body. */
       if (pieces && p->o->judgment_count > judged &&
-          strcmp(p->o->judgments[judged].code, "message_timeout") == 0) {
+          strcmp(p->o->judgments[judged].code, "no_reply") == 0) {
+        free(p->o->judgments[judged].message);
         p->o->judgments[judged].code = "missing_end_of_stream";
+        p->o->judgments[judged].message = strdup(
+            "the body's streamed replies never carried end_of_stream: Envoy 1.40 sets no "
+            "message timer in FULL_DUPLEX_STREAMED, so the request would hang");
       }
       return;
     }
     if (took_immediate(p, r)) return;
-    const bool eos = take_duplex_piece(d, r);
+    const int eos = take_duplex_piece(p, d, phase, r);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    if (eos) return;
+    if (eos != 0) return;
   }
 }
 
@@ -543,8 +600,9 @@ static void play_trailers(player *p, direction *d, extproc_phase phase) {
     processing_response *r = expect_reply(p, phase, body_case);
     if (!r || took_immediate(p, r)) return;
     if (body_case && (int)r->response_case == body_case) {
-      take_duplex_piece(d, r);
+      const int taken = take_duplex_piece(p, d, phase - 1, r);
       protobuf_c_message_free_unpacked(&r->base, NULL);
+      if (taken < 0) return;
       continue;
     }
     if (!envoy_apply_header_mutation(p->o, phase_name(phase), trailer_mutation_of(r), &d->trailers,
@@ -715,23 +773,6 @@ int play_scenario(const scenario *s, const target *t, outcome *o, char *err, siz
       play_direction(&p, &resp, &s->response);
       if (!p.ended && !p.fault_fired) finish_side(&o->client, &resp, true);
     }
-  }
-  if (s->observability_mode && !p.fault_fired) {
-    /* Envoy expects nothing back: anything that arrives within a short quiet spell is spurious. */
-    idle(&p, 50);
-    const h2_client_stream *st = h2_client_get_stream(p.c, p.id);
-    if (st && st->message_count)
-      outcome_judge(o, "spurious_message",
-                    "%zu replies in observability mode, where Envoy expects none and ignores them",
-                    st->message_count);
-  } else if (!p.fault_fired) {
-    /* A reply beyond what Envoy waited for, already here, is spurious too. */
-    h2_client_poll(p.c, 0);
-    const h2_client_stream *st = h2_client_get_stream(p.c, p.id);
-    if (st && st->message_count > p.next_reply && !p.ended && !p.bypass)
-      outcome_judge(o, "spurious_message",
-                    "%zu more replies after the exchange was complete: Envoy would answer 500",
-                    st->message_count - p.next_reply);
   }
   const h2_client_stream *st = h2_client_get_stream(p.c, p.id);
   if (st && st->trailers_received) o->grpc_status = st->grpc_status;

@@ -191,7 +191,7 @@ static bool read_bool(reader *r, const yaml_node_t *n, const char *what, bool *o
 static bool read_uint(reader *r, const yaml_node_t *n, const char *what, uint64_t max,
                       uint64_t *out) {
   const char *s = scalar(n);
-  char *end = NULL;
+  char *end = (char *)s;
   errno = 0;
   const unsigned long long v = s && *s != '-' ? strtoull(s, &end, 10) : 0;
   if (!s || end == s || *end || errno || v > max)
@@ -386,7 +386,7 @@ static bool read_header_expects(reader *r, const yaml_node_t *n, const char *wha
 static bool read_side(reader *r, const yaml_node_t *n, const char *what, side_expect *s,
                       bool is_client) {
   s->given = true;
-  if (!is_client && scalar(n) && strcmp(scalar(n), "none") == 0) {
+  if (scalar(n) && strcmp(scalar(n), "none") == 0) {
     s->not_reached = true;
     return true;
   }
@@ -640,8 +640,8 @@ int scenario_file_load(const char *path, scenario **list, size_t *count, char *e
   yaml_parser_set_input_file(&parser, f);
   const int loaded = yaml_parser_load(&parser, &r.doc);
   if (!loaded) {
-    snprintf(err, errlen, "%s:%zu: %s %s", path, parser.problem_mark.line + 1,
-             parser.problem ? parser.problem : "malformed YAML",
+    snprintf(err, errlen, "%s:%zu: malformed YAML: %s %s", path, parser.problem_mark.line + 1,
+             parser.problem ? parser.problem : "",
              parser.context ? parser.context : "");
   }
   yaml_parser_delete(&parser);

@@ -1,10 +1,12 @@
 /* A suite: the scenarios of several files, played in parallel, each result kept for the
  * reports; golden files compared or written. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "base/arena.h"
@@ -74,15 +76,29 @@ static double now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* Creates the folders above `path` that do not exist yet (mkdir -p of its dirname). */
+static void make_parents(const char *path) {
+  char *copy = strdup(path);
+  for (char *slash = copy ? strchr(copy + 1, '/') : NULL; slash; slash = strchr(slash + 1, '/')) {
+    *slash = 0;
+    mkdir(copy, 0777); /* an existing folder is fine; a real failure shows at fopen */
+    *slash = '/';
+  }
+  free(copy);
+}
+
 /* Compares the outcome with the scenario's golden file, or writes it. */
 static void check_golden(entry *e, const cJSON *got, bool update) {
   char *text = cJSON_Print(got);
   if (!text) return;
   if (update) {
+    make_parents(e->s.golden_path);
     FILE *f = fopen(e->s.golden_path, "w");
-    if (!f || fprintf(f, "%s\n", text) < 0)
-      pair_list_add(&e->failures, "", "golden: cannot write the file");
-    if (f) fclose(f);
+    if (!f || fprintf(f, "%s\n", text) < 0 || fclose(f) != 0) {
+      char msg[512];
+      snprintf(msg, sizeof(msg), "golden: cannot write %s: %s", e->s.golden_path, strerror(errno));
+      pair_list_add(&e->failures, "", msg);
+    }
     free(text);
     return;
   }
