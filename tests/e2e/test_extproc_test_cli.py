@@ -212,3 +212,29 @@ def test_nothing_listening_is_an_error_not_a_pass(tmp_path):
     report = json.loads(done.stdout)
     assert report["scenarios"][0]["status"] == "error", report
     assert report["failed"] == 1
+
+
+def test_mutual_tls(tmp_path):
+    """A processor that asks for a client certificate: the tool passes with one (verifying the
+    server against the CA and the name), and cannot play without one."""
+    from test_tls_envoy import make_ca, make_cert
+    make_ca(tmp_path)
+    make_cert(tmp_path, "server", "1001", server=True)
+    make_cert(tmp_path, "client", "2001", server=False)
+    sock_dir = tempfile.mkdtemp(prefix="extproc-")
+    proc, [(_, port)] = start_processor(
+        tmp_path, "tcp", sock_dir, ["trivial"], name="processor-mtls",
+        extra_args=["--tls-cert", tmp_path / "server.pem", "--tls-key", tmp_path / "server.key",
+                    "--tls-client-ca", tmp_path / "ca.pem"])
+    try:
+        path = write(tmp_path, "pass.yaml", PASSING)
+        tls = ["--target", f"127.0.0.1:{port}", "--tls", "--ca", tmp_path / "ca.pem",
+               "--sni", "localhost"]
+        run_tool(*tls, "--cert", tmp_path / "client.pem", "--key", tmp_path / "client.key",
+                 path, expect_rc=0)
+        done = run_tool(*tls, "--json", "-", "-q", path, expect_rc=1)
+        assert json.loads(done.stdout)["scenarios"][0]["status"] in ("error", "failed")
+    finally:
+        code = proc.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert code == 0, proc.tail(80)
