@@ -79,7 +79,8 @@ if ! build-tsan/tests/test_arena >/dev/null 2>&1; then
 fi
 # Threads meet in the processor's workers (four, whatever the CPU count), in deferred answers
 # resumed from other threads, at shutdown, in the auth processor's key reloads and in the access
-# log's writer thread (also with all nine processors in one runner, the demo's use-case chain).
+# log's writer thread (also with all nine processors in one runner, the demo's use-case chain),
+# and in extproc-test playing scenarios on several threads.
 # The chain's 2000-request run is left out: its 0.2 s message_timeout is about speed, which TSan
 # takes away, not about threads.
 export EXTPROC_WORKERS=4
@@ -93,6 +94,7 @@ PYTEST_ARGS=(
   "tests/e2e/test_auth_envoy.py::test_keys_rotate_while_load_runs"
   "tests/e2e/test_access_log_envoy.py"
   "tests/e2e/test_usecase_chain_envoy.py"
+  "tests/e2e/test_extproc_test_cli.py::test_many_scenarios_in_parallel"
 )
 test_pass build-tsan
 unset EXTPROC_WORKERS
