@@ -190,6 +190,8 @@ def test_many_scenarios_in_parallel(trivial, tmp_path):
     ("scenarios:\n  - name: a\n    expect: {client: {status: 2000}}\n",
      "status must be a whole number from 0 to 999"),
     ("scenario:\n  - name: a\n", "unknown key 'scenario' in the file"),
+    ("scenarios:\n  - name: a\n    processing_mode: {response_body_mode: FULL_DUPLEX_STREAMED}\n",
+     "FULL_DUPLEX_STREAMED response bodies need response_trailer_mode SEND"),
 ])
 def test_scenario_file_errors_name_file_and_line(tmp_path, text, message):
     path = write(tmp_path, "bad.yaml", text)

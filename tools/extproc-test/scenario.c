@@ -579,6 +579,15 @@ static bool read_scenario(reader *r, const yaml_node_t *n, const yaml_node_t *de
     s->mode.request_trailer_mode = EXTPROC_HEADER_SKIP;
   if (s->mode.response_trailer_mode == EXTPROC_HEADER_DEFAULT)
     s->mode.response_trailer_mode = EXTPROC_HEADER_SKIP;
+  /* Envoy refuses such a filter configuration, so no exchange could ever look like this. */
+  if (s->mode.request_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED &&
+      s->mode.request_trailer_mode != EXTPROC_HEADER_SEND)
+    return fail(r, n, "FULL_DUPLEX_STREAMED request bodies need request_trailer_mode SEND "
+                      "(Envoy refuses the filter otherwise)");
+  if (s->mode.response_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED &&
+      s->mode.response_trailer_mode != EXTPROC_HEADER_SEND)
+    return fail(r, n, "FULL_DUPLEX_STREAMED response bodies need response_trailer_mode SEND "
+                      "(Envoy refuses the filter otherwise)");
   s->file = strdup(r->path);
   return !r->failed && (s->file || fail(r, n, "out of memory"));
 }
