@@ -68,7 +68,15 @@ setup_go() {
     fi
     say "grpc-go: building $GO_BIN"
     mkdir -p "$(dirname "$GO_BIN")"
-    (cd "$GO_DIR" && GOFLAGS=-mod=mod "$(go_tool)" build -o "$GO_BIN" .)
+    local go need have
+    go="$(go_tool)"
+    # go.mod's `go` line is the oldest Go that builds it; an older one cannot fetch a newer
+    # toolchain by itself (Debian 12's golang-go is 1.19), so say so plainly.
+    need="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$GO_DIR/go.mod")"
+    have="$("$go" env GOVERSION | sed 's/^go//')"
+    [[ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" == "$need" ]] ||
+        die "grpc-go needs Go $need or later; $go is $have (set GO to a newer one)"
+    (cd "$GO_DIR" && "$go" build -o "$GO_BIN" .)
 }
 
 case "${1:-}" in

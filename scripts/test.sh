@@ -12,6 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# The scenario files run through every Envoy release from 1.36 (one virtualenv each), and
+# against two ext_proc servers that are not ours (the Python SDK, and one on grpc-go: needs Go).
+scripts/setup_envoy_versions.sh
+scripts/foreign_servers.sh setup
 
 echo "== clang-format"
 mapfile -t sources < <(git ls-files '*.c' '*.h' 2>/dev/null || find include src examples tests tools -name '*.[ch]')

@@ -11,6 +11,8 @@ Environment:
   EXTPROC_EXAMPLES  processor runner binary (default: build/examples/extproc-examples)
   ENVOY             Envoy binary (default: .venv/bin/envoy, else `envoy` on PATH)
   EXTPROC_WORKERS   event-loop threads per processor runner (--workers; default: one per CPU)
+  EXTPROC_TEST      extproc-test binary (default: tools/extproc-test/extproc-test beside the
+                    runner's build)
 A missing binary is a test error, not a skip: these tests must never pass by running nothing.
 """
 
@@ -51,6 +53,22 @@ def runner_binary():
     if not os.access(path, os.X_OK):
         pytest.fail(f"processor runner not found or not executable: {path} "
                     "(build it, or point EXTPROC_EXAMPLES at it)", pytrace=False)
+    return str(path)
+
+
+def extproc_test_binary():
+    """extproc-test: EXTPROC_TEST, or tools/extproc-test/extproc-test in the runner's build."""
+    path = os.environ.get("EXTPROC_TEST")
+    if path:
+        path = Path(path)
+    else:
+        runner = Path(os.environ.get("EXTPROC_EXAMPLES", "build/examples/extproc-examples"))
+        path = runner.parent.parent / "tools" / "extproc-test" / "extproc-test"
+    if not path.is_absolute():
+        path = REPO / path
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"extproc-test not found or not executable: {path} "
+                    "(build it, or point EXTPROC_TEST at it)", pytrace=False)
     return str(path)
 
 

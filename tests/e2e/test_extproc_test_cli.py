@@ -2,9 +2,6 @@
 scenario file errors, exit codes, the three reports, --filter, golden files, unix sockets,
 parallel runs, and a server that is not there. Its judgments of replies are tested against a
 misbehaving server in test_scenarios_envoy.py, where real Envoy shows the same.
-
-Environment:
-  EXTPROC_TEST  the tool (default: tools/extproc-test/extproc-test in the runner's build dir)
 """
 
 import json
@@ -17,24 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_ports, start_processor
+from conftest import extproc_test_binary as tool_binary
+from conftest import free_ports, start_processor
 
 RUN_TIMEOUT = 60  # seconds; a run takes well under one
-
-
-def tool_binary():
-    path = os.environ.get("EXTPROC_TEST")
-    if path:
-        path = Path(path)
-    else:
-        runner = Path(os.environ.get("EXTPROC_EXAMPLES", "build/examples/extproc-examples"))
-        path = runner.parent.parent / "tools" / "extproc-test" / "extproc-test"
-    if not path.is_absolute():
-        path = REPO / path
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"extproc-test not found or not executable: {path} "
-                    "(build it, or point EXTPROC_TEST at it)", pytrace=False)
-    return str(path)
 
 
 def run_tool(*args, expect_rc=None):

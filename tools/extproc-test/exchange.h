@@ -74,6 +74,10 @@ typedef struct direction {
   bool has_trailers;
   pair_list trailers;
   bool content_length_dropped; /* Envoy removed content-length itself (streaming modes) */
+  bool attributes_sent;        /* the direction's attributes went with its first message */
+  bool headers_forwarded;      /* Envoy passed the headers on before the body was processed
+                                  (STREAMED, FULL_DUPLEX_STREAMED) */
+  byte_buf forwarded;          /* the body passed on so far, in those modes */
 } direction;
 
 /* Judges the header mutation `m` of a reply (value vs raw_value, mutations Envoy's default

@@ -28,6 +28,7 @@ typedef struct player {
                                   unprocessed */
   bool ended;                  /* Envoy has answered the client itself */
   bool fault_fired;            /* the fault ended the exchange */
+  direction *cur;              /* the direction being played */
 } player;
 
 /* What awaiting a reply gave. */
@@ -87,15 +88,25 @@ static bool fault_after_send(player *p) {
   return true;
 }
 
-/* Sends `m`, adding what Envoy adds to every message: protocol_config on the stream's first,
- * metadata_context, observability_mode. Returns false when the exchange cannot go on. */
-static bool send_message(player *p, envoy_request *m) {
+static void stream_ended(player *p, extproc_phase phase);
+
+/* Sends `m`, a message of `phase`, adding what Envoy adds: protocol_config on the stream's
+ * first message, the direction's attributes on its first, metadata_context and
+ * observability_mode on all. Returns false when the exchange cannot go on. */
+static bool send_message(player *p, extproc_phase phase, envoy_request *m) {
   const scenario *s = p->s;
   if (p->sent > 0 && s->pause_ms) idle(p, s->pause_ms);
   bool ok = m != NULL;
   if (ok && p->sent == 0)
     ok = envoy_request_set_protocol_config(&p->a, m, s->mode.request_body_mode,
                                            s->mode.response_body_mode);
+  const pair_list *attrs =
+      phase < EXTPROC_RESPONSE_HEADERS ? &s->request_attributes : &s->response_attributes;
+  if (ok && attrs->count && p->cur && !p->cur->attributes_sent) {
+    ok = envoy_request_set_attributes(&p->a, m, (const char *const *)attrs->names,
+                                      (const char *const *)attrs->values, attrs->count);
+    p->cur->attributes_sent = true;
+  }
   if (ok && s->metadata_keys.count) {
     /* metadata_keys pairs (namespace, key); metadata_values pairs (key, value). */
     ok = envoy_request_set_metadata(&p->a, m, (const char *const *)s->metadata_keys.names,
@@ -106,12 +117,14 @@ static bool send_message(player *p, envoy_request *m) {
   if (ok) m->observability_mode = s->observability_mode;
   size_t len = 0;
   const uint8_t *bytes = ok ? envoy_request_encode(&p->a, m, &len) : NULL;
-  ok = bytes && h2_client_send_message(p->c, p->id, bytes, len, 0) == 0;
+  const h2_client_stream *st = h2_client_get_stream(p->c, p->id);
+  /* A stream the server already ended takes nothing more: Envoy learns of the end instead. */
+  const bool open = st && !st->closed && !st->trailers_received && !st->reset_received;
+  ok = bytes && open && h2_client_send_message(p->c, p->id, bytes, len, 0) == 0;
   arena_reset(&p->a, 0);
   if (!ok) {
-    outcome_judge(p->o, "stream_closed_early", "could not send message %zu: the stream is gone",
-                  p->sent + 1);
-    p->ended = true;
+    h2_client_poll(p->c, 0);
+    stream_ended(p, phase);
     return false;
   }
   p->sent++;
@@ -119,19 +132,12 @@ static bool send_message(player *p, envoy_request *m) {
 }
 
 static bool send_headers(player *p, extproc_phase phase, const pair_list *h, bool eos) {
-  envoy_request *m = envoy_request_headers(&p->a, phase, flatten(&p->a, h), h->count, eos);
-  const pair_list *attrs = phase == EXTPROC_REQUEST_HEADERS    ? &p->s->request_attributes
-                           : phase == EXTPROC_RESPONSE_HEADERS ? &p->s->response_attributes
-                                                               : NULL;
-  if (m && attrs && attrs->count &&
-      !envoy_request_set_attributes(&p->a, m, (const char *const *)attrs->names,
-                                    (const char *const *)attrs->values, attrs->count))
-    m = NULL;
-  return send_message(p, m);
+  return send_message(p, phase,
+                      envoy_request_headers(&p->a, phase, flatten(&p->a, h), h->count, eos));
 }
 
 static bool send_chunk(player *p, extproc_phase phase, const byte_buf *b, bool eos) {
-  return send_message(p, envoy_request_body(&p->a, phase, b->data, b->len, eos));
+  return send_message(p, phase, envoy_request_body(&p->a, phase, b->data, b->len, eos));
 }
 
 /* ---- Receiving ------------------------------------------------------------------------- */
@@ -192,6 +198,36 @@ static const char *failure_outcome(const player *p, extproc_phase phase, const c
                                    : status;
 }
 
+/* What the client and upstream already have when Envoy gives up on the exchange itself. Once
+ * a streaming direction's headers went on, the upstream has them (and the body so far); if
+ * they were the response's, the client's response has started and Envoy can only cut it
+ * short. Returns whether Envoy can still answer the client. */
+static bool local_reply_possible(player *p) {
+  direction *d = p->cur;
+  p->ended = true;
+  if (!d || !d->headers_forwarded) return true;
+  side_outcome *side = d->is_request ? &p->o->upstream : &p->o->client;
+  side->reached = true;
+  pair_list_clear(&side->headers);
+  for (size_t i = 0; i < d->headers.count; i++) {
+    if (!d->is_request && strcmp(d->headers.names[i], ":status") == 0)
+      side->status = atoi(d->headers.values[i]);
+    else pair_list_add(&side->headers, d->headers.names[i], d->headers.values[i]);
+  }
+  byte_buf_free(&side->body);
+  byte_buf_append(&side->body, d->forwarded.data, d->forwarded.len);
+  return d->is_request;
+}
+
+/* Envoy answers the client itself with `status` (no headers, no body), if it still can. */
+static void local_reply(player *p, int status) {
+  if (!local_reply_possible(p)) return;
+  p->o->client.reached = true;
+  p->o->client.status = status;
+  pair_list_clear(&p->o->client.headers);
+  byte_buf_free(&p->o->client.body);
+}
+
 /* The processor failed while Envoy waited on `phase`: with failure_mode_allow (where it
  * applies) the request goes on unprocessed; otherwise Envoy answers `status` itself. */
 static void processor_failed(player *p, extproc_phase phase, int status) {
@@ -199,18 +235,41 @@ static void processor_failed(player *p, extproc_phase phase, int status) {
     p->bypass = true;
     return;
   }
-  p->ended = true;
-  p->o->client.reached = true;
-  p->o->client.status = status;
-  pair_list_clear(&p->o->client.headers);
-  byte_buf_free(&p->o->client.body);
+  local_reply(p, status);
 }
 
 /* No reply in a direction without a message timer: Envoy keeps the request open until the
  * client or a connection-manager timeout gives up; nothing reaches the client. */
 static void request_hangs(player *p) {
-  p->ended = true;
-  p->o->client.reached = false;
+  /* The upstream has what went on; a client still waiting for its response has none. */
+  if (local_reply_possible(p)) p->o->client.reached = false;
+}
+
+/* The stream ended (or was reset) while Envoy waited on `phase`, or still had `phase` to send. */
+static void stream_ended(player *p, extproc_phase phase) {
+  const char *name = phase_name(phase);
+  const h2_client_stream *st = h2_client_get_stream(p->c, p->id);
+  const int status = st ? st->grpc_status : -1;
+  if (status == 0) {
+    /* A clean close: Envoy 1.40 stops processing and lets the exchange go on. */
+    outcome_judge(p->o, "stream_closed_early",
+                  "%s: the stream ended with grpc-status 0 before the exchange was complete: "
+                  "Envoy would pass the rest on unprocessed",
+                  name);
+    p->bypass = true;
+    return;
+  }
+  if (status > 0)
+    outcome_judge(p->o, "grpc_error",
+                  "%s: the stream ended with grpc-status %d (%s) instead of a reply: Envoy "
+                  "would %s",
+                  name, status, st->grpc_message ? st->grpc_message : "",
+                  failure_outcome(p, phase, "answer 500"));
+  else
+    outcome_judge(p->o, "grpc_error",
+                  "%s: the stream was reset or the connection lost: Envoy would %s", name,
+                  failure_outcome(p, phase, "answer 500"));
+  processor_failed(p, phase, 500);
 }
 
 /* Awaits the reply to `phase` and judges its kind. Returns it when it is the one Envoy waits
@@ -240,32 +299,7 @@ static processing_response *expect_reply(player *p, extproc_phase phase, int als
                   name, failure_outcome(p, phase, "answer 500"));
     processor_failed(p, phase, 500);
     return NULL;
-  case STREAM_ENDED: {
-    const h2_client_stream *st = h2_client_get_stream(p->c, p->id);
-    const int status = st ? st->grpc_status : -1;
-    if (status == 0) {
-      /* A clean close: Envoy 1.40 stops processing and lets the exchange go on. */
-      outcome_judge(p->o, "stream_closed_early",
-                    "%s: the stream ended with grpc-status 0 before the exchange was complete: "
-                    "Envoy would pass the rest on unprocessed",
-                    name);
-      p->bypass = true;
-      return NULL;
-    }
-    if (status > 0)
-      outcome_judge(p->o, "grpc_error",
-                    "%s: the stream ended with grpc-status %d (%s) instead of a reply: Envoy "
-                    "would %s",
-                    name, status, st->grpc_message ? st->grpc_message : "",
-                    failure_outcome(p, phase, "answer 500"));
-    else
-      outcome_judge(p->o, "grpc_error",
-                    "%s: the stream was reset or the connection lost instead of a reply: Envoy "
-                    "would %s",
-                    name, failure_outcome(p, phase, "answer 500"));
-    processor_failed(p, phase, 500);
-    return NULL;
-  }
+  case STREAM_ENDED: stream_ended(p, phase); return NULL;
   }
   envoy_merge_dynamic_metadata(p->o, r);
   if ((int)r->response_case == answer_case(phase) || (also && (int)r->response_case == also) ||
@@ -293,7 +327,7 @@ static void copy_list(pair_list *to, const pair_list *from) {
 static void apply_immediate(player *p, const processing_response *r) {
   const Envoy__Service__ExtProc__V3__ImmediateResponse *ir = r->immediate_response;
   side_outcome *client = &p->o->client;
-  p->ended = true;
+  if (!local_reply_possible(p)) return;
   client->reached = true;
   client->status = ir->status && ir->status->code ? (int)ir->status->code : 200;
   pair_list_clear(&client->headers);
@@ -307,7 +341,10 @@ static void apply_immediate(player *p, const processing_response *r) {
 /* A streamed_immediate_response: headers first, then body pieces until end_of_stream. */
 static void apply_streamed_immediate(player *p, processing_response *r) {
   side_outcome *client = &p->o->client;
-  p->ended = true;
+  if (!local_reply_possible(p)) {
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return;
+  }
   client->reached = true;
   client->status = 200;
   pair_list_clear(&client->headers);
@@ -358,6 +395,16 @@ static bool took_immediate(player *p, processing_response *r) {
   }
   if (r->response_case ==
       ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE) {
+    const extproc_body_mode bm = p->s->mode.request_body_mode;
+    if (bm != EXTPROC_BODY_NONE && bm != EXTPROC_BODY_FULL_DUPLEX_STREAMED) {
+      protobuf_c_message_free_unpacked(&r->base, NULL);
+      outcome_judge(p->o, "spurious_message",
+                    "a streamed_immediate_response with request body mode %s: Envoy takes one "
+                    "only with NONE or FULL_DUPLEX_STREAMED and would answer 500",
+                    body_mode_name(bm));
+      local_reply(p, 500);
+      return true;
+    }
     apply_streamed_immediate(p, r);
     return true;
   }
@@ -442,6 +489,8 @@ static void apply_headers_reply(player *p, direction *d, extproc_phase phase,
       byte_buf_append(&d->body, bm->body.data, bm->body.len);
     d->body_changed = true;
     *skip_rest = true;
+    /* Envoy sends the new body without a length: its content-length no longer holds. */
+    pair_list_remove(&d->headers, "content-length");
   }
 }
 
@@ -509,8 +558,15 @@ static int take_duplex_piece(player *p, direction *d, extproc_phase phase,
     return -1;
   }
   if (!bm || !bm->streamed_response) return 0;
-  byte_buf_append(&d->body, bm->streamed_response->body.data, bm->streamed_response->body.len);
+  byte_buf_append(&d->forwarded, bm->streamed_response->body.data,
+                  bm->streamed_response->body.len);
   return bm->streamed_response->end_of_stream;
+}
+
+/* A streamed body is complete: what Envoy passed on is the body. */
+static void body_is_forwarded(direction *d) {
+  byte_buf_free(&d->body);
+  byte_buf_append(&d->body, d->forwarded.data, d->forwarded.len);
 }
 
 /* FULL_DUPLEX_STREAMED: every chunk goes out at once; the replies are streamed pieces, read
@@ -520,8 +576,6 @@ static void play_duplex_body(player *p, direction *d, extproc_phase phase,
   for (size_t i = 0; i < msg->chunk_count; i++)
     if (!send_chunk(p, phase, &msg->chunks[i], !trailers_follow && i + 1 == msg->chunk_count))
       return;
-  d->body.len = 0;
-  byte_buf_append(&d->body, "", 0);
   if (trailers_follow || p->s->observability_mode) return;
   for (size_t pieces = 0;; pieces++) {
     const size_t judged = p->o->judgment_count;
@@ -541,7 +595,11 @@ static void play_duplex_body(player *p, direction *d, extproc_phase phase,
     if (took_immediate(p, r)) return;
     const int eos = take_duplex_piece(p, d, phase, r);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    if (eos != 0) return;
+    if (eos < 0) return;
+    if (eos) {
+      body_is_forwarded(d);
+      return;
+    }
   }
 }
 
@@ -569,8 +627,6 @@ static void play_body(player *p, direction *d, extproc_phase phase, const http_m
     if (!send_chunk(p, phase, &msg->chunks[i], !trailers_follow && i + 1 == msg->chunk_count))
       return;
   if (p->s->observability_mode) return;
-  byte_buf out = {0};
-  byte_buf_append(&out, "", 0);
   for (size_t i = 0; i < msg->chunk_count && !p->ended && !p->bypass; i++) {
     processing_response *r = expect_reply(p, phase, 0);
     if (!r) break;
@@ -578,16 +634,11 @@ static void play_body(player *p, direction *d, extproc_phase phase, const http_m
     byte_buf piece = {0};
     byte_buf_append(&piece, msg->chunks[i].data, msg->chunks[i].len);
     apply_body_reply(p, d, phase, mode, r, &piece);
-    byte_buf_append(&out, piece.data, piece.len);
+    byte_buf_append(&d->forwarded, piece.data, piece.len);
     byte_buf_free(&piece);
     protobuf_c_message_free_unpacked(&r->base, NULL);
   }
-  if (!p->ended && !p->bypass) {
-    byte_buf_free(&d->body);
-    d->body = out;
-  } else {
-    byte_buf_free(&out);
-  }
+  if (!p->ended && !p->bypass) body_is_forwarded(d);
 }
 
 static void play_trailers(player *p, direction *d, extproc_phase phase) {
@@ -605,6 +656,7 @@ static void play_trailers(player *p, direction *d, extproc_phase phase) {
       if (taken < 0) return;
       continue;
     }
+    if (body_case) body_is_forwarded(d);
     if (!envoy_apply_header_mutation(p->o, phase_name(phase), trailer_mutation_of(r), &d->trailers,
                                      false))
       processor_failed(p, phase, 500);
@@ -617,16 +669,19 @@ static void play_trailers(player *p, direction *d, extproc_phase phase) {
 static void play_direction(player *p, direction *d, const http_message *msg) {
   const extproc_phase headers_phase = d->is_request ? EXTPROC_REQUEST_HEADERS : EXTPROC_RESPONSE_HEADERS;
   const extproc_phase body_phase = headers_phase + 1, trailers_phase = headers_phase + 2;
+  p->cur = d;
   copy_list(&d->headers, &msg->headers);
   http_message_body(msg, &d->body);
+  byte_buf_append(&d->forwarded, "", 0);
   d->has_trailers = msg->has_trailers;
   copy_list(&d->trailers, &msg->trailers);
+  if (p->bypass) return; /* the filter stopped processing: everything passes as it is */
   const bool has_body = msg->chunk_count > 0;
   const extproc_header_mode hm = d->is_request ? p->mode.request_header_mode : p->mode.response_header_mode;
+  const extproc_body_mode bm = body_mode(p, d->is_request);
   bool skip_rest = false;
-  if (hm == EXTPROC_HEADER_SEND && !p->bypass) {
+  if (hm == EXTPROC_HEADER_SEND) {
     if (!send_headers(p, headers_phase, &d->headers, !has_body && !msg->has_trailers)) return;
-    const extproc_body_mode bm = body_mode(p, d->is_request);
     /* Right after sending the headers, Envoy drops content-length where it may change the body
      * chunk by chunk. */
     if (is_streaming(bm)) {
@@ -639,11 +694,13 @@ static void play_direction(player *p, direction *d, const http_message *msg) {
       apply_headers_reply(p, d, headers_phase, r, &skip_rest);
       protobuf_c_message_free_unpacked(&r->base, NULL);
     }
-  } else if (body_mode(p, d->is_request) == EXTPROC_BODY_BUFFERED || is_streaming(body_mode(p, d->is_request))) {
+  } else if (bm == EXTPROC_BODY_BUFFERED || is_streaming(bm)) {
     pair_list_remove(&d->headers, "content-length");
     d->content_length_dropped = true;
   }
   if (p->ended || p->bypass || skip_rest) return;
+  /* In the streaming modes Envoy passes the headers on at once, before any body reply. */
+  d->headers_forwarded = bm == EXTPROC_BODY_STREAMED || bm == EXTPROC_BODY_FULL_DUPLEX_STREAMED;
   if (has_body) play_body(p, d, body_phase, msg, msg->has_trailers);
   if (p->ended || p->bypass) return;
   const extproc_header_mode tm = d->is_request ? p->mode.request_trailer_mode : p->mode.response_trailer_mode;
@@ -699,6 +756,7 @@ static void direction_free(direction *d) {
   pair_list_clear(&d->headers);
   pair_list_clear(&d->trailers);
   byte_buf_free(&d->body);
+  byte_buf_free(&d->forwarded);
 }
 
 /* Sends a fault's bad first message. */

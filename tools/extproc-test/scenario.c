@@ -276,6 +276,15 @@ static bool read_message(reader *r, const yaml_node_t *n, const char *what, http
     m->has_trailers = true;
     if (!read_pairs(r, t, "trailers", &m->trailers)) return false;
   }
+  /* No client or upstream could send a body its content-length contradicts. */
+  const char *cl = pair_list_get(&m->headers, "content-length");
+  size_t total = 0;
+  for (size_t i = 0; i < m->chunk_count; i++)
+    total += m->chunks[i].len;
+  char want[32];
+  snprintf(want, sizeof(want), "%zu", total);
+  if (cl && strcmp(cl, want) != 0)
+    return fail(r, h, "%s: content-length is %s but the body has %zu bytes", what, cl, total);
   /* What Envoy always sends, where the scenario left it out. */
   static const char *const request_defaults[] = {":method", "GET", ":path", "/", ":scheme",
                                                  "http", ":authority", "localhost"};
