@@ -12,8 +12,8 @@ must meet the scenario's `expect.upstream` and `expect.client` (and `expect.dyna
 read from Envoy's access log). Scenarios marked `envoy: {skip: ...}` are reported as skipped
 with their reason; a file that does not load, a fault scenario without such a mark, a filter
 setting Envoy refuses, a service that did not start and a release not installed
-(scripts/setup_envoy_versions.sh) are failures. KNOWN_DIFFERENCES lists what older releases do
-otherwise (expected failures).
+(scripts/setup_envoy_versions.sh) are failures. The scenarios record what older releases do
+otherwise, as the scenarios record it (`envoy: {differs: ...}`; expected failures).
 
 All the Envoys start together and stay up for the module; a scenario is played through every
 release at once (each Envoy has its own upstream), one scenario after another.
@@ -89,29 +89,11 @@ def tool_outcome(report, scenario_name):
 # ---------------------------------------------------------------- known differences
 #
 # The scenarios describe Envoy 1.40, which extproc-test models. Where an older release behaves
-# otherwise, its tests are expected to fail: (releases, which scenarios, why). Strict: a test
-# listed here that passes fails, so an entry that no longer holds is noticed.
-def _streamed_answer_expected(s):
-    """The protocol processor answers with a streamed immediate response (its request header
-    x-test-streamed-immediate) and the scenario expects that answer to reach the client."""
-    client = s.expect["client"]
-    return (s.request.header("x-test-streamed-immediate") is not None
-            and isinstance(client, dict) and client["status"] == 200
-            and not s.settings["failure_mode_allow"])
-
-
-KNOWN_DIFFERENCES = [
-    ({"1.36.4"}, _streamed_answer_expected,
-     "Envoy 1.36 has no streamed immediate response (added in 1.37): it takes the "
-     "processor's streamed_immediate_response for an unhandled message and answers 500"),
-]
-
-
+# otherwise, the scenario says so (`envoy: {differs: {"1.36": how}}`) and that release's test is
+# expected to fail. Strict: one that passes fails, so a difference that no longer holds is
+# noticed.
 def known_difference(scenario, version):
-    for releases, applies, why in KNOWN_DIFFERENCES:
-        if version in releases and applies(scenario):
-            return why
-    return None
+    return (scenario.differs or {}).get(_minor(version))
 
 
 # ---------------------------------------------------------------- the cases

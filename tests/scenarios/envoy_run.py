@@ -163,6 +163,7 @@ class Scenario:
     settings: dict  # the filter settings (listener key), see _settings()
     skip: str = None  # `envoy: {skip: why}`
     listener: str = None  # set by plan()
+    differs: dict = None  # `envoy: {differs: {"1.36": how}}`: minor release -> how it differs
 
     @property
     def pause_s(self):
@@ -428,15 +429,22 @@ def _scenario(path, service, raw, defaults, index):
     if golden is not None and not isinstance(golden, str):
         _fail(where, "golden must be a file name")
     envoy = keys.get("envoy", "same")
-    skip = None
+    skip, differs = None, {}
     if envoy != "same":
-        if not (isinstance(envoy, dict) and set(envoy) == {"skip"}
-                and isinstance(envoy["skip"], str) and envoy["skip"]):
-            _fail(where, f"envoy must be `same` or {{skip: \"why\"}}, not {envoy!r}")
-        skip = envoy["skip"]
+        if not (isinstance(envoy, dict) and envoy and set(envoy) <= {"skip", "differs"}
+                and isinstance(envoy.get("skip", "-"), str) and envoy.get("skip", "-")
+                and isinstance(envoy.get("differs", {}), dict)
+                and all(isinstance(k, str) and re.fullmatch(r"\d+\.\d+", k)
+                        and isinstance(w, str) and w
+                        for k, w in envoy.get("differs", {}).items())):
+            _fail(where, "envoy must be `same`, or {skip: \"why\"} and/or "
+                         f"{{differs: {{\"1.36\": \"how\"}}}}, not {envoy!r}")
+        skip = envoy.get("skip")
+        differs = envoy.get("differs", {})
     expect = _expectations(where, keys.get("expect") or {})
     settings = _settings(where, keys, request, response)
-    return Scenario(Path(path), name, service, keys, request, response, expect, settings, skip)
+    return Scenario(Path(path), name, service, keys, request, response, expect, settings, skip,
+                    differs=differs)
 
 
 def load_file(path):

@@ -570,14 +570,16 @@ static bool read_scenario(reader *r, const yaml_node_t *n, const yaml_node_t *de
     if (!s->golden_path) return fail(r, v, "out of memory");
   }
   if ((v = FIELD("envoy"))) {
-    static const char *const keys[] = {"skip", NULL};
-    if (scalar(v) && strcmp(scalar(v), "same") == 0) {
-      /* the default */
-    } else if (v->type == YAML_MAPPING_NODE && only_keys(r, v, "envoy", keys) && get(r, v, "skip")) {
-      if (!read_string(r, get(r, v, "skip"), "envoy.skip", &s->envoy_skip)) return false;
-    } else {
-      return fail(r, v, "envoy must be same or {skip: \"why\"}");
-    }
+    /* For this project's suite: the tool checks the shape and otherwise ignores it. */
+    static const char *const keys[] = {"skip", "differs", NULL};
+    const yaml_node_t *skip = get(r, v, "skip"), *differs = get(r, v, "differs");
+    pair_list versions = {0};
+    const bool ok = (scalar(v) && strcmp(scalar(v), "same") == 0) ||
+                    (v->type == YAML_MAPPING_NODE && only_keys(r, v, "envoy", keys) &&
+                     (skip || differs) && (!skip || read_string(r, skip, "envoy.skip", &s->envoy_skip)) &&
+                     (!differs || read_pairs(r, differs, "envoy.differs", &versions)));
+    pair_list_clear(&versions);
+    if (!ok) return fail(r, v, "envoy must be same, or {skip: \"why\"} and/or {differs: {\"1.36\": \"how\"}}");
   }
 #undef FIELD
   if (s->mode.request_header_mode == EXTPROC_HEADER_DEFAULT)
