@@ -126,9 +126,17 @@ static void apply_error_policy(extproc_request *req) {
   extproc_log(req, EXTPROC_LOG_ERROR, "%s (grpc-status %u, policy %s)", why, req->reply.fail_code,
               req->proc->on_error == EXTPROC_ON_ERROR_FAIL_STREAM ? "fail_stream"
                                                                   : "immediate_response");
-  /* No reply is possible in observability mode, nor once a streamed immediate response is
-   * under way: the stream ends with the error status, and no later callback runs. */
-  if (req->msg.observability_mode || req->streamed_immediate != STREAMED_IMMEDIATE_NONE) {
+  /* Observability mode promises Envoy's traffic is not touched, yet Envoy fails the request
+   * on an error status (500) even then: the stream ends with status OK, which Envoy takes as
+   * "go on unprocessed". A processor written for the normal mode, whose writes are refused
+   * there, thus stops observing that exchange instead of failing it. No later callback runs. */
+  if (req->msg.observability_mode) {
+    stream_fail(req, EXTPROC_GRPC_OK, why);
+    return;
+  }
+  /* No reply is possible once a streamed immediate response is under way: the stream ends with
+   * the error status, and no later callback runs. */
+  if (req->streamed_immediate != STREAMED_IMMEDIATE_NONE) {
     stream_fail(req, req->reply.fail_code, why);
     return;
   }
