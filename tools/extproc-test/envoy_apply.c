@@ -104,8 +104,12 @@ static bool allowed_by_default(const char *name, const char *value, bool append,
   return false;
 }
 
-enum { APPEND_IF_EXISTS_OR_ADD = 0, ADD_IF_ABSENT = 1, OVERWRITE_IF_EXISTS_OR_ADD = 2,
-       OVERWRITE_IF_EXISTS = 3 };
+enum {
+  APPEND_IF_EXISTS_OR_ADD = 0,
+  ADD_IF_ABSENT = 1,
+  OVERWRITE_IF_EXISTS_OR_ADD = 2,
+  OVERWRITE_IF_EXISTS = 3
+};
 
 /* One write, by its append_action (or the legacy `append` flag, which wins when present). */
 static void apply_write(pair_list *headers, const char *name, const char *value, int action) {
@@ -257,8 +261,8 @@ void envoy_record_mode_override(outcome *o, const processing_response *r) {
   cJSON_Delete(o->mode_override);
   o->mode_override = cJSON_CreateObject();
   if (!o->mode_override) return;
-  const int headers[] = {m->request_header_mode, m->response_header_mode,
-                         m->request_trailer_mode, m->response_trailer_mode};
+  const int headers[] = {m->request_header_mode, m->response_header_mode, m->request_trailer_mode,
+                         m->response_trailer_mode};
   static const char *const header_keys[] = {"request_header_mode", "response_header_mode",
                                             "request_trailer_mode", "response_trailer_mode"};
   for (int i = 0; i < 4; i++)

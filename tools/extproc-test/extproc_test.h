@@ -26,10 +26,10 @@ typedef struct extest_target {
 } extest_target;
 
 typedef struct extest_options {
-  unsigned jobs;          /* scenarios played at once, each on its own connection; 0 means 1 */
-  const char *filter;     /* only scenarios whose name contains this text; NULL: all */
-  bool update_golden;     /* write each scenario's `golden` file from what was seen, instead of
-                             comparing with it */
+  unsigned jobs;      /* scenarios played at once, each on its own connection; 0 means 1 */
+  const char *filter; /* only scenarios whose name contains this text; NULL: all */
+  bool update_golden; /* write each scenario's `golden` file from what was seen, instead of
+                         comparing with it */
 } extest_options;
 
 typedef enum extest_status {

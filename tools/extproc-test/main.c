@@ -50,18 +50,33 @@ static int write_report(const char *path, int (*report)(const extest_suite *, FI
 }
 
 int main(int argc, char **argv) {
-  enum { OPT_TLS = 256, OPT_CA, OPT_CERT, OPT_KEY, OPT_SNI, OPT_JSON, OPT_JUNIT, OPT_GOLDEN,
-         OPT_VERSION };
-  static const struct option longopts[] = {
-      {"target", required_argument, NULL, 't'},  {"tls", no_argument, NULL, OPT_TLS},
-      {"ca", required_argument, NULL, OPT_CA},     {"cert", required_argument, NULL, OPT_CERT},
-      {"key", required_argument, NULL, OPT_KEY},   {"sni", required_argument, NULL, OPT_SNI},
-      {"jobs", required_argument, NULL, 'j'},      {"filter", required_argument, NULL, 'k'},
-      {"json", required_argument, NULL, OPT_JSON}, {"junit", required_argument, NULL, OPT_JUNIT},
-      {"update-golden", no_argument, NULL, OPT_GOLDEN},
-      {"verbose", no_argument, NULL, 'v'},         {"quiet", no_argument, NULL, 'q'},
-      {"version", no_argument, NULL, OPT_VERSION}, {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0}};
+  enum {
+    OPT_TLS = 256,
+    OPT_CA,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_SNI,
+    OPT_JSON,
+    OPT_JUNIT,
+    OPT_GOLDEN,
+    OPT_VERSION
+  };
+  static const struct option longopts[] = {{"target", required_argument, NULL, 't'},
+                                           {"tls", no_argument, NULL, OPT_TLS},
+                                           {"ca", required_argument, NULL, OPT_CA},
+                                           {"cert", required_argument, NULL, OPT_CERT},
+                                           {"key", required_argument, NULL, OPT_KEY},
+                                           {"sni", required_argument, NULL, OPT_SNI},
+                                           {"jobs", required_argument, NULL, 'j'},
+                                           {"filter", required_argument, NULL, 'k'},
+                                           {"json", required_argument, NULL, OPT_JSON},
+                                           {"junit", required_argument, NULL, OPT_JUNIT},
+                                           {"update-golden", no_argument, NULL, OPT_GOLDEN},
+                                           {"verbose", no_argument, NULL, 'v'},
+                                           {"quiet", no_argument, NULL, 'q'},
+                                           {"version", no_argument, NULL, OPT_VERSION},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
   extest_target target = {0};
   extest_options options = {.jobs = 4};
   const char *json = NULL, *junit = NULL;
@@ -96,7 +111,8 @@ int main(int argc, char **argv) {
     }
   }
   if (!target.address || optind == argc) {
-    fprintf(stderr, "extproc-test: %s\n", target.address ? "no scenario file given" : "--target is required");
+    fprintf(stderr, "extproc-test: %s\n",
+            target.address ? "no scenario file given" : "--target is required");
     usage(stderr);
     return 2;
   }

@@ -38,11 +38,12 @@ cJSON *outcome_to_json(const outcome *o) {
   if (!j) return NULL;
   cJSON_AddItemToObject(j, "upstream", side_to_json(&o->upstream, false));
   cJSON_AddItemToObject(j, "client", side_to_json(&o->client, true));
-  cJSON_AddItemToObject(j, "dynamic_metadata", o->dynamic_metadata
-                                                   ? cJSON_Duplicate(o->dynamic_metadata, true)
-                                                   : cJSON_CreateObject());
+  cJSON_AddItemToObject(j, "dynamic_metadata",
+                        o->dynamic_metadata ? cJSON_Duplicate(o->dynamic_metadata, true)
+                                            : cJSON_CreateObject());
   cJSON_AddItemToObject(j, "mode_override",
-                        o->mode_override ? cJSON_Duplicate(o->mode_override, true) : cJSON_CreateNull());
+                        o->mode_override ? cJSON_Duplicate(o->mode_override, true)
+                                         : cJSON_CreateNull());
   cJSON_AddNumberToObject(j, "grpc_status", o->grpc_status);
   if (o->keeps_serving >= 0) cJSON_AddBoolToObject(j, "keeps_serving", o->keeps_serving);
   cJSON *says = cJSON_AddArrayToObject(j, "envoy_says");
@@ -89,8 +90,8 @@ static void check_headers(const char *where, const header_expects *want, const p
     } else if (!n) {
       failf(failures, "%s header %s: expected \"%s\", absent", where, e->name, e->values[0]);
     } else if (!same || n != e->value_count) {
-      failf(failures, "%s header %s: expected \"%s\"%s, got \"%s\"%s", where, e->name,
-            e->values[0], e->value_count > 1 ? " and more" : "", first, n > 1 ? " and more" : "");
+      failf(failures, "%s header %s: expected \"%s\"%s, got \"%s\"%s", where, e->name, e->values[0],
+            e->value_count > 1 ? " and more" : "", first, n > 1 ? " and more" : "");
     }
   }
 }
@@ -157,7 +158,8 @@ size_t outcome_check(const scenario *s, const outcome *o, pair_list *failures) {
   if (e->has_grpc_status && e->grpc_status != o->grpc_status)
     failf(failures, "grpc_status: expected %d, got %d", e->grpc_status, o->grpc_status);
   if (e->has_keeps_serving && e->keeps_serving != (o->keeps_serving == 1))
-    failf(failures, "keeps_serving: expected %s, the server %s", e->keeps_serving ? "true" : "false",
+    failf(failures, "keeps_serving: expected %s, the server %s",
+          e->keeps_serving ? "true" : "false",
           o->keeps_serving == 1 ? "answered" : "did not answer a new exchange");
   /* Every judgment must be expected, and every expected one made. */
   for (size_t i = 0; i < o->judgment_count; i++) {

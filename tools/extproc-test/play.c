@@ -19,16 +19,16 @@ typedef struct player {
   outcome *o;
   h2_client *c;
   int32_t id;
-  arena a;                     /* messages being built; reset after each send */
-  size_t next_reply;           /* the index of the next unread message on the stream */
-  size_t sent;                 /* messages sent */
+  arena a;                      /* messages being built; reset after each send */
+  size_t next_reply;            /* the index of the next unread message on the stream */
+  size_t sent;                  /* messages sent */
   extproc_processing_mode mode; /* in effect: the filter's, then granted overrides */
-  uint32_t timeout_ms;         /* message_timeout, or a granted override_message_timeout */
-  bool bypass;                 /* the processor failed under failure_mode_allow: data flows on
-                                  unprocessed */
-  bool ended;                  /* Envoy has answered the client itself */
-  bool fault_fired;            /* the fault ended the exchange */
-  direction *cur;              /* the direction being played */
+  uint32_t timeout_ms;          /* message_timeout, or a granted override_message_timeout */
+  bool bypass;                  /* the processor failed under failure_mode_allow: data flows on
+                                   unprocessed */
+  bool ended;                   /* Envoy has answered the client itself */
+  bool fault_fired;             /* the fault ended the exchange */
+  direction *cur;               /* the direction being played */
 } player;
 
 /* What awaiting a reply gave. */
@@ -82,8 +82,10 @@ static bool fault_after_send(player *p) {
   if (s->fault != FAULT_CANCEL_AFTER && s->fault != FAULT_RESET_CONNECTION_AFTER) return false;
   if (p->sent != s->fault_arg) return false;
   h2_client_flush(p->c);
-  if (s->fault == FAULT_CANCEL_AFTER) h2_client_reset(p->c, p->id, 8 /* CANCEL */);
-  else h2_client_close_socket(p->c, true);
+  if (s->fault == FAULT_CANCEL_AFTER)
+    h2_client_reset(p->c, p->id, 8 /* CANCEL */);
+  else
+    h2_client_close_socket(p->c, true);
   p->fault_fired = true;
   return true;
 }
@@ -153,7 +155,8 @@ static wait_result await_reply(player *p, processing_response **out) {
       processing_response *r =
           envoy__service__ext_proc__v3__processing_response__unpack(NULL, msg->len, msg->data);
       if (!r) return BAD_REPLY;
-      if (r->response_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE__NOT_SET &&
+      if (r->response_case ==
+              ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE__NOT_SET &&
           r->override_message_timeout) {
         const int64_t ms = r->override_message_timeout->seconds * 1000 +
                            r->override_message_timeout->nanos / 1000000;
@@ -188,8 +191,8 @@ static bool timed(const player *p, extproc_phase phase) {
 
 /* failure_mode_allow no longer helps once a FULL_DUPLEX_STREAMED body has started. */
 static bool failure_allowed(const player *p, extproc_phase phase) {
-  const bool duplex_body = !timed(p, phase) && phase != EXTPROC_REQUEST_HEADERS &&
-                           phase != EXTPROC_RESPONSE_HEADERS;
+  const bool duplex_body =
+      !timed(p, phase) && phase != EXTPROC_REQUEST_HEADERS && phase != EXTPROC_RESPONSE_HEADERS;
   return p->s->failure_mode_allow && !duplex_body;
 }
 
@@ -212,7 +215,8 @@ static bool local_reply_possible(player *p) {
   for (size_t i = 0; i < d->headers.count; i++) {
     if (!d->is_request && strcmp(d->headers.names[i], ":status") == 0)
       side->status = atoi(d->headers.values[i]);
-    else pair_list_add(&side->headers, d->headers.names[i], d->headers.values[i]);
+    else
+      pair_list_add(&side->headers, d->headers.names[i], d->headers.values[i]);
   }
   byte_buf_free(&side->body);
   byte_buf_append(&side->body, d->forwarded.data, d->forwarded.len);
@@ -303,7 +307,8 @@ static processing_response *expect_reply(player *p, extproc_phase phase, int als
   }
   envoy_merge_dynamic_metadata(p->o, r);
   if ((int)r->response_case == answer_case(phase) || (also && (int)r->response_case == also) ||
-      r->response_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE ||
+      r->response_case ==
+          ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE ||
       r->response_case ==
           ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE)
     return r;
@@ -354,21 +359,27 @@ static void apply_streamed_immediate(player *p, processing_response *r) {
     const Envoy__Service__ExtProc__V3__StreamedImmediateResponse *sr =
         r->streamed_immediate_response;
     bool done = false;
-    if (sr && sr->response_case ==
-                  ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_HEADERS_RESPONSE) {
+    if (sr &&
+        sr->response_case ==
+            ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_HEADERS_RESPONSE) {
       const Envoy__Config__Core__V3__HeaderMap *hm =
           sr->headers_response ? sr->headers_response->headers : NULL;
       for (size_t i = 0; hm && i < hm->n_headers; i++) {
-        char *v = strndup((const char *)hm->headers[i]->raw_value.data, hm->headers[i]->raw_value.len);
+        char *v =
+            strndup((const char *)hm->headers[i]->raw_value.data, hm->headers[i]->raw_value.len);
         if (!v) continue;
-        if (strcmp(hm->headers[i]->key, ":status") == 0) client->status = atoi(v);
-        else pair_list_add(&client->headers, hm->headers[i]->key, v);
+        if (strcmp(hm->headers[i]->key, ":status") == 0)
+          client->status = atoi(v);
+        else
+          pair_list_add(&client->headers, hm->headers[i]->key, v);
         free(v);
       }
       done = sr->headers_response && sr->headers_response->end_of_stream;
-    } else if (sr && sr->response_case ==
-                         ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_BODY_RESPONSE &&
-               sr->body_response) {
+    } else if (
+        sr &&
+        sr->response_case ==
+            ENVOY__SERVICE__EXT_PROC__V3__STREAMED_IMMEDIATE_RESPONSE__RESPONSE_BODY_RESPONSE &&
+        sr->body_response) {
       byte_buf_append(&client->body, sr->body_response->body.data, sr->body_response->body.len);
       done = sr->body_response->end_of_stream;
     } else {
@@ -388,7 +399,8 @@ static void apply_streamed_immediate(player *p, processing_response *r) {
 
 /* Handles an immediate response of either kind; true if `r` was one (and is consumed). */
 static bool took_immediate(player *p, processing_response *r) {
-  if (r->response_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE) {
+  if (r->response_case ==
+      ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE) {
     apply_immediate(p, r);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     return true;
@@ -429,9 +441,11 @@ static const common_response *common_of(const processing_response *r) {
 }
 
 static const header_mutation *trailer_mutation_of(const processing_response *r) {
-  if (r->response_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS)
+  if (r->response_case ==
+      ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS)
     return r->request_trailers ? r->request_trailers->header_mutation : NULL;
-  if (r->response_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS)
+  if (r->response_case ==
+      ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS)
     return r->response_trailers ? r->response_trailers->header_mutation : NULL;
   return NULL;
 }
@@ -454,18 +468,21 @@ static void take_mode_override(player *p, const processing_response *r, extproc_
   const bool duplex = p->s->mode.request_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED ||
                       p->s->mode.response_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED;
   if (!p->s->allow_mode_override || duplex) {
-    outcome_judge(p->o, "mode_override_refused",
-                  "%s: mode_override ignored: the filter has %s", phase_name(phase),
+    outcome_judge(p->o, "mode_override_refused", "%s: mode_override ignored: the filter has %s",
+                  phase_name(phase),
                   duplex ? "a FULL_DUPLEX_STREAMED body mode" : "allow_mode_override false");
     return;
   }
   const Envoy__Extensions__Filters__Http__ExtProc__V3__ProcessingMode *m = r->mode_override;
   /* DEFAULT header and trailer modes keep what is in effect; body modes are taken as sent. */
-  if (m->response_header_mode) p->mode.response_header_mode = (extproc_header_mode)m->response_header_mode;
-  if (m->request_trailer_mode) p->mode.request_trailer_mode = (extproc_header_mode)m->request_trailer_mode;
+  if (m->response_header_mode)
+    p->mode.response_header_mode = (extproc_header_mode)m->response_header_mode;
+  if (m->request_trailer_mode)
+    p->mode.request_trailer_mode = (extproc_header_mode)m->request_trailer_mode;
   if (m->response_trailer_mode)
     p->mode.response_trailer_mode = (extproc_header_mode)m->response_trailer_mode;
-  if (phase == EXTPROC_REQUEST_HEADERS) p->mode.request_body_mode = (extproc_body_mode)m->request_body_mode;
+  if (phase == EXTPROC_REQUEST_HEADERS)
+    p->mode.request_body_mode = (extproc_body_mode)m->request_body_mode;
   p->mode.response_body_mode = (extproc_body_mode)m->response_body_mode;
 }
 
@@ -480,7 +497,8 @@ static void apply_headers_reply(player *p, direction *d, extproc_phase phase,
     processor_failed(p, phase, 500);
     return;
   }
-  if (cr->status == ENVOY__SERVICE__EXT_PROC__V3__COMMON_RESPONSE__RESPONSE_STATUS__CONTINUE_AND_REPLACE) {
+  if (cr->status ==
+      ENVOY__SERVICE__EXT_PROC__V3__COMMON_RESPONSE__RESPONSE_STATUS__CONTINUE_AND_REPLACE) {
     /* The body is replaced whole; no body or trailer message follows for this direction. */
     byte_buf_free(&d->body);
     byte_buf_append(&d->body, "", 0);
@@ -500,7 +518,8 @@ static void apply_body_reply(player *p, direction *d, extproc_phase phase, extpr
   const common_response *cr = common_of(r);
   if (!cr) return;
   /* Envoy still holds the headers only while it buffers the body. */
-  if (cr->header_mutation && (mode == EXTPROC_BODY_BUFFERED || mode == EXTPROC_BODY_BUFFERED_PARTIAL) &&
+  if (cr->header_mutation &&
+      (mode == EXTPROC_BODY_BUFFERED || mode == EXTPROC_BODY_BUFFERED_PARTIAL) &&
       !envoy_apply_header_mutation(p->o, phase_name(phase), cr->header_mutation, &d->headers,
                                    d->content_length_dropped)) {
     processor_failed(p, phase, 500);
@@ -512,7 +531,8 @@ static void apply_body_reply(player *p, direction *d, extproc_phase phase, extpr
     piece->len = 0;
     byte_buf_append(piece, bm->body.data, bm->body.len);
     d->body_changed = true;
-  } else if (bm->mutation_case == ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_CLEAR_BODY &&
+  } else if (bm->mutation_case ==
+                 ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_CLEAR_BODY &&
              bm->clear_body) {
     piece->len = 0;
     byte_buf_append(piece, "", 0);
@@ -545,7 +565,9 @@ static int take_duplex_piece(player *p, direction *d, extproc_phase phase,
   const common_response *cr = common_of(r);
   const Envoy__Service__ExtProc__V3__BodyMutation *bm = cr ? cr->body_mutation : NULL;
   d->body_changed = true;
-  if (bm && bm->mutation_case != ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE &&
+  if (bm &&
+      bm->mutation_case !=
+          ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE &&
       bm->mutation_case != ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION__NOT_SET) {
     outcome_judge(p->o, "spurious_message",
                   "%s: a %s body mutation in FULL_DUPLEX_STREAMED, where Envoy takes only "
@@ -558,8 +580,7 @@ static int take_duplex_piece(player *p, direction *d, extproc_phase phase,
     return -1;
   }
   if (!bm || !bm->streamed_response) return 0;
-  byte_buf_append(&d->forwarded, bm->streamed_response->body.data,
-                  bm->streamed_response->body.len);
+  byte_buf_append(&d->forwarded, bm->streamed_response->body.data, bm->streamed_response->body.len);
   return bm->streamed_response->end_of_stream;
 }
 
@@ -571,8 +592,8 @@ static void body_is_forwarded(direction *d) {
 
 /* FULL_DUPLEX_STREAMED: every chunk goes out at once; the replies are streamed pieces, read
  * until one ends the body (with trailers following, the trailers' phase reads them). */
-static void play_duplex_body(player *p, direction *d, extproc_phase phase,
-                             const http_message *msg, bool trailers_follow) {
+static void play_duplex_body(player *p, direction *d, extproc_phase phase, const http_message *msg,
+                             bool trailers_follow) {
   for (size_t i = 0; i < msg->chunk_count; i++)
     if (!send_chunk(p, phase, &msg->chunks[i], !trailers_follow && i + 1 == msg->chunk_count))
       return;
@@ -586,9 +607,9 @@ static void play_duplex_body(player *p, direction *d, extproc_phase phase,
           strcmp(p->o->judgments[judged].code, "no_reply") == 0) {
         free(p->o->judgments[judged].message);
         p->o->judgments[judged].code = "missing_end_of_stream";
-        p->o->judgments[judged].message = strdup(
-            "the body's streamed replies never carried end_of_stream: Envoy 1.40 sets no "
-            "message timer in FULL_DUPLEX_STREAMED, so the request would hang");
+        p->o->judgments[judged].message =
+            strdup("the body's streamed replies never carried end_of_stream: Envoy 1.40 sets no "
+                   "message timer in FULL_DUPLEX_STREAMED, so the request would hang");
       }
       return;
     }
@@ -618,8 +639,7 @@ static void play_body(player *p, direction *d, extproc_phase phase, const http_m
     if (!r || took_immediate(p, r)) return;
     apply_body_reply(p, d, phase, mode, r, &d->body);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    if (mode == EXTPROC_BODY_BUFFERED && !p->ended && !p->bypass)
-      check_content_length(p, d, phase);
+    if (mode == EXTPROC_BODY_BUFFERED && !p->ended && !p->bypass) check_content_length(p, d, phase);
     return;
   }
   /* STREAMED: every chunk, then one reply per chunk, in order. */
@@ -644,9 +664,8 @@ static void play_body(player *p, direction *d, extproc_phase phase, const http_m
 static void play_trailers(player *p, direction *d, extproc_phase phase) {
   if (!send_headers(p, phase, &d->trailers, true) || p->s->observability_mode) return;
   /* In FULL_DUPLEX_STREAMED the body's pieces may still come before the trailers' reply. */
-  const int body_case = body_mode(p, d->is_request) == EXTPROC_BODY_FULL_DUPLEX_STREAMED
-                            ? answer_case(phase - 1)
-                            : 0;
+  const int body_case =
+      body_mode(p, d->is_request) == EXTPROC_BODY_FULL_DUPLEX_STREAMED ? answer_case(phase - 1) : 0;
   for (;;) {
     processing_response *r = expect_reply(p, phase, body_case);
     if (!r || took_immediate(p, r)) return;
@@ -667,7 +686,8 @@ static void play_trailers(player *p, direction *d, extproc_phase phase) {
 
 /* One direction: headers, body, trailers, as the mode in effect calls for. */
 static void play_direction(player *p, direction *d, const http_message *msg) {
-  const extproc_phase headers_phase = d->is_request ? EXTPROC_REQUEST_HEADERS : EXTPROC_RESPONSE_HEADERS;
+  const extproc_phase headers_phase =
+      d->is_request ? EXTPROC_REQUEST_HEADERS : EXTPROC_RESPONSE_HEADERS;
   const extproc_phase body_phase = headers_phase + 1, trailers_phase = headers_phase + 2;
   p->cur = d;
   copy_list(&d->headers, &msg->headers);
@@ -677,7 +697,8 @@ static void play_direction(player *p, direction *d, const http_message *msg) {
   copy_list(&d->trailers, &msg->trailers);
   if (p->bypass) return; /* the filter stopped processing: everything passes as it is */
   const bool has_body = msg->chunk_count > 0;
-  const extproc_header_mode hm = d->is_request ? p->mode.request_header_mode : p->mode.response_header_mode;
+  const extproc_header_mode hm =
+      d->is_request ? p->mode.request_header_mode : p->mode.response_header_mode;
   const extproc_body_mode bm = body_mode(p, d->is_request);
   bool skip_rest = false;
   if (hm == EXTPROC_HEADER_SEND) {
@@ -703,7 +724,8 @@ static void play_direction(player *p, direction *d, const http_message *msg) {
   d->headers_forwarded = bm == EXTPROC_BODY_STREAMED || bm == EXTPROC_BODY_FULL_DUPLEX_STREAMED;
   if (has_body) play_body(p, d, body_phase, msg, msg->has_trailers);
   if (p->ended || p->bypass) return;
-  const extproc_header_mode tm = d->is_request ? p->mode.request_trailer_mode : p->mode.response_trailer_mode;
+  const extproc_header_mode tm =
+      d->is_request ? p->mode.request_trailer_mode : p->mode.response_trailer_mode;
   if (msg->has_trailers && tm == EXTPROC_HEADER_SEND) play_trailers(p, d, trailers_phase);
 }
 
@@ -729,10 +751,8 @@ static h2_client *connect_target(const target *t, char *err, size_t errlen) {
   memcpy(host, start, (size_t)(end - start));
   host[end - start] = 0;
   if (!t->tls) return h2_client_connect_tcp(host, port);
-  const h2_client_tls opts = {.ca_file = t->ca_file,
-                              .sni = t->sni,
-                              .cert_file = t->cert_file,
-                              .key_file = t->key_file};
+  const h2_client_tls opts = {
+      .ca_file = t->ca_file, .sni = t->sni, .cert_file = t->cert_file, .key_file = t->key_file};
   return h2_client_connect_tls(host, port, &opts);
 }
 
@@ -742,8 +762,10 @@ static void finish_side(side_outcome *side, direction *d, bool is_client) {
   side->reached = true;
   pair_list_clear(&side->headers);
   for (size_t i = 0; i < d->headers.count; i++) {
-    if (is_client && strcmp(d->headers.names[i], ":status") == 0) side->status = atoi(d->headers.values[i]);
-    else pair_list_add(&side->headers, d->headers.names[i], d->headers.values[i]);
+    if (is_client && strcmp(d->headers.names[i], ":status") == 0)
+      side->status = atoi(d->headers.values[i]);
+    else
+      pair_list_add(&side->headers, d->headers.names[i], d->headers.values[i]);
   }
   byte_buf_free(&side->body);
   side->body = d->body;
@@ -789,9 +811,11 @@ static int keeps_serving(const scenario *s, const target *t) {
   h2_client_set_timeout(c, 2000);
   arena a;
   arena_init(&a, 0);
-  const char *pairs[] = {":method", "GET", ":path", "/", ":scheme", "http", ":authority", "localhost"};
+  const char *pairs[] = {":method", "GET",  ":path",      "/",
+                         ":scheme", "http", ":authority", "localhost"};
   envoy_request *m = envoy_request_headers(&a, EXTPROC_REQUEST_HEADERS, pairs, 4, true);
-  if (m) envoy_request_set_protocol_config(&a, m, s->mode.request_body_mode, s->mode.response_body_mode);
+  if (m)
+    envoy_request_set_protocol_config(&a, m, s->mode.request_body_mode, s->mode.response_body_mode);
   size_t len = 0;
   const uint8_t *bytes = m ? envoy_request_encode(&a, m, &len) : NULL;
   const int32_t id = bytes ? h2_client_open_stream(c, PROCESS_PATH) : -1;

@@ -88,8 +88,10 @@ static void xml_escaped(FILE *f, const char *s) {
     case '"': fputs("&quot;", f); break;
     default:
       /* XML 1.0 has no place for most control characters. */
-      if ((unsigned char)*s < 0x20 && *s != '\n' && *s != '\t') fputs("?", f);
-      else fputc(*s, f);
+      if ((unsigned char)*s < 0x20 && *s != '\n' && *s != '\t')
+        fputs("?", f);
+      else
+        fputc(*s, f);
     }
   }
 }

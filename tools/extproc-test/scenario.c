@@ -108,8 +108,8 @@ const char *header_mode_name(extproc_header_mode m) {
 }
 
 const char *body_mode_name(extproc_body_mode m) {
-  static const char *const names[] = {"NONE",  "STREAMED",   "BUFFERED", "BUFFERED_PARTIAL",
-                                      "FULL_DUPLEX_STREAMED", "GRPC"};
+  static const char *const names[] = {
+      "NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED", "GRPC"};
   return (unsigned)m < 6 ? names[m] : NULL;
 }
 
@@ -182,9 +182,12 @@ static bool read_string(reader *r, const yaml_node_t *n, const char *what, char 
 
 static bool read_bool(reader *r, const yaml_node_t *n, const char *what, bool *out) {
   const char *s = scalar(n);
-  if (s && strcmp(s, "true") == 0) *out = true;
-  else if (s && strcmp(s, "false") == 0) *out = false;
-  else return fail(r, n, "%s must be true or false", what);
+  if (s && strcmp(s, "true") == 0)
+    *out = true;
+  else if (s && strcmp(s, "false") == 0)
+    *out = false;
+  else
+    return fail(r, n, "%s must be true or false", what);
   return true;
 }
 
@@ -255,7 +258,8 @@ static bool read_chunk(reader *r, const yaml_node_t *n, byte_buf *out) {
 
 static bool read_body(reader *r, const yaml_node_t *n, http_message *m) {
   const bool list = n->type == YAML_SEQUENCE_NODE;
-  const size_t count = list ? (size_t)(n->data.sequence.items.top - n->data.sequence.items.start) : 1;
+  const size_t count =
+      list ? (size_t)(n->data.sequence.items.top - n->data.sequence.items.start) : 1;
   m->chunks = calloc(count ? count : 1, sizeof(*m->chunks));
   if (!m->chunks) return fail(r, n, "out of memory");
   m->chunk_count = count;
@@ -286,15 +290,16 @@ static bool read_message(reader *r, const yaml_node_t *n, const char *what, http
   if (cl && strcmp(cl, want) != 0)
     return fail(r, h, "%s: content-length is %s but the body has %zu bytes", what, cl, total);
   /* What Envoy always sends, where the scenario left it out. */
-  static const char *const request_defaults[] = {":method", "GET", ":path", "/", ":scheme",
-                                                 "http", ":authority", "localhost"};
+  static const char *const request_defaults[] = {":method", "GET",  ":path",      "/",
+                                                 ":scheme", "http", ":authority", "localhost"};
   static const char *const response_defaults[] = {":status", "200"};
   const char *const *d = is_request ? request_defaults : response_defaults;
   const size_t nd = is_request ? 4 : 1;
   pair_list filled = {0};
   bool ok = true;
   for (size_t i = 0; i < nd; i++)
-    if (!pair_list_get(&m->headers, d[2 * i])) ok = ok && pair_list_add(&filled, d[2 * i], d[2 * i + 1]);
+    if (!pair_list_get(&m->headers, d[2 * i]))
+      ok = ok && pair_list_add(&filled, d[2 * i], d[2 * i + 1]);
   ok = ok && pair_list_copy(&filled, &m->headers);
   pair_list_clear(&m->headers);
   m->headers = filled;
@@ -323,19 +328,24 @@ static bool read_body_mode(reader *r, const yaml_node_t *n, const char *what,
               what);
 }
 
-static const char *const mode_keys[] = {"request_header_mode",  "response_header_mode",
-                                        "request_body_mode",    "response_body_mode",
-                                        "request_trailer_mode", "response_trailer_mode", NULL};
+static const char *const mode_keys[] = {"request_header_mode",
+                                        "response_header_mode",
+                                        "request_body_mode",
+                                        "response_body_mode",
+                                        "request_trailer_mode",
+                                        "response_trailer_mode",
+                                        NULL};
 
 static bool read_mode(reader *r, const yaml_node_t *n, extproc_processing_mode *m) {
   if (!only_keys(r, n, "processing_mode", mode_keys)) return false;
-  extproc_header_mode *hm[] = {&m->request_header_mode, &m->response_header_mode, NULL, NULL,
+  extproc_header_mode *hm[] = {&m->request_header_mode,  &m->response_header_mode, NULL, NULL,
                                &m->request_trailer_mode, &m->response_trailer_mode};
   extproc_body_mode *bm[] = {NULL, NULL, &m->request_body_mode, &m->response_body_mode};
   for (int i = 0; i < 6; i++) {
     const yaml_node_t *v = get(r, n, mode_keys[i]);
     if (!v) continue;
-    if (hm[i] ? !read_header_mode(r, v, mode_keys[i], hm[i]) : !read_body_mode(r, v, mode_keys[i], bm[i]))
+    if (hm[i] ? !read_header_mode(r, v, mode_keys[i], hm[i])
+              : !read_body_mode(r, v, mode_keys[i], bm[i]))
       return false;
   }
   return true;
@@ -346,7 +356,8 @@ static cJSON *to_json(reader *r, const yaml_node_t *n) {
   if (n->type == YAML_SCALAR_NODE) return cJSON_CreateString(scalar(n));
   if (n->type == YAML_SEQUENCE_NODE) {
     cJSON *a = cJSON_CreateArray();
-    for (yaml_node_item_t *i = n->data.sequence.items.start; a && i < n->data.sequence.items.top; i++)
+    for (yaml_node_item_t *i = n->data.sequence.items.start; a && i < n->data.sequence.items.top;
+         i++)
       cJSON_AddItemToArray(a, to_json(r, node(r, *i)));
     return a;
   }
@@ -381,7 +392,8 @@ static bool read_header_expects(reader *r, const yaml_node_t *n, const char *wha
       continue;
     }
     const bool list = v->type == YAML_SEQUENCE_NODE;
-    const size_t nv = list ? (size_t)(v->data.sequence.items.top - v->data.sequence.items.start) : 1;
+    const size_t nv =
+        list ? (size_t)(v->data.sequence.items.top - v->data.sequence.items.start) : 1;
     e->values = calloc(nv ? nv : 1, sizeof(char *));
     if (!e->values) return fail(r, v, "out of memory");
     for (size_t k = 0; k < nv; k++, e->value_count++)
@@ -440,9 +452,12 @@ static bool read_expect(reader *r, const yaml_node_t *n, scenario_expect *e) {
     const char *s = scalar(v);
     uint64_t code = 0;
     e->has_grpc_status = true;
-    if (s && strcmp(s, "-1") == 0) e->grpc_status = -1;
-    else if (read_uint(r, v, "grpc_status", 16, &code)) e->grpc_status = (int)code;
-    else return false;
+    if (s && strcmp(s, "-1") == 0)
+      e->grpc_status = -1;
+    else if (read_uint(r, v, "grpc_status", 16, &code))
+      e->grpc_status = (int)code;
+    else
+      return false;
   }
   if ((v = get(r, n, "keeps_serving"))) {
     e->has_keeps_serving = true;
@@ -502,12 +517,24 @@ static bool read_metadata(reader *r, const yaml_node_t *n, scenario *s) {
   return true;
 }
 
-static const char *const scenario_keys[] = {
-    "name",           "processing_mode",       "allow_mode_override", "failure_mode_allow",
-    "observability_mode", "message_timeout_ms", "max_message_timeout_ms", "request_attributes",
-    "response_attributes", "metadata_context",   "request",             "response",
-    "pause_ms",       "fault",                 "expect",              "golden",
-    "envoy",          NULL};
+static const char *const scenario_keys[] = {"name",
+                                            "processing_mode",
+                                            "allow_mode_override",
+                                            "failure_mode_allow",
+                                            "observability_mode",
+                                            "message_timeout_ms",
+                                            "max_message_timeout_ms",
+                                            "request_attributes",
+                                            "response_attributes",
+                                            "metadata_context",
+                                            "request",
+                                            "response",
+                                            "pause_ms",
+                                            "fault",
+                                            "expect",
+                                            "golden",
+                                            "envoy",
+                                            NULL};
 
 /* The scenario at `n`, its missing keys taken from `defaults` (may be NULL). */
 static bool read_scenario(reader *r, const yaml_node_t *n, const yaml_node_t *defaults,
@@ -574,12 +601,15 @@ static bool read_scenario(reader *r, const yaml_node_t *n, const yaml_node_t *de
     static const char *const keys[] = {"skip", "differs", NULL};
     const yaml_node_t *skip = get(r, v, "skip"), *differs = get(r, v, "differs");
     pair_list versions = {0};
-    const bool ok = (scalar(v) && strcmp(scalar(v), "same") == 0) ||
-                    (v->type == YAML_MAPPING_NODE && only_keys(r, v, "envoy", keys) &&
-                     (skip || differs) && (!skip || read_string(r, skip, "envoy.skip", &s->envoy_skip)) &&
-                     (!differs || read_pairs(r, differs, "envoy.differs", &versions)));
+    const bool ok =
+        (scalar(v) && strcmp(scalar(v), "same") == 0) ||
+        (v->type == YAML_MAPPING_NODE && only_keys(r, v, "envoy", keys) && (skip || differs) &&
+         (!skip || read_string(r, skip, "envoy.skip", &s->envoy_skip)) &&
+         (!differs || read_pairs(r, differs, "envoy.differs", &versions)));
     pair_list_clear(&versions);
-    if (!ok) return fail(r, v, "envoy must be same, or {skip: \"why\"} and/or {differs: {\"1.36\": \"how\"}}");
+    if (!ok)
+      return fail(r, v,
+                  "envoy must be same, or {skip: \"why\"} and/or {differs: {\"1.36\": \"how\"}}");
   }
 #undef FIELD
   if (s->mode.request_header_mode == EXTPROC_HEADER_DEFAULT)
@@ -593,12 +623,14 @@ static bool read_scenario(reader *r, const yaml_node_t *n, const yaml_node_t *de
   /* Envoy refuses such a filter configuration, so no exchange could ever look like this. */
   if (s->mode.request_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED &&
       s->mode.request_trailer_mode != EXTPROC_HEADER_SEND)
-    return fail(r, n, "FULL_DUPLEX_STREAMED request bodies need request_trailer_mode SEND "
-                      "(Envoy refuses the filter otherwise)");
+    return fail(r, n,
+                "FULL_DUPLEX_STREAMED request bodies need request_trailer_mode SEND "
+                "(Envoy refuses the filter otherwise)");
   if (s->mode.response_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED &&
       s->mode.response_trailer_mode != EXTPROC_HEADER_SEND)
-    return fail(r, n, "FULL_DUPLEX_STREAMED response bodies need response_trailer_mode SEND "
-                      "(Envoy refuses the filter otherwise)");
+    return fail(r, n,
+                "FULL_DUPLEX_STREAMED response bodies need response_trailer_mode SEND "
+                "(Envoy refuses the filter otherwise)");
   s->file = strdup(r->path);
   return !r->failed && (s->file || fail(r, n, "out of memory"));
 }
@@ -647,8 +679,7 @@ void scenario_free(scenario *s) {
   free(s->envoy_skip);
 }
 
-int scenario_file_load(const char *path, scenario **list, size_t *count, char *err,
-                       size_t errlen) {
+int scenario_file_load(const char *path, scenario **list, size_t *count, char *err, size_t errlen) {
   reader r = {.path = path, .err = err, .errlen = errlen};
   FILE *f = fopen(path, "rb");
   if (!f) {
@@ -661,8 +692,7 @@ int scenario_file_load(const char *path, scenario **list, size_t *count, char *e
   const int loaded = yaml_parser_load(&parser, &r.doc);
   if (!loaded) {
     snprintf(err, errlen, "%s:%zu: malformed YAML: %s %s", path, parser.problem_mark.line + 1,
-             parser.problem ? parser.problem : "",
-             parser.context ? parser.context : "");
+             parser.problem ? parser.problem : "", parser.context ? parser.context : "");
   }
   yaml_parser_delete(&parser);
   fclose(f);
@@ -672,15 +702,18 @@ int scenario_file_load(const char *path, scenario **list, size_t *count, char *e
   const yaml_node_t *root = yaml_document_get_root_node(&r.doc);
   static const char *const top_keys[] = {"scenarios", "defaults", "service", NULL};
   const yaml_node_t *items = root ? get(&r, root, "scenarios") : NULL;
-  if (!root) fail(&r, NULL, "the file is empty");
+  if (!root)
+    fail(&r, NULL, "the file is empty");
   else if (only_keys(&r, root, "the file", top_keys) &&
            (!items || items->type != YAML_SEQUENCE_NODE ||
             items->data.sequence.items.top == items->data.sequence.items.start))
     fail(&r, root, "the file needs a non-empty list under `scenarios`");
   const yaml_node_t *defaults = root ? get(&r, root, "defaults") : NULL;
   if (defaults && !r.failed) {
-    if (defaults->type != YAML_MAPPING_NODE) fail(&r, defaults, "defaults must be a mapping");
-    else only_keys(&r, defaults, "defaults", scenario_keys + 1); /* every key but name */
+    if (defaults->type != YAML_MAPPING_NODE)
+      fail(&r, defaults, "defaults must be a mapping");
+    else
+      only_keys(&r, defaults, "defaults", scenario_keys + 1); /* every key but name */
   }
   for (yaml_node_item_t *i = r.failed ? NULL : items->data.sequence.items.start;
        i && i < items->data.sequence.items.top && !r.failed; i++) {

@@ -67,9 +67,9 @@ typedef struct header_expects {
 
 /* What one side (the upstream's request, the client's response) must look like. */
 typedef struct side_expect {
-  bool given;     /* the scenario said anything about this side */
+  bool given;       /* the scenario said anything about this side */
   bool not_reached; /* `upstream: none` */
-  int status;     /* client only; 0: not checked */
+  int status;       /* client only; 0: not checked */
   header_expects headers;
   bool has_body;
   byte_buf body;

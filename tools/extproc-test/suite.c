@@ -16,7 +16,7 @@
 typedef struct entry {
   scenario s;
   extest_result r;
-  pair_list failures;  /* values are the sentences */
+  pair_list failures; /* values are the sentences */
   char **codes, **messages;
   char *outcome_json;
 } entry;
@@ -121,8 +121,7 @@ static void check_golden(entry *e, const cJSON *got, bool update) {
   if (!cJSON_Compare(want, got, true)) {
     char *g = cJSON_PrintUnformatted(got);
     char msg[2048];
-    snprintf(msg, sizeof(msg), "golden: %s differs; seen: %.1800s", e->s.golden_path,
-             g ? g : "?");
+    snprintf(msg, sizeof(msg), "golden: %s differs; seen: %.1800s", e->s.golden_path, g ? g : "?");
     pair_list_add(&e->failures, "", msg);
     free(g);
   }
