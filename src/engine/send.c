@@ -165,7 +165,11 @@ void send_replies(extproc_request *req) {
   send_reply(req, reply_build(req));
   if (!is_body_phase(req->msg.phase) && req->reply.body_op != BODY_KEEP)
     req->body_replaced[direction_of(req->msg.phase)] = true;
-  if (req->reply.has_mode_override) { /* what Envoy sends next follows the new mode */
+  /* What Envoy sends next follows the new mode, unless Envoy surely refuses it: it grants no
+   * override at all to a filter with a FULL_DUPLEX_STREAMED body mode. */
+  const bool duplex_filter = req->protocol.request_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED ||
+                             req->protocol.response_body_mode == EXTPROC_BODY_FULL_DUPLEX_STREAMED;
+  if (req->reply.has_mode_override && !duplex_filter) {
     req->body_mode[0] = req->reply.mode_override.request_body_mode;
     req->body_mode[1] = req->reply.mode_override.response_body_mode;
   }

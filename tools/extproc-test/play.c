@@ -570,7 +570,7 @@ static int take_duplex_piece(player *p, direction *d, extproc_phase phase,
           ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE &&
       bm->mutation_case != ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION__NOT_SET) {
     outcome_judge(p->o, "spurious_message",
-                  "%s: a %s body mutation in FULL_DUPLEX_STREAMED, where Envoy takes only "
+                  "%s: body_mutation.%s in FULL_DUPLEX_STREAMED, where Envoy takes only "
                   "streamed_response: Envoy would answer 500",
                   phase_name(phase),
                   bm->mutation_case == ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_BODY
