@@ -191,3 +191,25 @@ uint8_t *envoy_request_encode(arena *a, const envoy_request *m, size_t *len) {
   if (buf) protobuf_c_message_pack(&m->base, buf);
   return buf;
 }
+
+const char *envoy_response_case_name(int response_case) {
+  switch (response_case) {
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS:
+    return "request_headers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_HEADERS:
+    return "response_headers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY:
+    return "request_body";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY:
+    return "response_body";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS:
+    return "request_trailers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS:
+    return "response_trailers";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE:
+    return "immediate_response";
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE:
+    return "streamed_immediate_response";
+  default: return "nothing";
+  }
+}

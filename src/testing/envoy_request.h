@@ -61,6 +61,10 @@ bool envoy_request_set_attributes(arena *a, envoy_request *m, const char *const 
 bool envoy_request_set_metadata(arena *a, envoy_request *m, const char *const *namespaces,
                                 const char *const *keys, const char *const *values, size_t n);
 
+/* The name of a ProcessingResponse `response` case as the proto spells it ("request_headers",
+ * "immediate_response"...), or "nothing" for an unset oneof: for messages about replies. */
+const char *envoy_response_case_name(int response_case);
+
 /* Encodes `m` as it goes on the wire (without the gRPC prefix). Returns the bytes, in `a`, and
  * their count in `*len`. */
 uint8_t *envoy_request_encode(arena *a, const envoy_request *m, size_t *len);

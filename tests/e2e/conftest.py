@@ -56,20 +56,25 @@ def runner_binary():
     return str(path)
 
 
-def extproc_test_binary():
-    """extproc-test: EXTPROC_TEST, or tools/extproc-test/extproc-test in the runner's build."""
-    path = os.environ.get("EXTPROC_TEST")
+def tool_binary(env_var, *parts):
+    """A program of the runner's build (env_var, or parts below the build directory that holds
+    the runner), failing the test when it is not there."""
+    path = os.environ.get(env_var)
     if path:
         path = Path(path)
     else:
         runner = Path(os.environ.get("EXTPROC_EXAMPLES", "build/examples/extproc-examples"))
-        path = runner.parent.parent / "tools" / "extproc-test" / "extproc-test"
+        path = runner.parent.parent.joinpath(*parts)
     if not path.is_absolute():
         path = REPO / path
     if not os.access(path, os.X_OK):
-        pytest.fail(f"extproc-test not found or not executable: {path} "
-                    "(build it, or point EXTPROC_TEST at it)", pytrace=False)
+        pytest.fail(f"{path.name} not found or not executable: {path} "
+                    f"(build it, or point {env_var} at it)", pytrace=False)
     return str(path)
+
+
+def extproc_test_binary():
+    return tool_binary("EXTPROC_TEST", "tools", "extproc-test", "extproc-test")
 
 
 def envoy_binary():

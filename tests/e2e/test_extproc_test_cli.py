@@ -5,12 +5,10 @@ misbehaving server in test_scenarios_envoy.py, where real Envoy shows the same.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 

@@ -14,15 +14,13 @@ Environment:
 """
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_ports, start_processor
+from conftest import free_ports, start_processor, tool_binary
 
 COUNT = 2000
 STREAMED_BODY = 256 * 1024  # 4 chunks of 64 KiB; the 1 MiB default is for benchmarks
@@ -32,18 +30,7 @@ PERCENTILES = ["p50", "p90", "p99", "p99_9"]
 
 
 def loadgen_binary():
-    path = os.environ.get("EXTPROC_LOAD")
-    if path:
-        path = Path(path)
-    else:
-        runner = Path(os.environ.get("EXTPROC_EXAMPLES", "build/examples/extproc-examples"))
-        path = runner.parent.parent / "tools" / "loadgen" / "extproc-load"
-    if not path.is_absolute():
-        path = REPO / path
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"load generator not found or not executable: {path} "
-                    "(build it, or point EXTPROC_LOAD at it)", pytrace=False)
-    return str(path)
+    return tool_binary("EXTPROC_LOAD", "tools", "loadgen", "extproc-load")
 
 
 def run_load(target, *args, expect_rc=0):

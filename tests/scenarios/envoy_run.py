@@ -4,8 +4,7 @@
 scenario files, played by an HTTP/1.1 client through an Envoy whose ext_proc filter is
 configured as each scenario says, to a scripted upstream answering as each scenario says. The
 same `expect.upstream` and `expect.client` must then hold. Python standard library and PyYAML;
-nothing here depends on pytest (tests/e2e/test_scenarios_envoy.py drives it, and `main()` runs
-files by hand against processors already running).
+nothing here depends on pytest (tests/e2e/test_scenarios_envoy.py drives it).
 
 The pieces, in the order a run uses them:
   load_file()     a scenario file, `defaults` applied and every key checked, as Scenario objects;
@@ -35,19 +34,16 @@ codec ends every request body with one more, empty, end_of_stream message: a STR
 processor sees one message more than the chunks written.
 """
 
-import argparse
 import copy
 import http
 import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import socketserver
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -1367,87 +1363,3 @@ def report(scenario, outcome, problems):
             shown[side]["body"] = shown[side]["body"][:2000] + "..."
     lines.append("  outcome: " + json.dumps(shown, indent=2).replace("\n", "\n  "))
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- by hand
-
-
-_handed_out = set()
-
-
-def free_ports(n):
-    """n free loopback ports, none handed out before by this process. (Envoy binds with
-    SO_REUSEPORT: two Envoys given one port would both bind it and split its traffic.)"""
-    held, chosen = [], []
-    try:
-        while len(chosen) < n:
-            s = socket.socket()
-            held.append(s)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.add(port)
-                chosen.append(port)
-        return chosen
-    finally:
-        for s in held:
-            s.close()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Plays scenario files through a real Envoy against running processors.")
-    parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--envoy", default=os.environ.get("ENVOY", "envoy"))
-    parser.add_argument("--service", action="append", default=[], metavar="NAME=HOST:PORT",
-                        help="where the processor a file's `service` names listens")
-    parser.add_argument("--keep", action="store_true", help="keep Envoy's work directory")
-    args = parser.parse_args(argv)
-    services = {}
-    for spec in args.service:
-        name, _, address = spec.partition("=")
-        host, _, port = address.rpartition(":")
-        services[name] = (host, int(port))
-    files = [load_file(f) for f in args.files]
-    listeners = plan(files)
-    work = Path(tempfile.mkdtemp(prefix="envoy-scenarios-"))
-    upstream = Upstream()
-    *ports, warm_port, admin_port = free_ports(len(listeners) + 2)
-    ports = {WARM_LISTENER: warm_port, **{l.name: p for l, p in zip(listeners, ports)}}
-    envoy = Envoy(args.envoy, work, listeners, ports, admin_port, upstream.address,
-                  services).start()
-    failed = passed = skipped = 0
-    try:
-        envoy.wait_ready()
-        for f in files:
-            for s in f.scenarios:
-                label = f"{f.path}::{s.name}"
-                obstacle = envoy_obstacle(s)
-                if s.skip:
-                    print(f"SKIP {label}: {s.skip}")
-                    skipped += 1
-                    continue
-                if obstacle or s.listener in envoy.refused:
-                    print(f"FAIL {label}: {obstacle or envoy.refused[s.listener]}")
-                    failed += 1
-                    continue
-                outcome, problems = play(s, envoy, upstream)
-                if problems:
-                    print("FAIL " + report(s, outcome, problems))
-                    failed += 1
-                else:
-                    print(f"PASS {label}")
-                    passed += 1
-    finally:
-        envoy.stop()
-        upstream.close()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"Envoy's files: {work}")
-    print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

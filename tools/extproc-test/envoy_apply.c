@@ -44,28 +44,6 @@ void outcome_free(outcome *o) {
   free(o->judgments);
 }
 
-const char *response_case_name(int response_case) {
-  switch (response_case) {
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS:
-    return "request_headers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_HEADERS:
-    return "response_headers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY:
-    return "request_body";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY:
-    return "response_body";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS:
-    return "request_trailers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS:
-    return "response_trailers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE:
-    return "immediate_response";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE:
-    return "streamed_immediate_response";
-  default: return "no response (oneof unset)";
-  }
-}
-
 /* ---- Header mutations ------------------------------------------------------------------ */
 
 /* A name Envoy accepts in a mutation: an HTTP token, or a pseudo-header (":" then a token). */

@@ -93,7 +93,4 @@ void envoy_merge_dynamic_metadata(outcome *o, const processing_response *r);
 /* Records a mode_override as sent. */
 void envoy_record_mode_override(outcome *o, const processing_response *r);
 
-/* The name of ProcessingResponse's `response` case, e.g. "request_headers". */
-const char *response_case_name(int response_case);
-
 #endif

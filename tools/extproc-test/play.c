@@ -314,7 +314,7 @@ static processing_response *expect_reply(player *p, extproc_phase phase, int als
     return r;
   outcome_judge(p->o, "spurious_message",
                 "%s: the reply is a %s response while Envoy waits for %s: Envoy would %s", name,
-                response_case_name(r->response_case), name,
+                envoy_response_case_name(r->response_case), name,
                 failure_outcome(p, phase, "answer 500"));
   protobuf_c_message_free_unpacked(&r->base, NULL);
   processor_failed(p, phase, 500);

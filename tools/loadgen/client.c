@@ -20,6 +20,7 @@
 #include "base/arena.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "loadgen.h"
+#include "testing/envoy_request.h"
 #include "transport/grpc_frame.h"
 
 typedef Envoy__Service__ExtProc__V3__ProcessingResponse ProcessingResponse;
@@ -167,28 +168,6 @@ static bool wbuf_append(wbuf *b, const uint8_t *data, size_t len) {
   memcpy(b->data + b->len, data, len);
   b->len += len;
   return true;
-}
-
-static const char *case_name(int c) {
-  switch (c) {
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_HEADERS:
-    return "request_headers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_HEADERS:
-    return "response_headers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY:
-    return "request_body";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY:
-    return "response_body";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_TRAILERS:
-    return "request_trailers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_TRAILERS:
-    return "response_trailers";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE:
-    return "immediate_response";
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_STREAMED_IMMEDIATE_RESPONSE:
-    return "streamed_immediate_response";
-  default: return "nothing";
-  }
 }
 
 static void try_start(lg_run *run);
@@ -342,7 +321,7 @@ static void handle_reply(lg_slot *s, const uint8_t *data, size_t len) {
       got == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE;
   if (!immediate && got != m->expect) {
     char why[128];
-    snprintf(why, sizeof(why), "%s answered with %s", m->phase, case_name(got));
+    snprintf(why, sizeof(why), "%s answered with %s", m->phase, envoy_response_case_name(got));
     fail_stream(s, ERR_BAD_REPLY, true, why);
     return;
   }
