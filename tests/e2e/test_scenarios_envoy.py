@@ -240,6 +240,88 @@ def _runner_services():
     return {m.group(1) for line in listing if (m := re.match(r"\s+\S+\s+(\S+)\s", line))}
 
 
+# The use-case processors (README.md "Use cases") read their settings from the environment
+# when the runner starts. A file naming one gets the runner started with these (a file's
+# comments say what its scenarios rely on): auth, the test-only key material committed beside
+# scenarios/usecases/auth.yaml; idempotency, a redis-server of the bench's own on a free
+# loopback port (no persistence: every run starts empty) and a Redis deadline below the
+# message_timeout_ms its scenarios set; access-log, a log file in the log directory (scenarios
+# cannot see it).
+USECASE_DIR = SCENARIO_DIR / "usecases"
+AUTH_ENV = {
+    "EXTPROC_AUTH_HS256_SECRET_FILE": str(USECASE_DIR / "auth-hs256.secret"),
+    "EXTPROC_AUTH_JWKS_FILE": str(USECASE_DIR / "auth-jwks.json"),
+    "EXTPROC_AUTH_API_KEYS_FILE": str(USECASE_DIR / "auth-api-keys.txt"),
+    "EXTPROC_AUTH_ISSUER": "https://issuer.test",
+    "EXTPROC_AUTH_AUDIENCE": "orders-api",
+    "EXTPROC_AUTH_REQUIRED_SCOPE": "read",
+    "EXTPROC_AUTH_FORWARD_CLAIMS": "sub:x-auth-subject,scope:x-auth-scope,email:x-auth-email",
+    "EXTPROC_AUTH_RELOAD_INTERVAL": "0",
+}
+IDEMPOTENCY_ENV = {"EXTPROC_IDEMPOTENCY_TIMEOUT": "500ms", "EXTPROC_IDEMPOTENCY_TTL": "1h"}
+ACCESS_LOG_ENV = {"EXTPROC_ACCESS_LOG_BODY_CAP": "1KiB"}
+# A scenario file's state, if it needs any: FILE.seed.yml beside FILE.yaml, played once by
+# extproc-test against FILE's service before anything else plays (it must pass). The
+# idempotency scenarios replay responses stored this way: see scenarios/usecases/idempotency.yaml.
+SEED_SUFFIX = ".seed.yml"
+
+
+def _start_redis(log_dir):
+    """A redis-server on a free loopback port, keeping nothing on disk: (proc, address)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(binary, os.X_OK):
+        pytest.fail("redis-server not found (apt-get install redis-server)", pytrace=False)
+    port = free_ports(1)[0]
+    proc = start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no", "--dir", str(log_dir), "--daemonize", "no"],
+                 log_dir)
+    try:
+        wait_until(f"redis-server on 127.0.0.1:{port}", lambda: can_connect(("127.0.0.1", port)),
+                   [proc])
+    except pytest.fail.Exception:
+        proc.stop()
+        raise
+    return proc, f"127.0.0.1:{port}"
+
+
+def _runner_env(b, log_dir, services, procs):
+    """The environment the use-case processors among `services` need (see AUTH_ENV); starts
+    Redis for idempotency (appended to procs), or marks idempotency broken without it."""
+    env = {}
+    if "auth" in services:
+        env.update(AUTH_ENV)
+    if "access-log" in services:
+        env.update(ACCESS_LOG_ENV, EXTPROC_ACCESS_LOG_PATH=str(log_dir / "access-log.jsonl"))
+    if "idempotency" in services:
+        try:
+            redis, address = _start_redis(log_dir)
+            procs.append(redis)
+            env.update(IDEMPOTENCY_ENV, EXTPROC_IDEMPOTENCY_REDIS=address)
+        except pytest.fail.Exception as e:
+            b.broken_services["idempotency"] = f"its Redis did not start: {e}"
+    return env
+
+
+def _seed(b):
+    """Plays each loaded file's seed (SEED_SUFFIX), if it has one and its service runs; a seed
+    that does not pass marks the service broken, with why."""
+    for path, f in sorted(LOADED.items()):
+        seed = path.with_name(path.stem + SEED_SUFFIX)
+        if not seed.exists() or f.service not in b.services:
+            continue
+        try:
+            report = run_tool(seed, b.services[f.service])
+        except pytest.fail.Exception as e:
+            report = {"scenarios": [{"name": "(the file)", "status": "error",
+                                     "failures": [str(e)]}]}
+        bad = [f"{r['name']}: {r['status']}: " + "; ".join(r.get("failures", []))
+               for r in report.get("scenarios", []) if r.get("status") != "passed"]
+        if bad or not report.get("scenarios"):
+            b.broken_services[f.service] = (f"its seed {seed} did not pass:\n" +
+                                            "\n".join(bad or ["no scenario played"]))
+            b.services.pop(f.service)
+
+
 def _start_services(b, log_dir, sock_dir, services):
     """Starts what serves `services`: one runner for the example processors, and
     scripts/foreign_servers.sh for each `foreign:NAME`. Fills b.services and
@@ -252,14 +334,23 @@ def _start_services(b, log_dir, sock_dir, services):
         if known is not None and s not in known:
             b.broken_services[s] = (f"the runner serves no service {s!r} (extproc-examples "
                                     f"--help lists {', '.join(sorted(known))})")
+    env = _runner_env(b, log_dir, ours, procs)
     ours = [s for s in ours if s not in b.broken_services]
     if ours:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the runner inherits the environment
         try:
             runner, addresses = start_processor(log_dir, "tcp", sock_dir, ours, name="runner")
             procs.append(runner)
             b.services.update({s: f"127.0.0.1:{port}" for s, (_, port) in zip(ours, addresses)})
         except pytest.fail.Exception as e:
             b.broken_services.update({s: f"the runner did not start: {e}" for s in ours})
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     for s in foreign:
         name = s[len(FOREIGN_PREFIX):]
         port = free_ports(1)[0]
@@ -291,6 +382,7 @@ def bench(request, tmp_path_factory):
             b.releases[v] = Release(v, upstream=envoy_run.Upstream())
         procs = _start_services(b, log_dir, sock_dir, sorted({l.service for l in LISTENERS}))
         addresses = {s: ("127.0.0.1", int(a.rsplit(":", 1)[1])) for s, a in b.services.items()}
+        _seed(b)
         for s in b.broken_services:  # Envoy needs a cluster all the same: nothing listens there
             addresses[s] = ("127.0.0.1", free_ports(1)[0])
         with concurrent.futures.ThreadPoolExecutor(len(VERSIONS) or 1) as pool:
