@@ -103,7 +103,7 @@ def test_failures_are_named_and_reported_three_ways(trivial, tmp_path):
     done = run_tool("--target", trivial["tcp"], "--json", "-", "--junit", junit, "-q", path,
                     expect_rc=1)
     report = json.loads(done.stdout)
-    assert (report["passed"], report["failed"], report["skipped"]) == (1, 2, 0)
+    assert (report["passed"], report["failed"], report["errors"], report["skipped"]) == (1, 2, 0, 0)
     by_name = {s["name"]: s for s in report["scenarios"]}
     assert by_name["right"]["status"] == "passed" and by_name["right"]["failures"] == []
     wrong = by_name["wrong header and status"]
@@ -191,10 +191,13 @@ def test_usage_errors():
 def test_nothing_listening_is_an_error_not_a_pass(tmp_path):
     path = write(tmp_path, "pass.yaml", PASSING)
     [port] = free_ports(1)
-    done = run_tool("--target", f"127.0.0.1:{port}", "--json", "-", "-q", path, expect_rc=1)
+    # --json - alone: the report is all there is on stdout.
+    done = run_tool("--target", f"127.0.0.1:{port}", "--json", "-", path, expect_rc=1)
     report = json.loads(done.stdout)
     assert report["scenarios"][0]["status"] == "error", report
-    assert report["failed"] == 1
+    assert (report["failed"], report["errors"]) == (0, 1)
+    assert "Connection refused" in report["scenarios"][0]["failures"][0], report
+    assert done.stderr == "", done.stderr  # said once, in the report
 
 
 def test_mutual_tls(tmp_path):

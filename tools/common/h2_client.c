@@ -10,6 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,22 @@ struct h2_client {
 };
 
 /* ---- Helpers --------------------------------------------------------------------------- */
+
+static bool quiet;                   /* h2_client_set_quiet() */
+static _Thread_local char last[512]; /* h2_client_last_error() */
+
+/* Says why something failed: kept for h2_client_last_error(), and printed unless quiet. */
+__attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last, sizeof(last), fmt, ap);
+  va_end(ap);
+  if (!quiet) fprintf(stderr, "h2_client: %s\n", last);
+}
+
+void h2_client_set_quiet(bool on) { quiet = on; }
+
+const char *h2_client_last_error(void) { return last; }
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -315,7 +332,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *b
 /* ---- Socket I/O ------------------------------------------------------------------------ */
 
 static void fail_connection(h2_client *c, const char *why) {
-  if (!c->disconnected) fprintf(stderr, "h2_client: connection ended: %s\n", why);
+  if (!c->disconnected) say("connection ended: %s", why);
   c->disconnected = true;
 }
 
@@ -373,7 +390,7 @@ static ssize_t ssl_outcome(h2_client *c, int n) {
     if (errno == 0) return 0; /* EOF without close_notify */
     return -1;
   default:
-    fprintf(stderr, "h2_client: TLS: %s\n", ssl_reason());
+    say("TLS: %s", ssl_reason());
     errno = EIO;
     return -1;
   }
@@ -463,13 +480,12 @@ static int wait_until(h2_client *c, done_fn done, int32_t id, size_t arg, const 
     if (!c->disconnected) push_output(c); /* on failure `done` may still hold */
     if (done(c, id, arg)) return 0;
     if (c->disconnected) {
-      fprintf(stderr, "h2_client: connection ended while waiting for %s (stream %d)\n", what, id);
+      say("connection ended while waiting for %s (stream %d)", what, id);
       return -1;
     }
     const int64_t left = deadline - now_ms();
     if (left <= 0) {
-      fprintf(stderr, "h2_client: timed out after %d ms waiting for %s (stream %d)\n",
-              c->timeout_ms, what, id);
+      say("timed out after %d ms waiting for %s (stream %d)", c->timeout_ms, what, id);
       return -1;
     }
     h2_client_poll(c, (int)left);
@@ -521,8 +537,7 @@ int h2_client_wait_messages(h2_client *c, int32_t id, size_t count) {
   if (wait_until(c, has_messages, id, count, "messages") != 0) return -1;
   const stream_rec *r = find(c, id);
   if (r->pub.message_count < count) {
-    fprintf(stderr, "h2_client: stream %d closed with %zu of %zu messages\n", id,
-            r->pub.message_count, count);
+    say("stream %d closed with %zu of %zu messages", id, r->pub.message_count, count);
     return -1;
   }
   return 0;
@@ -552,12 +567,12 @@ int h2_client_wait_quiet(h2_client *c, int quiet_ms) {
   for (;;) {
     const int rv = h2_client_poll(c, quiet_ms);
     if (rv < 0) {
-      fprintf(stderr, "h2_client: connection ended while waiting for quiet\n");
+      say("connection ended while waiting for quiet");
       return -1;
     }
     if (rv == 0) return 0;
     if (now_ms() > deadline) {
-      fprintf(stderr, "h2_client: data still moving after %d ms\n", c->timeout_ms);
+      say("data still moving after %d ms", c->timeout_ms);
       return -1;
     }
   }
@@ -569,12 +584,12 @@ int h2_client_wait_quiet(h2_client *c, int quiet_ms) {
 static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len, const char *what) {
   const int flags = fcntl(fd, F_GETFL);
   if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-    fprintf(stderr, "h2_client: connect %s: fcntl: %s\n", what, strerror(errno));
+    say("connect %s: fcntl: %s", what, strerror(errno));
     return -1;
   }
   if (connect(fd, sa, len) == 0) return 0;
   if (errno != EINPROGRESS) {
-    fprintf(stderr, "h2_client: connect %s: %s\n", what, strerror(errno));
+    say("connect %s: %s", what, strerror(errno));
     return -1;
   }
   struct pollfd p = {.fd = fd, .events = POLLOUT};
@@ -589,7 +604,7 @@ static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len, con
   else if (rv < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) != 0)
     err = errno;
   if (err == 0) return 0;
-  fprintf(stderr, "h2_client: connect %s: %s\n", what, strerror(err));
+  say("connect %s: %s", what, strerror(err));
   return -1;
 }
 
@@ -665,14 +680,14 @@ static int tcp_socket(const char *host, int port) {
   snprintf(service, sizeof(service), "%d", port);
   const int gai = getaddrinfo(host, service, &hints, &ai);
   if (gai != 0) {
-    fprintf(stderr, "h2_client: %s: %s\n", host, gai_strerror(gai));
+    say("%s: %s", host, gai_strerror(gai));
     return -1;
   }
   char what[300];
   snprintf(what, sizeof(what), "%s port %d", host, port);
   const int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || connect_bounded(fd, ai->ai_addr, ai->ai_addrlen, what) != 0) {
-    if (fd < 0) fprintf(stderr, "h2_client: socket: %s\n", strerror(errno));
+    if (fd < 0) say("socket: %s", strerror(errno));
     if (fd >= 0) close(fd);
     freeaddrinfo(ai);
     return -1;
@@ -708,7 +723,7 @@ static SSL_CTX *client_context(const h2_client_tls *o) {
   const size_t alpn_len = o->alpn ? strlen(o->alpn) : sizeof(h2);
   if (alpn_len) ok = ok && SSL_CTX_set_alpn_protos(ctx, alpn, (unsigned)alpn_len) == 0;
   if (!ok) {
-    fprintf(stderr, "h2_client: TLS setup: %s\n", ssl_reason());
+    say("TLS setup: %s", ssl_reason());
     SSL_CTX_free(ctx);
     return NULL;
   }
@@ -723,13 +738,13 @@ static bool handshake(SSL *ssl, int fd) {
     if (rv == 1) return true;
     const int err = SSL_get_error(ssl, rv);
     if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
-      fprintf(stderr, "h2_client: TLS handshake: %s\n", ssl_reason());
+      say("TLS handshake: %s", ssl_reason());
       return false;
     }
     const int64_t left = deadline - now_ms();
     struct pollfd p = {.fd = fd, .events = err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
     if (left <= 0 || poll(&p, 1, (int)left) == 0) {
-      fprintf(stderr, "h2_client: TLS handshake: timed out\n");
+      say("TLS handshake: timed out");
       return false;
     }
   }
@@ -760,7 +775,7 @@ h2_client *h2_client_connect_unix(const char *path) {
   strcpy(sun.sun_path, path);
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || connect_bounded(fd, (const struct sockaddr *)&sun, sizeof(sun), path) != 0) {
-    if (fd < 0) fprintf(stderr, "h2_client: socket: %s\n", strerror(errno));
+    if (fd < 0) say("socket: %s", strerror(errno));
     if (fd >= 0) close(fd);
     return NULL;
   }
@@ -776,7 +791,7 @@ int h2_client_set_initial_window(h2_client *c, uint32_t bytes) {
   const nghttp2_settings_entry entry = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, bytes};
   const int rv = nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, &entry, 1);
   if (rv != 0) {
-    fprintf(stderr, "h2_client: submit_settings: %s\n", nghttp2_strerror(rv));
+    say("submit_settings: %s", nghttp2_strerror(rv));
     return -1;
   }
   return push_output(c);
@@ -831,7 +846,7 @@ int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *met
   const nghttp2_data_provider prd = {.source.ptr = r, .read_callback = read_body};
   const int32_t id = nghttp2_submit_request(c->session, NULL, nva, nv_count, &prd, r);
   if (id < 0) {
-    fprintf(stderr, "h2_client: submit_request: %s\n", nghttp2_strerror(id));
+    say("submit_request: %s", nghttp2_strerror(id));
     free(r);
     return -1;
   }
@@ -849,12 +864,11 @@ int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *met
 static stream_rec *open_rec(h2_client *c, int32_t id, const char *op) {
   stream_rec *r = find(c, id);
   if (!r) {
-    fprintf(stderr, "h2_client: %s: unknown stream %d\n", op, id);
+    say("%s: unknown stream %d", op, id);
     return NULL;
   }
   if (r->pub.closed || r->half_close) {
-    fprintf(stderr, "h2_client: %s: stream %d is %s\n", op, id,
-            r->pub.closed ? "closed" : "half-closed");
+    say("%s: stream %d is %s", op, id, r->pub.closed ? "closed" : "half-closed");
     return NULL;
   }
   return r;
@@ -907,15 +921,15 @@ int h2_client_half_close(h2_client *c, int32_t id) {
 int h2_client_reset(h2_client *c, int32_t id, uint32_t error_code) {
   stream_rec *r = find(c, id);
   if (!r || r->pub.closed || c->disconnected) {
-    fprintf(stderr, "h2_client: reset: stream %d is %s\n", id,
-            !r              ? "unknown"
-            : r->pub.closed ? "closed"
-                            : "on a dead connection");
+    say("reset: stream %d is %s", id,
+        !r              ? "unknown"
+        : r->pub.closed ? "closed"
+                        : "on a dead connection");
     return -1;
   }
   const int rv = nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, id, error_code);
   if (rv != 0) {
-    fprintf(stderr, "h2_client: submit_rst_stream: %s\n", nghttp2_strerror(rv));
+    say("submit_rst_stream: %s", nghttp2_strerror(rv));
     return -1;
   }
   return push_output(c);
@@ -990,9 +1004,7 @@ int h2_client_health_check(h2_client *c) {
       rv = 0;
     grpc__health__v1__health_check_response__free_unpacked(resp, NULL);
   }
-  if (rv != 0)
-    fprintf(stderr, "h2_client: health check: grpc-status %d, %zu messages\n", s->grpc_status,
-            s->message_count);
+  if (rv != 0) say("health check: grpc-status %d, %zu messages", s->grpc_status, s->message_count);
   h2_client_forget_stream(c, id);
   return rv;
 }

@@ -11,7 +11,8 @@
  * blocking; the wait functions and h2_client_poll() move bytes both ways.
  *
  * One thread per client. Functions returning int return 0 on success and -1 on failure
- * (timeout, connection error, unknown stream), after printing why to stderr. */
+ * (timeout, connection error, unknown stream), after printing why to stderr (unless
+ * h2_client_set_quiet) and keeping it for h2_client_last_error(). */
 #ifndef EXTPROC_TESTS_H2_CLIENT_H
 #define EXTPROC_TESTS_H2_CLIENT_H
 
@@ -21,6 +22,14 @@
 #include <stdint.h>
 
 enum { H2_CLIENT_TIMEOUT_MS = 10000 };
+
+/* Stops (or restarts) printing failures on stderr, for every client of the process; set it
+ * before any client runs. */
+void h2_client_set_quiet(bool on);
+
+/* Why the calling thread's last failure happened ("connect 127.0.0.1 port 1: Connection
+ * refused"), or "" if none has. Valid until that thread's next failure. */
+const char *h2_client_last_error(void);
 
 typedef struct h2_client h2_client;
 

@@ -71,9 +71,9 @@ size_t extest_suite_run(extest_suite *s, const extest_target *t, const extest_op
 const extest_result *extest_suite_result(const extest_suite *s, size_t i);
 
 /* Reports: a readable summary (what failed and why, what Envoy would say), JSON (one object:
- * {"passed", "failed", "skipped", "scenarios": [{file, name, status, failures, envoy_says,
- * outcome, duration_ms}]}) and JUnit XML (one testsuite per file). Return 0, or -1 if writing
- * failed. */
+ * {"passed", "failed", "errors", "skipped", "scenarios": [{file, name, status, failures,
+ * envoy_says, outcome, duration_ms}]}, as docs/scenarios.md describes) and JUnit XML (one
+ * testsuite per file). Return 0, or -1 if writing failed. */
 int extest_report_text(const extest_suite *s, FILE *f, bool verbose);
 int extest_report_json(const extest_suite *s, FILE *f);
 int extest_report_junit(const extest_suite *s, FILE *f);

@@ -8,6 +8,7 @@
 
 #include "extproc/version.h"
 #include "extproc_test.h"
+#include "h2_client.h"
 
 static void usage(FILE *f) {
   fputs("usage: extproc-test --target ADDRESS [options] FILE...\n"
@@ -23,8 +24,9 @@ static void usage(FILE *f) {
         "      --sni NAME         server name to send and verify\n"
         "  -j, --jobs N           scenarios played at once (default 4)\n"
         "  -k, --filter TEXT      only scenarios whose name contains TEXT\n"
-        "      --json FILE        write the JSON report to FILE (- for stdout)\n"
-        "      --junit FILE       write a JUnit XML report to FILE (- for stdout)\n"
+        "      --json FILE        write the JSON report to FILE (- for stdout, then the\n"
+        "                         only thing on it)\n"
+        "      --junit FILE       write a JUnit XML report to FILE (- for stdout, likewise)\n"
         "      --update-golden    write each scenario's golden file from what was seen\n"
         "  -v, --verbose          show every judgment and what was seen, also for passes\n"
         "  -q, --quiet            no text report on stdout\n"
@@ -122,6 +124,10 @@ int main(int argc, char **argv) {
   }
   /* A server that closes the connection must not kill the tool. */
   signal(SIGPIPE, SIG_IGN);
+  /* Connection failures are in each scenario's report; no second copy on stderr. */
+  h2_client_set_quiet(true);
+  /* A report written to stdout is the whole of stdout, so it can be piped to a parser. */
+  if ((json && strcmp(json, "-") == 0) || (junit && strcmp(junit, "-") == 0)) quiet = true;
   extest_suite *suite;
   char err[1024];
   if (extest_suite_load(&suite, (const char *const *)argv + optind, (size_t)(argc - optind), err,

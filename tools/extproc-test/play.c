@@ -833,14 +833,16 @@ int play_scenario(const scenario *s, const target *t, outcome *o, char *err, siz
   o->keeps_serving = -1;
   p.c = connect_target(t, err, errlen);
   if (!p.c) {
-    if (!*err) snprintf(err, errlen, "cannot connect to %s", t->address);
+    if (!*err)
+      snprintf(err, errlen, "cannot connect to %s: %s", t->address, h2_client_last_error());
     return -1;
   }
   arena_init(&p.a, 0);
   h2_client_set_timeout(p.c, (int)(s->message_timeout_ms + 2000));
   p.id = h2_client_open_stream(p.c, PROCESS_PATH);
   if (p.id <= 0) {
-    snprintf(err, errlen, "cannot open a gRPC stream on %s", t->address);
+    snprintf(err, errlen, "cannot open a gRPC stream on %s: %s", t->address,
+             h2_client_last_error());
     h2_client_free(p.c);
     arena_free(&p.a);
     return -1;

@@ -47,7 +47,8 @@ int extest_report_json(const extest_suite *s, FILE *f) {
   cJSON *root = cJSON_CreateObject();
   if (!root) return -1;
   cJSON_AddNumberToObject(root, "passed", (double)counts[EXTEST_PASSED]);
-  cJSON_AddNumberToObject(root, "failed", (double)(counts[EXTEST_FAILED] + counts[EXTEST_ERROR]));
+  cJSON_AddNumberToObject(root, "failed", (double)counts[EXTEST_FAILED]);
+  cJSON_AddNumberToObject(root, "errors", (double)counts[EXTEST_ERROR]);
   cJSON_AddNumberToObject(root, "skipped", (double)counts[EXTEST_SKIPPED]);
   cJSON *list = cJSON_AddArrayToObject(root, "scenarios");
   for (size_t i = 0; list && i < extest_suite_count(s); i++) {
