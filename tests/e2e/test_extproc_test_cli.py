@@ -5,6 +5,7 @@ misbehaving server in test_scenarios_envoy.py, where real Envoy shows the same.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -159,6 +160,12 @@ def test_many_scenarios_in_parallel(trivial, tmp_path):
     assert "40 passed, 0 failed" in done.stdout, done.stdout
 
 
+# A "billion laughs" file: seven levels of ten aliases each, ten million strings expanded.
+LAUGHS = "scenarios:\n  - name: lol\n    expect:\n      dynamic_metadata:\n" + "".join(
+    f"        l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else '"lol"'] * 10) + "]\n"
+    for i in range(7))
+
+
 @pytest.mark.parametrize("text,message", [
     ("scenarios:\n  - name: a\n    expcet: {}\n", "3: unknown key 'expcet' in a scenario"),
     ("scenarios:\n  - name: a\n    processing_mode: {request_body_mode: CHUNKED}\n",
@@ -173,11 +180,33 @@ def test_many_scenarios_in_parallel(trivial, tmp_path):
     ("scenario:\n  - name: a\n", "unknown key 'scenario' in the file"),
     ("scenarios:\n  - name: a\n    processing_mode: {response_body_mode: FULL_DUPLEX_STREAMED}\n",
      "FULL_DUPLEX_STREAMED response bodies need response_trailer_mode SEND"),
+    # What hostile files could do through YAML aliases, refused before it is done.
+    ("scenarios:\n  - name: cycle\n    expect:\n      dynamic_metadata: &a {x: *a}\n",
+     "nested deeper than 32"),
+    (LAUGHS, "larger than 100000 nodes"),
+    ("scenarios:\n  - name: bomb\n    request:\n      body: [&c {repeat: x, bytes: 200000000}, *c]\n",
+     "bodies add up to more than 256 MiB"),
+    ("scenarios:\n  - name: a\n    request: {headers: {\"x-a\\0b\": v}}\n", "without NUL"),
+    ("scenarios:\n  - name: a\n    request: {headers: {x-a: \"v\\r\\nx-b: w\"}}\n", "CR or LF"),
 ])
 def test_scenario_file_errors_name_file_and_line(tmp_path, text, message):
     path = write(tmp_path, "bad.yaml", text)
     done = run_tool("--target", "127.0.0.1:1", path, expect_rc=2)
     assert str(path) in done.stderr and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("target", ["[::1", ":80", "127.0.0.1:99999", "127.0.0.1:80abc",
+                                    "localhost:80", "unix:", "unix:/" + "x" * 120])
+def test_bad_targets_are_usage_errors(tmp_path, target):
+    path = write(tmp_path, "pass.yaml", PASSING)
+    assert "bad target" in run_tool("--target", target, path, expect_rc=2).stderr
+
+
+def test_golden_must_be_a_regular_file(trivial, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    path = write(tmp_path, "golden.yaml", "scenarios:\n  - name: g\n    golden: fifo\n")
+    done = run_tool("--target", trivial["tcp"], path, expect_rc=1)  # at once, not blocked
+    assert "not a regular file" in done.stdout, done.stdout
 
 
 def test_usage_errors():

@@ -48,6 +48,7 @@ struct h2_client {
   SSL *ssl;
   nghttp2_session *session;
   int timeout_ms;
+  size_t max_message; /* h2_client_set_max_message(); SIZE_MAX by default */
   bool settings_received;
   bool goaway;
   uint32_t goaway_error;
@@ -194,7 +195,7 @@ static bool feed_response(stream_rec *r, const uint8_t *data, size_t len) {
       if (!store_message(r, msg, msg_len)) return false;
       break;
     case GRPC_READ_NO_MEMORY: return false;
-    default: r->pub.framing_error = true; break; /* compressed (no limit is set) */
+    default: r->pub.framing_error = true; break; /* compressed, or over the client's limit */
     }
   }
   return true;
@@ -219,9 +220,12 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     free(s->content_type);
     s->content_type = dup_bytes(value, valuelen);
   } else if (name_is(name, namelen, "grpc-status")) {
-    char digits[12] = {0};
-    memcpy(digits, value, valuelen < sizeof(digits) - 1 ? valuelen : sizeof(digits) - 1);
-    s->grpc_status = atoi(digits);
+    /* A status is a small decimal number; anything else counts as malformed. */
+    int status = valuelen ? 0 : -2;
+    for (size_t i = 0; i < valuelen && status >= 0; i++)
+      status =
+          value[i] >= '0' && value[i] <= '9' && status < 100000 ? status * 10 + value[i] - '0' : -2;
+    s->grpc_status = status;
   } else if (name_is(name, namelen, "grpc-message")) {
     free(s->grpc_message);
     s->grpc_message = percent_decode(value, valuelen);
@@ -620,6 +624,7 @@ static h2_client *client_start(int fd, bool ignore_pings, SSL_CTX *ssl_ctx, SSL 
   c->ssl_ctx = ssl_ctx;
   c->ssl = ssl;
   c->timeout_ms = H2_CLIENT_TIMEOUT_MS;
+  c->max_message = SIZE_MAX;
 
   nghttp2_session_callbacks *cb;
   if (nghttp2_session_callbacks_new(&cb) != 0) goto fail;
@@ -782,6 +787,8 @@ h2_client *h2_client_connect_unix(const char *path) {
   return client_start(fd, false, NULL, NULL);
 }
 
+void h2_client_set_max_message(h2_client *c, size_t bytes) { c->max_message = bytes; }
+
 void h2_client_set_timeout(h2_client *c, int timeout_ms) {
   if (timeout_ms > 0) c->timeout_ms = timeout_ms;
 }
@@ -837,7 +844,7 @@ int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *met
   if (!r) return -1;
   r->client = c;
   r->pub.grpc_status = -1;
-  grpc_reader_init(&r->reader, SIZE_MAX); /* any size the server sends */
+  grpc_reader_init(&r->reader, c->max_message); /* SIZE_MAX unless limited */
   const nghttp2_nv nva[] = {
       NV(":method", method),         NV(":scheme", "http"),
       NV(":authority", "localhost"), NV(":path", path),

@@ -48,12 +48,14 @@ typedef struct h2_client_stream {
   char *content_type;     /* its content-type; NULL if absent */
   bool trailers_received; /* trailers arrived (or a trailers-only response) */
   bool trailers_only;     /* the response was a single HEADERS frame with END_STREAM */
-  int grpc_status;        /* grpc-status from the trailers (or trailers-only); -1 if none */
+  int grpc_status;        /* grpc-status from the trailers (or trailers-only); -1 if none, -2
+                             if not a decimal number */
   char *grpc_message;     /* grpc-message, percent-decoded; NULL if absent */
   h2_client_msg *messages;
   size_t message_count;
-  bool framing_error;       /* the server's gRPC framing was malformed (e.g. compressed flag); the
-                              rest of the body is then ignored */
+  bool framing_error;       /* the server's gRPC framing was malformed (compressed flag, or a
+                              message over h2_client_set_max_message); the rest of the body is
+                              then ignored */
   bool reset_received;      /* the server sent RST_STREAM */
   uint32_t reset_error;     /* its error code */
   bool closed;              /* nghttp2 closed the stream (both ends done, or a reset) */
@@ -91,6 +93,10 @@ h2_client *h2_client_connect_tls(const char *host, int port, const h2_client_tls
 /* The connection's OpenSSL SSL object (to read the peer's certificate, ALPN, version); NULL on
  * a cleartext client. */
 void *h2_client_tls_session(const h2_client *c);
+
+/* The largest gRPC message accepted on streams opened from now on (bytes; default: no limit). A
+ * larger one sets the stream's framing_error and the rest of its body is ignored. */
+void h2_client_set_max_message(h2_client *c, size_t bytes);
 
 /* Changes the bound of every later wait (milliseconds, > 0). */
 void h2_client_set_timeout(h2_client *c, int timeout_ms);

@@ -180,8 +180,14 @@ static cJSON *value_to_json(const Google__Protobuf__Value *v);
 
 static cJSON *struct_to_json(const Google__Protobuf__Struct *s) {
   cJSON *o = cJSON_CreateObject();
-  for (size_t i = 0; o && s && i < s->n_fields; i++)
-    cJSON_AddItemToObject(o, s->fields[i]->key, value_to_json(s->fields[i]->value));
+  /* A key given twice: the last one wins, as in any protobuf map. */
+  for (size_t i = 0; o && s && i < s->n_fields; i++) {
+    cJSON *v = value_to_json(s->fields[i]->value);
+    if (cJSON_HasObjectItem(o, s->fields[i]->key))
+      cJSON_ReplaceItemInObjectCaseSensitive(o, s->fields[i]->key, v);
+    else
+      cJSON_AddItemToObject(o, s->fields[i]->key, v);
+  }
   return o;
 }
 

@@ -45,6 +45,11 @@ typedef struct target {
   const char *ca_file, *cert_file, *key_file, *sni;
 } target;
 
+/* Checks a target address: 0 with the numeric host (NUL-terminated in `host`) and `*port`, or
+ * `*port` 0 for "unix:PATH"; -1 with why in `err`. */
+int target_parse(const char *address, char *host, size_t hostlen, int *port, char *err,
+                 size_t errlen);
+
 /* Adds a judgment (message formatted). Out of memory loses the message, never the code. */
 void outcome_judge(outcome *o, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -17,7 +17,7 @@ typedef struct extest_suite extest_suite;
 
 /* Where the server listens. Strings are borrowed: they must outlive the run. */
 typedef struct extest_target {
-  const char *address;   /* "HOST:PORT" (numeric or name), "[IPV6]:PORT" or "unix:PATH" */
+  const char *address;   /* "IPV4:PORT", "[IPV6]:PORT" (numeric addresses) or "unix:PATH" */
   bool tls;              /* speak TLS (ALPN h2) */
   const char *ca_file;   /* TLS: verify the server against this CA (PEM); NULL: no check */
   const char *cert_file; /* TLS: a client certificate for mutual TLS (PEM); NULL: none */
@@ -52,6 +52,10 @@ typedef struct extest_result {
   const char *outcome_json; /* what the tool saw, as Envoy would forward it (JSON) */
   double duration_ms;       /* wall time to play it, in milliseconds */
 } extest_result;
+
+/* Checks `t->address` (the only thing a run cannot report per scenario): 0, or -1 with why in
+ * `err`. */
+int extest_target_check(const extest_target *t, char *err, size_t errlen);
 
 /* Loads every scenario of the `count` files at `paths` into a new suite (`*out`). On error
  * (unreadable file, malformed YAML, unknown key, bad value) returns -1 with "path:line: what"

@@ -16,7 +16,7 @@ static void usage(FILE *f) {
         "Plays the scenarios of each FILE against the ext_proc server at ADDRESS as Envoy 1.40\n"
         "would, checks what comes back and says what Envoy would then do.\n"
         "\n"
-        "  -t, --target ADDRESS   HOST:PORT, [IPV6]:PORT or unix:PATH\n"
+        "  -t, --target ADDRESS   IPV4:PORT, [IPV6]:PORT or unix:PATH\n"
         "      --tls              speak TLS (ALPN h2)\n"
         "      --ca FILE          verify the server's certificate against this CA\n"
         "      --cert FILE        client certificate for mutual TLS (with --key)\n"
@@ -122,6 +122,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "extproc-test: --cert and --key go together\n");
     return 2;
   }
+  char err[1024];
+  if (extest_target_check(&target, err, sizeof(err)) != 0) {
+    fprintf(stderr, "extproc-test: %s\n", err);
+    return 2;
+  }
   /* A server that closes the connection must not kill the tool. */
   signal(SIGPIPE, SIG_IGN);
   /* Connection failures are in each scenario's report; no second copy on stderr. */
@@ -129,7 +134,6 @@ int main(int argc, char **argv) {
   /* A report written to stdout is the whole of stdout, so it can be piped to a parser. */
   if ((json && strcmp(json, "-") == 0) || (junit && strcmp(junit, "-") == 0)) quiet = true;
   extest_suite *suite;
-  char err[1024];
   if (extest_suite_load(&suite, (const char *const *)argv + optind, (size_t)(argc - optind), err,
                         sizeof(err)) != 0) {
     fprintf(stderr, "extproc-test: %s\n", err);

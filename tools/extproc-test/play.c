@@ -1,18 +1,30 @@
 /* Plays one scenario as Envoy 1.40's ext_proc filter would: the phases its processing mode
  * calls for, each reply awaited under message_timeout, judged and applied; faults on demand.
  * One scenario, one connection, one gRPC stream. */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include "base/arena.h"
+#include "engine/wire_check.h"
 #include "exchange.h"
 #include "h2_client.h"
 #include "testing/envoy_request.h"
 
 #define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+enum {
+  /* A reply larger than this is refused (judged grpc_error) rather than held in memory. */
+  MAX_REPLY_BYTES = 64 << 20,
+  /* Replies nested deeper, or holding more sub-messages, are refused before protobuf-c unpacks
+   * them (it would recurse without limit). No real reply comes near. */
+  MAX_REPLY_DEPTH = 64,
+  MAX_REPLY_SUBMESSAGES = 100000,
+};
 
 typedef struct player {
   const scenario *s;
@@ -29,6 +41,7 @@ typedef struct player {
   bool ended;                   /* Envoy has answered the client itself */
   bool fault_fired;             /* the fault ended the exchange */
   direction *cur;               /* the direction being played */
+  const char *bad_reply;        /* why the last reply was refused (BAD_REPLY) */
 } player;
 
 /* What awaiting a reply gave. */
@@ -152,9 +165,21 @@ static wait_result await_reply(player *p, processing_response **out) {
     const h2_client_stream *st = h2_client_get_stream(p->c, p->id);
     if (st && p->next_reply < st->message_count) {
       const h2_client_msg *msg = &st->messages[p->next_reply++];
+      const wire_check_result shape =
+          wire_check(&envoy__service__ext_proc__v3__processing_response__descriptor, msg->data,
+                     msg->len, MAX_REPLY_DEPTH, MAX_REPLY_SUBMESSAGES);
+      if (shape != WIRE_OK) {
+        p->bad_reply = shape == WIRE_MALFORMED ? "the reply is not a ProcessingResponse"
+                                               : "the reply is nested too deep, or holds too "
+                                                 "many sub-messages, to be unpacked safely";
+        return BAD_REPLY;
+      }
       processing_response *r =
           envoy__service__ext_proc__v3__processing_response__unpack(NULL, msg->len, msg->data);
-      if (!r) return BAD_REPLY;
+      if (!r) {
+        p->bad_reply = "the reply is not a ProcessingResponse";
+        return BAD_REPLY;
+      }
       if (r->response_case ==
               ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE__NOT_SET &&
           r->override_message_timeout) {
@@ -169,6 +194,11 @@ static wait_result await_reply(player *p, processing_response **out) {
       }
       *out = r;
       return GOT_REPLY;
+    }
+    if (st && st->framing_error) {
+      p->bad_reply = "the reply's gRPC framing is wrong (the compressed flag, which was never "
+                     "negotiated, or a message over 64 MiB)";
+      return BAD_REPLY;
     }
     if (!st || st->closed || st->trailers_received || st->reset_received) return STREAM_ENDED;
     const int64_t left = deadline - now_ms();
@@ -253,7 +283,8 @@ static void request_hangs(player *p) {
 static void stream_ended(player *p, extproc_phase phase) {
   const char *name = phase_name(phase);
   const h2_client_stream *st = h2_client_get_stream(p->c, p->id);
-  const int status = st ? st->grpc_status : -1;
+  /* Only trailers end a gRPC stream with a status; a grpc-status elsewhere means nothing. */
+  const int status = st && st->trailers_received ? st->grpc_status : -1;
   if (status == 0) {
     /* A clean close: Envoy 1.40 stops processing and lets the exchange go on. */
     outcome_judge(p->o, "stream_closed_early",
@@ -269,6 +300,10 @@ static void stream_ended(player *p, extproc_phase phase) {
                   "would %s",
                   name, status, st->grpc_message ? st->grpc_message : "",
                   failure_outcome(p, phase, "answer 500"));
+  else if (status == -2)
+    outcome_judge(p->o, "grpc_error",
+                  "%s: the stream ended with a grpc-status that is not a number: Envoy would %s",
+                  name, failure_outcome(p, phase, "answer 500"));
   else
     outcome_judge(p->o, "grpc_error",
                   "%s: the stream was reset or the connection lost: Envoy would %s", name,
@@ -299,8 +334,8 @@ static processing_response *expect_reply(player *p, extproc_phase phase, int als
     processor_failed(p, phase, 504);
     return NULL;
   case BAD_REPLY:
-    outcome_judge(p->o, "grpc_error", "%s: the reply is not a ProcessingResponse: Envoy would %s",
-                  name, failure_outcome(p, phase, "answer 500"));
+    outcome_judge(p->o, "grpc_error", "%s: %s: Envoy would %s", name, p->bad_reply,
+                  failure_outcome(p, phase, "answer 500"));
     processor_failed(p, phase, 500);
     return NULL;
   case STREAM_ENDED: stream_ended(p, phase); return NULL;
@@ -731,25 +766,50 @@ static void play_direction(player *p, direction *d, const http_message *msg) {
 
 /* ---- The whole exchange ---------------------------------------------------------------- */
 
-static h2_client *connect_target(const target *t, char *err, size_t errlen) {
-  if (strncmp(t->address, "unix:", 5) == 0) return h2_client_connect_unix(t->address + 5);
-  char host[256];
-  const char *colon = strrchr(t->address, ':');
-  const char *start = t->address, *end = colon;
+int target_parse(const char *address, char *host, size_t hostlen, int *port, char *err,
+                 size_t errlen) {
+  if (strncmp(address, "unix:", 5) == 0) {
+    if (strlen(address + 5) == 0 ||
+        strlen(address + 5) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+      snprintf(err, errlen, "bad target '%s': a unix socket path of 1 to %zu bytes", address,
+               sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+      return -1;
+    }
+    *port = 0;
+    return 0;
+  }
+  const char *colon = strrchr(address, ':');
+  const char *start = address, *end = colon;
   if (*start == '[') {
     start++;
     end = strchr(start, ']');
     if (!end || end + 1 != colon) end = NULL;
   }
-  const int port = colon ? atoi(colon + 1) : 0;
-  if (!colon || !end || end == start || (size_t)(end - start) >= sizeof(host) || port <= 0 ||
-      port > 65535) {
-    snprintf(err, errlen, "bad target '%s': expected HOST:PORT, [IPV6]:PORT or unix:PATH",
-             t->address);
-    return NULL;
+  char *digits_end = NULL;
+  const long p = colon ? strtol(colon + 1, &digits_end, 10) : 0;
+  unsigned char addr[sizeof(struct in6_addr)];
+  const size_t len = end && end > start ? (size_t)(end - start) : 0;
+  if (len && len < hostlen) {
+    memcpy(host, start, len);
+    host[len] = 0;
   }
-  memcpy(host, start, (size_t)(end - start));
-  host[end - start] = 0;
+  if (!len || len >= hostlen || !colon[1] || *digits_end || p < 1 || p > 65535 ||
+      (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1)) {
+    snprintf(err, errlen,
+             "bad target '%s': expected IPV4:PORT, [IPV6]:PORT or unix:PATH (a numeric address, "
+             "a port from 1 to 65535)",
+             address);
+    return -1;
+  }
+  *port = (int)p;
+  return 0;
+}
+
+static h2_client *connect_target(const target *t, char *err, size_t errlen) {
+  char host[INET6_ADDRSTRLEN + 1];
+  int port;
+  if (target_parse(t->address, host, sizeof(host), &port, err, errlen) != 0) return NULL;
+  if (port == 0) return h2_client_connect_unix(t->address + 5);
   if (!t->tls) return h2_client_connect_tcp(host, port);
   const h2_client_tls opts = {
       .ca_file = t->ca_file, .sni = t->sni, .cert_file = t->cert_file, .key_file = t->key_file};
@@ -839,6 +899,7 @@ int play_scenario(const scenario *s, const target *t, outcome *o, char *err, siz
   }
   arena_init(&p.a, 0);
   h2_client_set_timeout(p.c, (int)(s->message_timeout_ms + 2000));
+  h2_client_set_max_message(p.c, MAX_REPLY_BYTES);
   p.id = h2_client_open_stream(p.c, PROCESS_PATH);
   if (p.id <= 0) {
     snprintf(err, errlen, "cannot open a gRPC stream on %s: %s", t->address,

@@ -6,6 +6,43 @@
 
 #include "extproc_test.h"
 
+/* The length of the valid UTF-8 sequence at `s` (1 to 4 bytes; `left` bytes remain), or 0. */
+static size_t utf8_sequence(const unsigned char *s, size_t left) {
+  if (s[0] < 0x80) return 1;
+  size_t n;
+  unsigned min;
+  if ((s[0] & 0xe0) == 0xc0)
+    n = 2, min = 0x80;
+  else if ((s[0] & 0xf0) == 0xe0)
+    n = 3, min = 0x800;
+  else if ((s[0] & 0xf8) == 0xf0)
+    n = 4, min = 0x10000;
+  else
+    return 0;
+  if (n > left) return 0;
+  unsigned cp = s[0] & (0x7f >> n);
+  for (size_t i = 1; i < n; i++) {
+    if ((s[i] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (s[i] & 0x3f);
+  }
+  return cp >= min && cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff) ? n : 0;
+}
+
+/* Writes `text` with every byte that is not valid UTF-8 replaced by U+FFFD: what a server sent
+ * may be anything, and a report must still parse. */
+static void put_utf8(FILE *f, const char *text) {
+  const unsigned char *s = (const unsigned char *)text;
+  for (size_t left = strlen(text); left;) {
+    const size_t n = utf8_sequence(s, left);
+    if (n)
+      fwrite(s, 1, n, f);
+    else
+      fputs("\xef\xbf\xbd", f);
+    s += n ? n : 1;
+    left -= n ? n : 1;
+  }
+}
+
 static const char *status_name(extest_status st) {
   switch (st) {
   case EXTEST_PASSED: return "passed";
@@ -38,7 +75,7 @@ int extest_report_text(const extest_suite *s, FILE *f, bool verbose) {
   }
   fprintf(f, "%zu passed, %zu failed, %zu errors, %zu skipped\n", counts[EXTEST_PASSED],
           counts[EXTEST_FAILED], counts[EXTEST_ERROR], counts[EXTEST_SKIPPED]);
-  return ferror(f) ? -1 : 0;
+  return fflush(f) != 0 || ferror(f) ? -1 : 0;
 }
 
 int extest_report_json(const extest_suite *s, FILE *f) {
@@ -75,25 +112,30 @@ int extest_report_json(const extest_suite *s, FILE *f) {
   char *text = cJSON_Print(root);
   cJSON_Delete(root);
   if (!text) return -1;
-  fprintf(f, "%s\n", text);
+  put_utf8(f, text);
+  fputc('\n', f);
   free(text);
-  return ferror(f) ? -1 : 0;
+  return fflush(f) != 0 || ferror(f) ? -1 : 0;
 }
 
-static void xml_escaped(FILE *f, const char *s) {
-  for (; s && *s; s++) {
-    switch (*s) {
+static void xml_escaped(FILE *f, const char *text) {
+  const unsigned char *s = (const unsigned char *)text;
+  for (size_t left = strlen(text); left;) {
+    const size_t n = utf8_sequence(s, left);
+    switch (n == 1 ? *s : 0) {
     case '<': fputs("&lt;", f); break;
     case '>': fputs("&gt;", f); break;
     case '&': fputs("&amp;", f); break;
     case '"': fputs("&quot;", f); break;
     default:
-      /* XML 1.0 has no place for most control characters. */
-      if ((unsigned char)*s < 0x20 && *s != '\n' && *s != '\t')
+      /* XML 1.0 has no place for most control characters, nor for bytes that are not UTF-8. */
+      if (!n || (*s < 0x20 && *s != '\n' && *s != '\t'))
         fputs("?", f);
       else
-        fputc(*s, f);
+        fwrite(s, 1, n, f);
     }
+    s += n ? n : 1;
+    left -= n ? n : 1;
   }
 }
 
@@ -150,5 +192,5 @@ int extest_report_junit(const extest_suite *s, FILE *f) {
     fputs("  </testsuite>\n", f);
   }
   fputs("</testsuites>\n", f);
-  return ferror(f) ? -1 : 0;
+  return fflush(f) != 0 || ferror(f) ? -1 : 0;
 }

@@ -6,12 +6,15 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 /* ---- Small containers ------------------------------------------------------------------ */
@@ -74,16 +77,21 @@ bool pair_list_copy(pair_list *to, const pair_list *from) {
   return true;
 }
 
-bool byte_buf_append(byte_buf *b, const void *data, size_t len) {
-  if (b->len + len + 1 > b->cap) {
+bool byte_buf_reserve(byte_buf *b, size_t extra) {
+  if (b->len + extra + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + len + 1)
+    while (cap < b->len + extra + 1)
       cap *= 2;
     uint8_t *d = realloc(b->data, cap);
     if (!d) return false;
     b->data = d;
     b->cap = cap;
   }
+  return true;
+}
+
+bool byte_buf_append(byte_buf *b, const void *data, size_t len) {
+  if (!byte_buf_reserve(b, len)) return false;
   if (len) memcpy(b->data + b->len, data, len);
   b->len += len;
   b->data[b->len] = 0; /* always a C string too, for messages and JSON */
@@ -115,12 +123,22 @@ const char *body_mode_name(extproc_body_mode m) {
 
 /* ---- Reading nodes --------------------------------------------------------------------- */
 
+/* What one file may expand to: YAML aliases let a few bytes stand for a lot (or for a cycle). */
+enum {
+  MAX_FILE_BYTES = 16 << 20,  /* the file itself */
+  MAX_BODY_BYTES = 256 << 20, /* body chunks, over the whole file, aliases expanded */
+  MAX_JSON_NODES = 100000,    /* nodes of expected metadata or overrides, over the whole file */
+  MAX_JSON_DEPTH = 32,        /* their nesting */
+};
+
 typedef struct reader {
   yaml_document_t doc;
   const char *path;
   char *err;
   size_t errlen;
   bool failed;
+  size_t body_bytes; /* chunk bytes read so far */
+  size_t json_nodes; /* expected-JSON nodes read so far */
 } reader;
 
 static bool fail(reader *r, const yaml_node_t *at, const char *fmt, ...) {
@@ -136,8 +154,12 @@ static bool fail(reader *r, const yaml_node_t *at, const char *fmt, ...) {
 
 static yaml_node_t *node(reader *r, int index) { return yaml_document_get_node(&r->doc, index); }
 
+/* A scalar's text; NULL for another node, and for a scalar holding a NUL byte ("\0" in YAML),
+ * which no header, body or name of ours may contain. */
 static const char *scalar(const yaml_node_t *n) {
-  return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+  if (!n || n->type != YAML_SCALAR_NODE) return NULL;
+  const char *text = (const char *)n->data.scalar.value;
+  return strlen(text) == n->data.scalar.length ? text : NULL;
 }
 
 /* The value under `key` in mapping `map`, or NULL. */
@@ -210,14 +232,22 @@ static bool read_u32(reader *r, const yaml_node_t *n, const char *what, uint32_t
   return true;
 }
 
+/* A name and value a client or Envoy could send: no CR or LF (nor NUL: see scalar()). */
+static bool add_pair(reader *r, const yaml_node_t *at, const char *what, pair_list *out,
+                     const char *k, const char *v) {
+  if (!k || !v) return fail(r, at, "%s: names and values must be strings, without NUL", what);
+  if (strpbrk(k, "\r\n") || strpbrk(v, "\r\n"))
+    return fail(r, at, "%s: a name or value with CR or LF cannot be sent", what);
+  return pair_list_add(out, k, v) || fail(r, at, "out of memory");
+}
+
 /* Headers, trailers or attributes: a mapping, or a list of [name, value] pairs. */
 static bool read_pairs(reader *r, const yaml_node_t *n, const char *what, pair_list *out) {
   if (n->type == YAML_MAPPING_NODE) {
-    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
-      const char *k = scalar(node(r, p->key)), *v = scalar(node(r, p->value));
-      if (!k || !v) return fail(r, node(r, p->key), "%s: names and values must be strings", what);
-      if (!pair_list_add(out, k, v)) return fail(r, n, "out of memory");
-    }
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++)
+      if (!add_pair(r, node(r, p->key), what, out, scalar(node(r, p->key)),
+                    scalar(node(r, p->value))))
+        return false;
     return true;
   }
   if (n->type != YAML_SEQUENCE_NODE)
@@ -227,10 +257,9 @@ static bool read_pairs(reader *r, const yaml_node_t *n, const char *what, pair_l
     if (pair->type != YAML_SEQUENCE_NODE ||
         pair->data.sequence.items.top - pair->data.sequence.items.start != 2)
       return fail(r, pair, "%s: each entry must be a [name, value] pair", what);
-    const char *k = scalar(node(r, pair->data.sequence.items.start[0]));
-    const char *v = scalar(node(r, pair->data.sequence.items.start[1]));
-    if (!k || !v) return fail(r, pair, "%s: names and values must be strings", what);
-    if (!pair_list_add(out, k, v)) return fail(r, n, "out of memory");
+    if (!add_pair(r, pair, what, out, scalar(node(r, pair->data.sequence.items.start[0])),
+                  scalar(node(r, pair->data.sequence.items.start[1]))))
+      return false;
   }
   return true;
 }
@@ -238,21 +267,33 @@ static bool read_pairs(reader *r, const yaml_node_t *n, const char *what, pair_l
 /* One chunk: a string, or {repeat: TEXT, bytes: N}. */
 static bool read_chunk(reader *r, const yaml_node_t *n, byte_buf *out) {
   if (!byte_buf_append(out, "", 0)) return fail(r, n, "out of memory");
-  if (scalar(n)) return byte_buf_append(out, scalar(n), strlen(scalar(n)));
-  static const char *const keys[] = {"repeat", "bytes", NULL};
-  if (n->type != YAML_MAPPING_NODE || !only_keys(r, n, "a body chunk", keys))
-    return fail(r, n, "a body chunk must be a string or {repeat: TEXT, bytes: N}");
-  const char *text = scalar(get(r, n, "repeat"));
   uint64_t bytes = 0;
-  if (!text || !*text || !get(r, n, "bytes"))
-    return fail(r, n, "a repeated chunk needs a non-empty repeat and bytes");
-  if (!read_uint(r, get(r, n, "bytes"), "bytes", 1ull << 30, &bytes)) return false;
-  const size_t tl = strlen(text);
-  for (uint64_t done = 0; done < bytes;) {
-    const size_t take = bytes - done < tl ? (size_t)(bytes - done) : tl;
-    if (!byte_buf_append(out, text, take)) return fail(r, n, "out of memory");
-    done += take;
+  const char *text = scalar(n);
+  if (text) {
+    bytes = strlen(text);
+  } else {
+    static const char *const keys[] = {"repeat", "bytes", NULL};
+    if (n->type != YAML_MAPPING_NODE || !only_keys(r, n, "a body chunk", keys))
+      return fail(r, n, "a body chunk must be a string (without NUL) or {repeat: TEXT, bytes: N}");
+    text = scalar(get(r, n, "repeat"));
+    if (!text || !*text || !get(r, n, "bytes"))
+      return fail(r, n, "a repeated chunk needs a non-empty repeat and bytes");
+    if (!read_uint(r, get(r, n, "bytes"), "bytes", MAX_BODY_BYTES, &bytes)) return false;
   }
+  if (bytes > MAX_BODY_BYTES - r->body_bytes)
+    return fail(r, n, "the file's bodies add up to more than %d MiB", MAX_BODY_BYTES >> 20);
+  r->body_bytes += bytes;
+  /* The text once, then what is there copied after itself, doubling. */
+  const size_t tl = strlen(text), total = (size_t)bytes;
+  if (!byte_buf_append(out, text, tl < total ? tl : total) ||
+      !byte_buf_reserve(out, total - out->len))
+    return fail(r, n, "out of memory");
+  while (out->len < total) {
+    const size_t take = out->len < total - out->len ? out->len : total - out->len;
+    memcpy(out->data + out->len, out->data, take);
+    out->len += take;
+  }
+  out->data[out->len] = 0;
   return true;
 }
 
@@ -351,27 +392,48 @@ static bool read_mode(reader *r, const yaml_node_t *n, extproc_processing_mode *
   return true;
 }
 
-/* A YAML node as JSON (scalars stay strings: expectations compare as text). */
-static cJSON *to_json(reader *r, const yaml_node_t *n) {
-  if (n->type == YAML_SCALAR_NODE) return cJSON_CreateString(scalar(n));
-  if (n->type == YAML_SEQUENCE_NODE) {
-    cJSON *a = cJSON_CreateArray();
-    for (yaml_node_item_t *i = n->data.sequence.items.start; a && i < n->data.sequence.items.top;
-         i++)
-      cJSON_AddItemToArray(a, to_json(r, node(r, *i)));
-    return a;
+/* A YAML node as JSON (scalars stay strings: expectations compare as text). NULL, with the
+ * reader failed, past the depth or node budget (a cyclic or exploding alias). */
+static cJSON *to_json(reader *r, const yaml_node_t *n, unsigned depth) {
+  if (depth > MAX_JSON_DEPTH || ++r->json_nodes > MAX_JSON_NODES) {
+    fail(r, n, "nested deeper than %d or larger than %d nodes (a YAML alias?)", MAX_JSON_DEPTH,
+         MAX_JSON_NODES);
+    return NULL;
   }
-  cJSON *o = cJSON_CreateObject();
-  for (yaml_node_pair_t *p = n->data.mapping.pairs.start; o && p < n->data.mapping.pairs.top; p++)
-    cJSON_AddItemToObject(o, scalar(node(r, p->key)) ? scalar(node(r, p->key)) : "?",
-                          to_json(r, node(r, p->value)));
-  return o;
+  if (n->type == YAML_SCALAR_NODE) {
+    if (!scalar(n)) fail(r, n, "a NUL byte in a value");
+    return scalar(n) ? cJSON_CreateString(scalar(n)) : NULL;
+  }
+  const bool list = n->type == YAML_SEQUENCE_NODE;
+  cJSON *j = list ? cJSON_CreateArray() : cJSON_CreateObject();
+  if (list) {
+    for (yaml_node_item_t *i = n->data.sequence.items.start; j && i < n->data.sequence.items.top;
+         i++) {
+      cJSON *item = to_json(r, node(r, *i), depth + 1);
+      if (!item) break;
+      cJSON_AddItemToArray(j, item);
+    }
+  } else {
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; j && p < n->data.mapping.pairs.top;
+         p++) {
+      const char *key = scalar(node(r, p->key));
+      cJSON *item = key ? to_json(r, node(r, p->value), depth + 1) : NULL;
+      if (!item) break;
+      cJSON_AddItemToObject(j, key, item);
+    }
+  }
+  if (r->failed || !j) {
+    cJSON_Delete(j);
+    return NULL;
+  }
+  return j;
 }
 
 static bool read_json(reader *r, const yaml_node_t *n, const char *what, char **out) {
   if (n->type != YAML_MAPPING_NODE) return fail(r, n, "%s must be a mapping", what);
-  cJSON *j = to_json(r, n);
-  *out = j ? cJSON_PrintUnformatted(j) : NULL;
+  cJSON *j = to_json(r, n, 0);
+  if (!j) return fail(r, n, "%s: out of memory", what); /* unless it failed already */
+  *out = cJSON_PrintUnformatted(j);
   cJSON_Delete(j);
   return *out || fail(r, n, "out of memory");
 }
@@ -679,13 +741,38 @@ void scenario_free(scenario *s) {
   free(s->envoy_skip);
 }
 
-int scenario_file_load(const char *path, scenario **list, size_t *count, char *err, size_t errlen) {
-  reader r = {.path = path, .err = err, .errlen = errlen};
-  FILE *f = fopen(path, "rb");
+FILE *open_regular_file(const char *path, const char *mode, size_t max_bytes, char *err,
+                        size_t errlen) {
+  const bool write = mode[0] == 'w';
+  /* O_NONBLOCK: a FIFO must not block the open; it is refused just after. */
+  const int fd = open(path,
+                      write ? O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC
+                            : O_RDONLY | O_NONBLOCK | O_CLOEXEC,
+                      0666);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max_bytes) {
+    snprintf(err, errlen, "%s: not a regular file of at most %zu MiB", path, max_bytes >> 20);
+    close(fd);
+    return NULL;
+  }
+  fcntl(fd, F_SETFL, 0); /* blocking again, for stdio */
+  FILE *f = fdopen(fd, mode);
   if (!f) {
     snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    return -1;
+    close(fd);
   }
+  return f;
+}
+
+int scenario_file_load(const char *path, scenario **list, size_t *count, char *err, size_t errlen) {
+  reader r = {.path = path, .err = err, .errlen = errlen};
+  FILE *f = open_regular_file(path, "rb", MAX_FILE_BYTES, err, errlen);
+  if (!f) return -1;
   yaml_parser_t parser;
   yaml_parser_initialize(&parser);
   yaml_parser_set_input_file(&parser, f);

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "extproc/extproc.h"
 
@@ -30,6 +31,8 @@ typedef struct byte_buf {
   size_t len, cap;
 } byte_buf;
 
+/* Makes room for `extra` more bytes (and the NUL kept after them). */
+bool byte_buf_reserve(byte_buf *b, size_t extra);
 bool byte_buf_append(byte_buf *b, const void *data, size_t len);
 void byte_buf_free(byte_buf *b);
 
@@ -109,6 +112,12 @@ typedef struct scenario {
   char *golden_path; /* resolved against the file's directory, or NULL */
   char *envoy_skip;  /* why real Envoy cannot show this scenario, or NULL */
 } scenario;
+
+/* Opens `path` with fopen's `mode` ("rb", or "w" creating or truncating it), if it is a regular
+ * file of at most `max_bytes` (a FIFO, a device or a folder is refused without blocking).
+ * NULL with "path: why" in `err` otherwise. */
+FILE *open_regular_file(const char *path, const char *mode, size_t max_bytes, char *err,
+                        size_t errlen);
 
 /* Reads every scenario of the file at `path` and appends them to `*list` (`*count` grows).
  * Returns 0, or -1 with a message "path:line: what" in `err` (the list keeps what it had). */

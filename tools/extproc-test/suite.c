@@ -66,6 +66,16 @@ int extest_suite_load(extest_suite **out, const char *const *paths, size_t count
 
 size_t extest_suite_count(const extest_suite *s) { return s ? s->count : 0; }
 
+int extest_target_check(const extest_target *t, char *err, size_t errlen) {
+  char host[64];
+  int port;
+  if (!t || !t->address) {
+    snprintf(err, errlen, "no target");
+    return -1;
+  }
+  return target_parse(t->address, host, sizeof(host), &port, err, errlen);
+}
+
 const extest_result *extest_suite_result(const extest_suite *s, size_t i) {
   return s && i < s->count ? &s->entries[i].r : NULL;
 }
@@ -89,25 +99,27 @@ static void make_parents(const char *path) {
 
 /* Compares the outcome with the scenario's golden file, or writes it. */
 static void check_golden(entry *e, const cJSON *got, bool update) {
+  enum { MAX_GOLDEN_BYTES = 64 << 20 };
+  char msg[2048], err[512];
   char *text = cJSON_Print(got);
   if (!text) return;
   if (update) {
     make_parents(e->s.golden_path);
-    FILE *f = fopen(e->s.golden_path, "w");
-    if (!f || fprintf(f, "%s\n", text) < 0 || fclose(f) != 0) {
-      char msg[512];
-      snprintf(msg, sizeof(msg), "golden: cannot write %s: %s", e->s.golden_path, strerror(errno));
+    FILE *f = open_regular_file(e->s.golden_path, "w", SIZE_MAX, err, sizeof(err));
+    const bool ok = f && fprintf(f, "%s\n", text) >= 0;
+    if ((f && fclose(f) != 0) || (f && !ok))
+      snprintf(err, sizeof(err), "%s: %s", e->s.golden_path, strerror(errno));
+    if (!f || !ok) {
+      snprintf(msg, sizeof(msg), "golden: cannot write %s", err);
       pair_list_add(&e->failures, "", msg);
     }
     free(text);
     return;
   }
   free(text);
-  FILE *f = fopen(e->s.golden_path, "rb");
+  FILE *f = open_regular_file(e->s.golden_path, "rb", MAX_GOLDEN_BYTES, err, sizeof(err));
   if (!f) {
-    char msg[512];
-    snprintf(msg, sizeof(msg), "golden: cannot read %s (write it with --update-golden)",
-             e->s.golden_path);
+    snprintf(msg, sizeof(msg), "golden: cannot read %s (write it with --update-golden)", err);
     pair_list_add(&e->failures, "", msg);
     return;
   }
@@ -120,7 +132,6 @@ static void check_golden(entry *e, const cJSON *got, bool update) {
   byte_buf_free(&content);
   if (!cJSON_Compare(want, got, true)) {
     char *g = cJSON_PrintUnformatted(got);
-    char msg[2048];
     snprintf(msg, sizeof(msg), "golden: %s differs; seen: %.1800s", e->s.golden_path, g ? g : "?");
     pair_list_add(&e->failures, "", msg);
     free(g);

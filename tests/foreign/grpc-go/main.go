@@ -23,6 +23,7 @@
 //	             (value "both-value", raw_value "both-raw": which one Envoy used shows)
 //	spurious     request_headers is answered with a request_body response
 //	late         request_headers is answered after 400 ms
+//	nested       request_headers is answered with dynamic_metadata nested 3000 Structs deep
 //	grpc-error   the stream ends with INTERNAL instead of answering request_headers
 //	close        the stream ends with OK instead of answering request_headers
 //	pseudo       request_headers also sets :authority and host to changed.example,
@@ -54,6 +55,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 const misbehaveHeader = "x-misbehave"
@@ -146,6 +148,16 @@ func (st *stream) answer(req *extprocv3.ProcessingRequest) (*extprocv3.Processin
 	return nil, nil
 }
 
+// nestedStruct is {"n": {"n": ... {}}}, `depth` Structs deep: small on the wire, but a decoder
+// without a recursion limit follows it all the way down.
+func nestedStruct(depth int) *structpb.Struct {
+	s := &structpb.Struct{}
+	for i := 0; i < depth; i++ {
+		s = &structpb.Struct{Fields: map[string]*structpb.Value{"n": structpb.NewStructValue(s)}}
+	}
+	return s
+}
+
 func (st *stream) requestHeaders() (*extprocv3.ProcessingResponse, error) {
 	set := []*corev3.HeaderValueOption{rawHeader("x-grpc-go", "1")}
 	switch st.misbehave {
@@ -164,6 +176,12 @@ func (st *stream) requestHeaders() (*extprocv3.ProcessingResponse, error) {
 		}}, nil
 	case "late":
 		time.Sleep(400 * time.Millisecond)
+	case "nested":
+		return &extprocv3.ProcessingResponse{
+			Response: &extprocv3.ProcessingResponse_RequestHeaders{
+				RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{}}},
+			DynamicMetadata: nestedStruct(3000),
+		}, nil
 	case "grpc-error":
 		return nil, errEnd{status.Error(codes.Internal, "x-misbehave: grpc-error")}
 	case "close":
