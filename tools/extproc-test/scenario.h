@@ -9,32 +9,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "containers.h"
 #include "extproc/extproc.h"
-
-/* A growable list of (name, value) string pairs: headers, trailers, attributes. */
-typedef struct pair_list {
-  char **names;
-  char **values;
-  size_t count, cap;
-} pair_list;
-
-bool pair_list_add(pair_list *l, const char *name, const char *value);
-void pair_list_remove(pair_list *l, const char *name); /* every entry, name compared caseless */
-/* The first value of `name` (caseless), or NULL. */
-const char *pair_list_get(const pair_list *l, const char *name);
-void pair_list_clear(pair_list *l);
-bool pair_list_copy(pair_list *to, const pair_list *from);
-
-/* A growable byte buffer. */
-typedef struct byte_buf {
-  uint8_t *data;
-  size_t len, cap;
-} byte_buf;
-
-/* Makes room for `extra` more bytes (and the NUL kept after them). */
-bool byte_buf_reserve(byte_buf *b, size_t extra);
-bool byte_buf_append(byte_buf *b, const void *data, size_t len);
-void byte_buf_free(byte_buf *b);
 
 /* One side of an HTTP exchange as the scenario gives it: the client's request or the upstream's
  * response. */
