@@ -56,6 +56,23 @@ def runner_binary():
     return str(path)
 
 
+@contextlib.contextmanager
+def environment(values=None, **more):
+    """os.environ with `values` (a dict) and `more` set, for the processes started inside (they
+    inherit it), restored afterwards."""
+    values = {**(values or {}), **more}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def tool_binary(env_var, *parts):
     """A program of the runner's build (env_var, or parts below the build directory that holds
     the runner), failing the test when it is not there."""

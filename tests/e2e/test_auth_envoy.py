@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import REPO, running_stack
+from conftest import REPO, environment, running_stack
 
 TEMPLATE = REPO / "tests" / "e2e" / "envoy-auth.yaml"
 ISSUER = "https://issuer.test"
@@ -96,20 +96,6 @@ class Keys:
             return jwt.encode(body, SECRET, algorithm="HS256")
         key = self.ec if alg == "ES256" else self.rsa[kid]
         return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
-
-
-@contextlib.contextmanager
-def environment(values):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ a keyed write gets 503 within the Redis timeout, and after Redis is back the pro
 again on its own. Time: about 5-7 s, normal and under ASan or TSan, on 2 cores.
 """
 
-import contextlib
 import http.client
 import json
 import os
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (_base_ids, can_connect, envoy_binary, envoy_ready, free_ports, start,
-                      start_processor, wait_until)
+from conftest import (_base_ids, can_connect, envoy_binary, envoy_ready, environment, free_ports,
+                      start, start_processor, wait_until)
 
 KEYS, REPEATS, CONCURRENCY = 200, 5, 64
 UPSTREAM_DELAY = 0.1  # seconds the upstream takes, so that repeats arrive while in flight
@@ -181,20 +180,6 @@ def envoy_config(listen_port, admin_port, upstream_port, processor_port):
 
 
 # ---------------------------------------------------------------- the stack
-
-
-@contextlib.contextmanager
-def environment(**values):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class IdemStack:

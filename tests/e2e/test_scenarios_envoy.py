@@ -41,8 +41,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (REPO, can_connect, extproc_test_binary, free_ports, runner_binary, start,
-                      start_processor, wait_until)
+from conftest import (REPO, can_connect, environment, extproc_test_binary, free_ports,
+                      runner_binary, start, start_processor, wait_until)
 
 sys.path.insert(0, str(REPO / "tests" / "scenarios"))
 import envoy_run  # noqa: E402
@@ -337,20 +337,14 @@ def _start_services(b, log_dir, sock_dir, services):
     env = _runner_env(b, log_dir, ours, procs)
     ours = [s for s in ours if s not in b.broken_services]
     if ours:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the runner inherits the environment
         try:
-            runner, addresses = start_processor(log_dir, "tcp", sock_dir, ours, name="runner")
+            with environment(env):  # the runner inherits it
+                runner, addresses = start_processor(log_dir, "tcp", sock_dir, ours,
+                                                    name="runner")
             procs.append(runner)
             b.services.update({s: f"127.0.0.1:{port}" for s, (_, port) in zip(ours, addresses)})
         except pytest.fail.Exception as e:
             b.broken_services.update({s: f"the runner did not start: {e}" for s in ours})
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     for s in foreign:
         name = s[len(FOREIGN_PREFIX):]
         port = free_ports(1)[0]

@@ -109,13 +109,19 @@ static char *report_text(int (*report)(const extest_suite *, FILE *), const exte
 
 static int text_report(const extest_suite *s, FILE *f) { return extest_report_text(s, f, false); }
 
-static void test_runs_and_reports(void **state) {
-  fixture *f = *state;
+/* The suite of SCENARIOS, written to the fixture's file. */
+static extest_suite *load_scenarios(fixture *f) {
   write_file(f->path, SCENARIOS);
   extest_suite *suite;
   char err[256];
   const char *paths[] = {f->path};
   assert_int_equal(extest_suite_load(&suite, paths, 1, err, sizeof(err)), 0);
+  return suite;
+}
+
+static void test_runs_and_reports(void **state) {
+  fixture *f = *state;
+  extest_suite *suite = load_scenarios(f);
   assert_int_equal(extest_suite_count(suite), 3);
   assert_int_equal(extest_suite_result(suite, 0)->status, EXTEST_SKIPPED); /* not run yet */
   const extest_target target = {.address = f->target};
@@ -173,12 +179,7 @@ static void test_load_errors_name_file_and_line(void **state) {
 }
 
 static void test_nothing_listening_is_an_error(void **state) {
-  fixture *f = *state;
-  write_file(f->path, SCENARIOS);
-  extest_suite *suite;
-  char err[256];
-  const char *paths[] = {f->path};
-  assert_int_equal(extest_suite_load(&suite, paths, 1, err, sizeof(err)), 0);
+  extest_suite *suite = load_scenarios(*state);
   const extest_target nowhere = {.address = "unix:/nonexistent/extproc.sock"};
   assert_int_equal(extest_suite_run(suite, &nowhere, NULL), 3);
   for (size_t i = 0; i < 3; i++)
