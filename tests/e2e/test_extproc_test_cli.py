@@ -184,6 +184,7 @@ LAUGHS = "scenarios:\n  - name: lol\n    expect:\n      dynamic_metadata:\n" + "
     ("scenarios:\n  - name: cycle\n    expect:\n      dynamic_metadata: &a {x: *a}\n",
      "nested deeper than 32"),
     (LAUGHS, "larger than 100000 nodes"),
+    ("scenarios: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than 64 levels"),
     ("scenarios:\n  - name: bomb\n    request:\n      body: [&c {repeat: x, bytes: 200000000}, *c]\n",
      "bodies add up to more than 256 MiB"),
     ("scenarios:\n  - name: a\n    request: {headers: {\"x-a\\0b\": v}}\n", "without NUL"),

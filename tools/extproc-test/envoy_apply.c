@@ -107,6 +107,53 @@ static void apply_write(pair_list *headers, const char *name, const char *value,
   }
 }
 
+/* Whether a header name in the reply's encoding (`data`, `len` bytes of a `desc` message, nested
+ * at most as deep as its caller checked) holds a NUL byte: HeaderValue.key or
+ * HeaderMutation.remove_headers. protobuf-c cuts such a string at the NUL, so only the encoding
+ * shows it; Envoy sees the whole name, which is not a valid one. */
+static bool names_hold_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
+                           const uint8_t *end) {
+  while (p < end) {
+    uint64_t key = 0, n = 0;
+    for (unsigned shift = 0; p < end && shift < 64; shift += 7) {
+      key |= (uint64_t)(*p & 0x7f) << shift;
+      if (!(*p++ & 0x80)) break;
+    }
+    const unsigned wire = key & 7;
+    if (wire != 2) { /* varints and fixed-size values hold no names */
+      if (wire == 0) {
+        while (p < end && (*p++ & 0x80)) {
+        }
+      } else {
+        p += wire == 1 ? 8 : 4;
+      }
+      continue;
+    }
+    for (unsigned shift = 0; p < end && shift < 64; shift += 7) {
+      n |= (uint64_t)(*p & 0x7f) << shift;
+      if (!(*p++ & 0x80)) break;
+    }
+    if (n > (uint64_t)(end - p)) return false; /* wire_check has refused such a message */
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3));
+    if (f && f->type == PROTOBUF_C_TYPE_MESSAGE && names_hold_nul(f->descriptor, p, p + n))
+      return true;
+    const bool name = f && f->type == PROTOBUF_C_TYPE_STRING &&
+                      ((desc == &envoy__config__core__v3__header_value__descriptor &&
+                        strcmp(f->name, "key") == 0) ||
+                       (desc == &envoy__service__ext_proc__v3__header_mutation__descriptor &&
+                        strcmp(f->name, "remove_headers") == 0));
+    if (name && memchr(p, 0, (size_t)n)) return true;
+    p += n;
+  }
+  return false;
+}
+
+bool envoy_reply_names_hold_nul(const uint8_t *data, size_t len) {
+  return names_hold_nul(&envoy__service__ext_proc__v3__processing_response__descriptor, data,
+                        data + len);
+}
+
 bool envoy_apply_header_mutation(outcome *o, const char *phase, const header_mutation *m,
                                  pair_list *headers, bool skip_content_length) {
   if (!m) return true;
@@ -145,8 +192,8 @@ bool envoy_apply_header_mutation(outcome *o, const char *phase, const header_mut
     const char *raw = (const char *)hv->raw_value.data;
     if (!valid_name(hv->key) || !valid_value(raw ? raw : "", hv->raw_value.len)) {
       outcome_judge(o, "invalid_header_mutation",
-                    "%s: setting \"%s\": an invalid header name or value (CR, LF or NUL): Envoy "
-                    "would answer 500 (even with failure_mode_allow)",
+                    "%s: setting \"%s\": not a valid header name, or a value with CR, LF or "
+                    "NUL: Envoy would answer 500 (even with failure_mode_allow)",
                     phase, hv->key);
       return false;
     }

@@ -92,6 +92,10 @@ typedef struct direction {
 bool envoy_apply_header_mutation(outcome *o, const char *phase, const header_mutation *m,
                                  pair_list *headers, bool skip_content_length);
 
+/* Whether a header name the encoded reply sets or removes holds a NUL byte, which protobuf-c
+ * would cut off and Envoy refuses (`len` bytes, already bounded by wire_check). */
+bool envoy_reply_names_hold_nul(const uint8_t *data, size_t len);
+
 /* Merges a reply's dynamic_metadata into the outcome. */
 void envoy_merge_dynamic_metadata(outcome *o, const processing_response *r);
 

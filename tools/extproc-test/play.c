@@ -151,6 +151,11 @@ wait_result await_reply(player *p, processing_response **out) {
                                                  "many sub-messages, to be unpacked safely";
         return BAD_REPLY;
       }
+      if (envoy_reply_names_hold_nul(msg->data, msg->len)) {
+        p->bad_reply = "a header name holds a NUL byte";
+        p->bad_mutation = true;
+        return BAD_REPLY;
+      }
       processing_response *r =
           envoy__service__ext_proc__v3__processing_response__unpack(NULL, msg->len, msg->data);
       if (!r) {
@@ -311,6 +316,13 @@ processing_response *expect_reply(player *p, extproc_phase phase, int also) {
     processor_failed(p, phase, 504);
     return NULL;
   case BAD_REPLY:
+    if (p->bad_mutation) {
+      outcome_judge(p->o, "invalid_header_mutation",
+                    "%s: %s: Envoy would answer 500 (even with failure_mode_allow)", name,
+                    p->bad_reply);
+      local_reply(p, 500);
+      return NULL;
+    }
     outcome_judge(p->o, "grpc_error", "%s: %s: Envoy would %s", name, p->bad_reply,
                   failure_outcome(p, phase, "answer 500"));
     processor_failed(p, phase, 500);
@@ -362,8 +374,8 @@ int target_parse(const char *address, char *host, size_t hostlen, int *port, cha
     memcpy(host, start, len);
     host[len] = 0;
   }
-  if (!len || len >= hostlen || !colon[1] || *digits_end || p < 1 || p > 65535 ||
-      (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1)) {
+  if (!len || len >= hostlen || colon[1] < '0' || colon[1] > '9' || *digits_end || p < 1 ||
+      p > 65535 || (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1)) {
     snprintf(err, errlen,
              "bad target '%s': expected IPV4:PORT, [IPV6]:PORT or unix:PATH (a numeric address, "
              "a port from 1 to 65535)",

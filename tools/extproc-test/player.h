@@ -24,6 +24,7 @@ typedef struct player {
   bool fault_fired;             /* the fault ended the exchange */
   direction *cur;               /* the direction being played */
   const char *bad_reply;        /* why the last reply was refused (BAD_REPLY) */
+  bool bad_mutation;            /* ... as a header mutation Envoy refuses, not a gRPC error */
 } player;
 
 /* What awaiting a reply gave. */

@@ -500,10 +500,43 @@ FILE *open_regular_file(const char *path, const char *mode, size_t max_bytes, ch
   return f;
 }
 
+/* libyaml's scanner takes time quadratic in the nesting of flow collections: a 250 KB file of
+ * nested `{a: ` would take minutes to load. Its events are walked first, and a file nested
+ * deeper than any scenario needs is refused as soon as it is seen. Rewinds `f`. */
+static bool nesting_ok(FILE *f, const char *path, char *err, size_t errlen) {
+  enum { MAX_NESTING = 64 };
+  yaml_parser_t parser;
+  yaml_parser_initialize(&parser);
+  yaml_parser_set_input_file(&parser, f);
+  bool ok = true, done = false;
+  for (int depth = 0; ok && !done;) {
+    yaml_event_t event;
+    if (!yaml_parser_parse(&parser, &event)) break; /* the loader reports it, with its line */
+    if (event.type == YAML_SEQUENCE_START_EVENT || event.type == YAML_MAPPING_START_EVENT)
+      depth++;
+    else if (event.type == YAML_SEQUENCE_END_EVENT || event.type == YAML_MAPPING_END_EVENT)
+      depth--;
+    done = event.type == YAML_STREAM_END_EVENT;
+    if (depth > MAX_NESTING) {
+      snprintf(err, errlen, "%s:%zu: nested deeper than %d levels", path, event.start_mark.line + 1,
+               MAX_NESTING);
+      ok = false;
+    }
+    yaml_event_delete(&event);
+  }
+  yaml_parser_delete(&parser);
+  rewind(f);
+  return ok;
+}
+
 int scenario_file_load(const char *path, scenario **list, size_t *count, char *err, size_t errlen) {
   reader r = {.path = path, .err = err, .errlen = errlen};
   FILE *f = open_regular_file(path, "rb", MAX_FILE_BYTES, err, errlen);
   if (!f) return -1;
+  if (!nesting_ok(f, path, err, errlen)) {
+    fclose(f);
+    return -1;
+  }
   yaml_parser_t parser;
   yaml_parser_initialize(&parser);
   yaml_parser_set_input_file(&parser, f);

@@ -24,6 +24,7 @@
 //	spurious     request_headers is answered with a request_body response
 //	late         request_headers is answered after 400 ms
 //	nested       request_headers is answered with dynamic_metadata nested 3000 Structs deep
+//	nul-name     request_headers also sets a header whose name holds a NUL byte
 //	grpc-error   the stream ends with INTERNAL instead of answering request_headers
 //	close        the stream ends with OK instead of answering request_headers
 //	pseudo       request_headers also sets :authority and host to changed.example,
@@ -167,6 +168,8 @@ func (st *stream) requestHeaders() (*extprocv3.ProcessingResponse, error) {
 	case "both":
 		set = append(set, &corev3.HeaderValueOption{
 			Header: &corev3.HeaderValue{Key: "x-foreign", Value: "both-value", RawValue: []byte("both-raw")}})
+	case "nul-name":
+		set = append(set, rawHeader("x-bad\x00name", "v"))
 	case "pseudo":
 		set = append(set, rawHeader(":authority", "changed.example"),
 			rawHeader("host", "changed.example"), rawHeader("x-foreign", "kept"))
