@@ -679,7 +679,10 @@ def test_streamed_immediate_response(proto, mode, method, body):
     assert (r.status, r.headers.get("x-streamed"), r.raw) == (200, "yes", b"hello-world"), \
         (r, proto.proc("envoy").tail(10))
     assert "x-test-modes" not in r.headers  # response_headers never came: no upstream answer
-    assert stat(proto, "cluster.upstream.upstream_rq_total") == before
+    started = stat(proto, "cluster.upstream.upstream_rq_total") - before
+    # In FULL_DUPLEX_STREAMED Envoy 1.40 may already have passed the request headers upstream
+    # when the processor's answer comes (then it drops that request); in NONE it never does.
+    assert started == 0 if mode == "none" else started in (0, 1), started
 
 
 # ---------------------------------------------------------------- 12. a clean log, no spurious
