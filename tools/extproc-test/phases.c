@@ -71,8 +71,8 @@ static void apply_streamed_immediate(player *p, processing_response *r) {
     if (done) return;
     if (await_reply(p, &r) != GOT_REPLY) {
       outcome_judge(p->o, "missing_end_of_stream",
-                    "streamed_immediate_response: the body never ended: the client would wait "
-                    "until message_timeout");
+                    "streamed_immediate_response: its body never ended: the client would wait "
+                    "for the rest");
       client->status = 504;
       return;
     }
@@ -132,7 +132,7 @@ static const header_mutation *trailer_mutation_of(const processing_response *r) 
   return NULL;
 }
 
-/* The body mode and header/trailer modes in effect for a direction. */
+/* The body mode in effect for a direction. */
 static extproc_body_mode body_mode(const player *p, bool request) {
   return request ? p->mode.request_body_mode : p->mode.response_body_mode;
 }
@@ -234,9 +234,7 @@ static void check_content_length(player *p, direction *d, extproc_phase body_pha
                 "%s: the body is now %zu bytes but content-length still says %s: Envoy would "
                 "answer 500",
                 phase_name(body_phase), d->body.len, cl);
-  p->ended = true;
-  p->o->client.reached = true;
-  p->o->client.status = 500;
+  local_reply(p, 500); /* even with failure_mode_allow */
 }
 
 /* Takes a FULL_DUPLEX_STREAMED body reply: its streamed piece is appended to `d`. Returns 1 if
