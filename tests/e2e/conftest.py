@@ -363,6 +363,33 @@ def stack(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def trivial_processors(tmp_path_factory):
+    """The trivial processor on a loopback port and, from a second runner, on a unix socket.
+    Yields {"tcp": (target, pid), "unix": (target, pid)}; after the module, both must exit
+    cleanly (under the sanitizers: no leak, no error report) and must have logged no warning."""
+    log_dir = tmp_path_factory.mktemp("trivial")
+    sock_dir = tempfile.mkdtemp(prefix="extproc-")  # sun_path is short
+    procs, targets = [], {}
+    try:
+        for transport in ("tcp", "unix"):
+            proc, [(kind, where)] = start_processor(log_dir, transport, sock_dir, ["trivial"],
+                                                    name=f"processor-{transport}")
+            procs.append(proc)
+            target = f"unix:{where}" if kind == "unix" else f"127.0.0.1:{where}"
+            targets[transport] = (target, proc.popen.pid)
+        yield targets
+    finally:
+        codes = {p.name: (p.stop(), p) for p in procs}
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    for name, (code, proc) in codes.items():
+        if code != 0:
+            pytest.fail(f"{name} exited with {code}\n{proc.tail(80)}", pytrace=False)
+        bad = [line for line in proc.log.read_text(errors="replace").splitlines()
+               if " WARN " in line or " ERROR " in line]
+        assert not bad, f"{name} logged:\n" + "\n".join(bad[:20])
+
+
+@pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """The demo: deploy/envoy.yaml with the six example processors chained."""
     log_dir = tmp_path_factory.mktemp("e2e-chain")

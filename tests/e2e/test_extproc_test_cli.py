@@ -29,23 +29,9 @@ def run_tool(*args, expect_rc=None):
 
 
 @pytest.fixture(scope="module")
-def trivial(tmp_path_factory):
-    """The trivial processor over TCP and over a unix socket: {"tcp": target, "unix": target}."""
-    log_dir = tmp_path_factory.mktemp("extproc-test")
-    sock_dir = tempfile.mkdtemp(prefix="extproc-")
-    procs, targets = [], {}
-    try:
-        for transport in ("tcp", "unix"):
-            proc, [(kind, where)] = start_processor(log_dir, transport, sock_dir, ["trivial"],
-                                                    name=f"processor-{transport}")
-            procs.append(proc)
-            targets[transport] = f"unix:{where}" if kind == "unix" else f"127.0.0.1:{where}"
-        yield targets
-    finally:
-        codes = {p.name: (p.stop(), p) for p in procs}
-        shutil.rmtree(sock_dir, ignore_errors=True)
-    for name, (code, proc) in codes.items():
-        assert code == 0, f"{name} exited with {code}\n{proc.tail(80)}"
+def trivial(trivial_processors):
+    """The trivial processor's targets: {"tcp": "127.0.0.1:PORT", "unix": "unix:PATH"}."""
+    return {transport: target for transport, (target, _) in trivial_processors.items()}
 
 
 PASSING = """

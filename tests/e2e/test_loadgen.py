@@ -14,13 +14,11 @@ Environment:
 """
 
 import json
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
-from conftest import free_ports, start_processor, tool_binary
+from conftest import free_ports, tool_binary
 
 COUNT = 2000
 STREAMED_BODY = 256 * 1024  # 4 chunks of 64 KiB; the 1 MiB default is for benchmarks
@@ -42,33 +40,6 @@ def run_load(target, *args, expect_rc=0):
     return json.loads(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def processors(tmp_path_factory):
-    """The trivial processor on a loopback port and, from a second runner, on a unix socket.
-    Yields {"tcp": (target, pid), "unix": (target, pid)}; after the module, both must exit
-    cleanly (under the sanitizers: no leak, no error report) and must have logged no warning."""
-    log_dir = tmp_path_factory.mktemp("loadgen")
-    sock_dir = tempfile.mkdtemp(prefix="extproc-")  # sun_path is short
-    procs, targets = [], {}
-    try:
-        for transport in ("tcp", "unix"):
-            proc, [(kind, where)] = start_processor(log_dir, transport, sock_dir, ["trivial"],
-                                                    name=f"processor-{transport}")
-            procs.append(proc)
-            target = f"unix:{where}" if kind == "unix" else f"127.0.0.1:{where}"
-            targets[transport] = (target, proc.popen.pid)
-        yield targets
-    finally:
-        codes = {p.name: (p.stop(), p) for p in procs}
-        shutil.rmtree(sock_dir, ignore_errors=True)
-    for name, (code, proc) in codes.items():
-        if code != 0:
-            pytest.fail(f"{name} exited with {code}\n{proc.tail(80)}", pytrace=False)
-        bad = [line for line in proc.log.read_text(errors="replace").splitlines()
-               if " WARN " in line or " ERROR " in line]
-        assert not bad, f"{name} logged:\n" + "\n".join(bad[:20])
-
-
 def check_clean_run(report, count, messages_per_stream):
     assert report["errors"]["total"] == 0, report
     assert report["streams"] == count
@@ -85,8 +56,8 @@ def check_clean_run(report, count, messages_per_stream):
 
 
 @pytest.mark.parametrize("shape", ["headers", "full", "streamed"])
-def test_shape(processors, shape):
-    target, pid = processors["tcp"]
+def test_shape(trivial_processors, shape):
+    target, pid = trivial_processors["tcp"]
     args = ["--shape", shape, "--count", COUNT, "--concurrency", 16, "--connections", 2,
             "--server-pid", pid]
     if shape == "streamed":
@@ -101,8 +72,8 @@ def test_shape(processors, shape):
     assert 0 < server["rss_kib"] <= server["peak_rss_kib"], server
 
 
-def test_half_close_over_unix_socket(processors):
-    target, pid = processors["unix"]
+def test_half_close_over_unix_socket(trivial_processors):
+    target, pid = trivial_processors["unix"]
     report = run_load(target, "--shape", "full", "--end", "half-close", "--count", COUNT,
                       "--concurrency", 16, "--connections", 2, "--server-pid", pid)
     check_clean_run(report, COUNT, MESSAGES_PER_STREAM["full"])
@@ -110,8 +81,8 @@ def test_half_close_over_unix_socket(processors):
     assert report["server"]["cpu_us_per_stream"] > 0
 
 
-def test_duration_rate_and_warmup(processors):
-    target, _ = processors["tcp"]
+def test_duration_rate_and_warmup(trivial_processors):
+    target, _ = trivial_processors["tcp"]
     report = run_load(target, "--duration", 1, "--warmup", 0.2, "--rate", 300,
                       "--concurrency", 8, "--connections", 2)
     assert report["errors"]["total"] == 0 and report["errors"]["warmup"] == 0, report
@@ -122,10 +93,10 @@ def test_duration_rate_and_warmup(processors):
     assert report["messages"] == report["streams"] * 2
 
 
-def test_errors_are_counted(processors):
+def test_errors_are_counted(trivial_processors):
     """A reply timeout far below any real latency: streams fail as timeouts, are cancelled,
     and the exit status says so. The server takes the cancels in its stride."""
-    target, _ = processors["tcp"]
+    target, _ = trivial_processors["tcp"]
     report = run_load(target, "--count", COUNT, "--concurrency", 64, "--connections", 2,
                       "--timeout", 0.000001, expect_rc=1)
     assert report["errors"]["timeout"] > 0, report
