@@ -2,10 +2,11 @@
 # Sets up and starts the two "foreign" ext_proc servers (not written with libextproc) that
 # extproc-test is pointed at, to check its judgments against servers that are not ours:
 #
-#   python   tests/foreign/python-sdk/serve.py: the Python SDK this project started from (PyPI
-#            envoy-extproc-sdk, protos from xds-protos), in the virtualenv .venv-foreign-python/
-#            with the exact versions of tests/foreign/python-sdk/requirements.txt. It writes
-#            header mutations with HeaderValue.value only.
+#   python   the Python SDK this project started from (PyPI envoy-extproc-sdk, protos from
+#            xds-protos) serving its trivial processor: the benchmark peer of the same name
+#            (bench/peers/python, pinned in bench/peers/python/requirements.txt, installed in
+#            build/bench-peers/python-venv by bench/peers/install.sh). It writes header
+#            mutations with HeaderValue.value only.
 #   grpc-go  tests/foreign/grpc-go: a processor on grpc-go and go-control-plane, correct by
 #            default, misbehaving as its request header x-misbehave asks (see its main.go),
 #            built into build/foreign/grpc-go-extproc.
@@ -15,18 +16,16 @@
 #                                                       missing or outdated work is done
 #   scripts/foreign_servers.sh start python|grpc-go PORT
 #                                                       run one on 127.0.0.1:PORT in the
-#                                                       foreground (exec; the first stdout line
-#                                                       is "listening on 127.0.0.1:PORT")
+#                                                       foreground (exec: its PID is the
+#                                                       server's; SIGTERM stops it)
 #
-# Needs python3 (with venv) and Go (found on PATH, else /usr/local/go/bin/go; or set GO).
+# Needs python3 >= 3.10 (with venv) and Go (found on PATH, else /usr/local/go/bin/go; or set GO).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$REPO/.venv-foreign-python"
-PY_DIR="$REPO/tests/foreign/python-sdk"
+PEERS="$REPO/bench/peers"
 GO_DIR="$REPO/tests/foreign/grpc-go"
 GO_BIN="$REPO/build/foreign/grpc-go-extproc"
-STAMP="$VENV/.requirements.txt"   # the requirements the virtualenv was last installed from
 
 say() { echo "foreign_servers: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -37,26 +36,6 @@ go_tool() {
     elif [[ -x /usr/local/go/bin/go ]]; then echo /usr/local/go/bin/go
     else die "Go not found: install it or set GO"
     fi
-}
-
-setup_python() {
-    if [[ ! -x "$VENV/bin/python" ]]; then
-        say "creating $VENV"
-        python3 -m venv "$VENV"
-    fi
-    if cmp -s "$PY_DIR/requirements.txt" "$STAMP"; then
-        say "python: up to date"
-        return
-    fi
-    say "python: installing $PY_DIR/requirements.txt"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$PY_DIR/requirements.txt"
-    # Importing the SDK proves the shims in serve.py still hold with what was installed.
-    "$VENV/bin/python" - "$PY_DIR/serve.py" <<'EOF'
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("foreign_serve", sys.argv[1])
-spec.loader.exec_module(importlib.util.module_from_spec(spec))
-EOF
-    cp "$PY_DIR/requirements.txt" "$STAMP"
 }
 
 setup_go() {
@@ -81,7 +60,7 @@ setup_go() {
 
 case "${1:-}" in
     setup)
-        setup_python
+        "$PEERS/install.sh" python >&2
         setup_go
         ;;
     start)
@@ -89,10 +68,7 @@ case "${1:-}" in
         port="$3"
         [[ "$port" =~ ^[0-9]+$ ]] || die "PORT must be a number: $port"
         case "$2" in
-            python)
-                [[ -x "$VENV/bin/python" ]] || die "run '$0 setup' first"
-                exec "$VENV/bin/python" "$PY_DIR/serve.py" --port "$port"
-                ;;
+            python) exec "$PEERS/start.sh" python "$port" ;;
             grpc-go)
                 [[ -x "$GO_BIN" ]] || die "run '$0 setup' first"
                 exec "$GO_BIN" --addr "127.0.0.1:$port"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the benchmark peers (other ext_proc servers to measure libextproc against) into
-# build/bench-peers/ (override with BENCH_PEERS_DIR). Idempotent: run it again at any time; it
+# build/bench-peers/ (override with BENCH_PEERS_DIR): `install.sh [NAME...]`, all by default. Idempotent: run it again at any time; it
 # reinstalls the Python virtualenv only when python/requirements.txt changed, and `go build`
 # rebuilds only what changed. Nothing here is vendored: pip and go fetch the pinned versions.
 #
@@ -51,10 +51,14 @@ install_go() {
     say "$name: built"
 }
 
-install_python
-install_go go-grpc
+# Only the peers named on the command line, or all of them.
+wanted=("${@:-python go-grpc}")
+for name in ${wanted[*]}; do
+    case "$name" in
+    python) install_python ;;
+    go-grpc) install_go go-grpc ;;
+    *) say "unknown peer '$name' (python, go-grpc)" >&2; exit 2 ;;
+    esac
+done
 
-say "installed into $OUT:"
-say "  python   $OUT/python-venv/bin/python $HERE/python/trivial_peer.py PORT"
-say "  go-grpc  $OUT/go-grpc-peer PORT"
-say "start one with: $HERE/start.sh NAME PORT"
+say "installed into $OUT (${wanted[*]}); start one with: $HERE/start.sh NAME PORT"
