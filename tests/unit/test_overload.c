@@ -75,22 +75,12 @@ typedef struct fixture {
 
 /* ---- The runner ------------------------------------------------------------------------ */
 
-static int free_port(void) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in sin = {.sin_family = AF_INET};
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sin);
-  assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-  assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-  close(fd);
-  return ntohs(sin.sin_port);
-}
-
 /* Starts the runner serving `trivial` on a free loopback port with two workers and `extra`
  * options (NULL-terminated), its output in f->log, and with RLIMIT_NOFILE `nofile` (soft and
  * hard, as `ulimit -n` sets them) unless 0. Waits until it answers a health check. */
 static void start_runner(fixture *f, rlim_t nofile, const char *const *extra) {
-  f->port = free_port();
+  f->port = free_loopback_port();
+  assert_true(f->port > 0);
   snprintf(f->log, sizeof(f->log), "/tmp/test_overload.XXXXXX");
   const int log_fd = mkstemp(f->log);
   assert_true(log_fd >= 0);

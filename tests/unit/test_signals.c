@@ -91,17 +91,6 @@ static void test_sighup_is_ignored_and_sigterm_still_stops(void **state) {
   alarm(0);
 }
 
-static int free_port(void) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in sin = {.sin_family = AF_INET};
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sin);
-  assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-  assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-  close(fd);
-  return ntohs(sin.sin_port);
-}
-
 /* Starts the runner serving `trivial` on `port` with no drain and no grace period (its output
  * discarded), and waits until it answers a health check. */
 static pid_t start_runner(int port) {
@@ -133,7 +122,8 @@ static pid_t start_runner(int port) {
 static void test_repeated_sigterm_still_exits_cleanly(void **state) {
   (void)state;
   alarm(TEST_WATCHDOG_SECONDS);
-  const int port = free_port();
+  const int port = free_loopback_port();
+  assert_true(port > 0);
   for (int round = 0; round < REPEATED_STOPS; round++) {
     const pid_t pid = start_runner(port);
     int status = 0;
@@ -157,8 +147,10 @@ static void test_repeated_sigterm_still_exits_cleanly(void **state) {
 static void test_sigterm_during_start_up_stops_cleanly(void **state) {
   (void)state;
   alarm(TEST_WATCHDOG_SECONDS);
+  const int port = free_loopback_port();
+  assert_true(port > 0);
   char service[64];
-  snprintf(service, sizeof(service), "trivial@127.0.0.1:%d", free_port());
+  snprintf(service, sizeof(service), "trivial@127.0.0.1:%d", port);
   const char *argv[] = {EXTPROC_EXAMPLES_BIN, "--service", service,          "--workers", "2",
                         "--drain-delay",      "0",         "--grace-period", "0",         NULL};
   const pid_t pid = fork();

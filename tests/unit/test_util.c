@@ -1,7 +1,11 @@
 #include "test_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,4 +74,15 @@ int watchdog_teardown(void **state) {
   (void)state;
   alarm(0);
   return 0;
+}
+
+int free_loopback_port(void) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sin = {.sin_family = AF_INET};
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sin);
+  const bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
+                  getsockname(fd, (struct sockaddr *)&sin, &len) == 0;
+  if (fd >= 0) close(fd);
+  return ok ? ntohs(sin.sin_port) : -1;
 }

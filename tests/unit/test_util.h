@@ -5,6 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A TCP port on 127.0.0.1 that nothing listened on a moment ago (the kernel's pick, released
+ * at once, for a child process to bind). -1 if no socket could be bound. */
+int free_loopback_port(void);
+
 /* Monotonic milliseconds, and a sleep in milliseconds. */
 int64_t now_ms(void);
 void sleep_ms(long ms);
