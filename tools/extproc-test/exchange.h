@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
+#include "extproc_test.h"
 #include "scenario.h"
 
 typedef Envoy__Service__ExtProc__V3__ProcessingResponse processing_response;
@@ -38,13 +39,6 @@ typedef struct outcome {
   size_t judgment_count;
 } outcome;
 
-/* Where the server is (extproc-test's --target and TLS options). */
-typedef struct target {
-  const char *address; /* "HOST:PORT", "[IPV6]:PORT" or "unix:PATH" */
-  bool tls;
-  const char *ca_file, *cert_file, *key_file, *sni;
-} target;
-
 /* Checks a target address: 0 with the numeric host (NUL-terminated in `host`) and `*port`, or
  * `*port` 0 for "unix:PATH"; -1 with why in `err`. */
 int target_parse(const char *address, char *host, size_t hostlen, int *port, char *err,
@@ -66,7 +60,7 @@ size_t outcome_check(const scenario *s, const outcome *o, pair_list *failures);
 
 /* Plays `s` against `t`, filling `*o` (zeroed by the caller). Returns 0, or -1 when the
  * scenario could not be played at all (no connection...), with why in `err`. */
-int play_scenario(const scenario *s, const target *t, outcome *o, char *err, size_t errlen);
+int play_scenario(const scenario *s, const extest_target *t, outcome *o, char *err, size_t errlen);
 
 /* ---- Envoy's side of each reply (envoy_apply.c) ----------------------------------------- */
 

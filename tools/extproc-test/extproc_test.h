@@ -39,7 +39,8 @@ typedef enum extest_status {
   EXTEST_SKIPPED, /* left out by the filter */
 } extest_status;
 
-/* One scenario's result. Strings are owned by the suite and live as long as it does. */
+/* One scenario's result. Owned by the suite: `file` and `name` live as long as the suite; the
+ * rest (failures, judgments, outcome) until the next extest_suite_run() or extest_suite_free(). */
 typedef struct extest_result {
   const char *file; /* the scenario file, as given */
   const char *name; /* the scenario's name */
@@ -53,31 +54,40 @@ typedef struct extest_result {
   double duration_ms;       /* wall time to play it, in milliseconds */
 } extest_result;
 
-/* Checks `t->address` (the only thing a run cannot report per scenario): 0, or -1 with why in
- * `err`. */
+/* Checks `t->address` (the only thing a run cannot report per scenario), without connecting:
+ * 0, or -1 with why in `err` (`errlen` bytes), also for a NULL `t` or address. */
 int extest_target_check(const extest_target *t, char *err, size_t errlen);
 
-/* Loads every scenario of the `count` files at `paths` into a new suite (`*out`). On error
- * (unreadable file, malformed YAML, unknown key, bad value) returns -1 with "path:line: what"
- * in `err` (`errlen` bytes) and no suite. */
+/* Loads every scenario of the `count` files at `paths` (copied; the caller keeps its strings)
+ * into a new suite in `*out`, which the caller frees with extest_suite_free(). On error
+ * (unreadable file, malformed YAML, unknown key, bad value, a limit of docs/scenarios.md
+ * passed, out of memory) returns -1 with "path:line: what" in `err` (`errlen` bytes) and sets
+ * `*out` to NULL. */
 int extest_suite_load(extest_suite **out, const char *const *paths, size_t count, char *err,
                       size_t errlen);
 
 /* The number of scenarios loaded. */
 size_t extest_suite_count(const extest_suite *s);
 
-/* Plays every scenario against `t`. Returns the number of scenarios that failed or could not
- * be played (0: all passed or skipped). Results are read with extest_suite_result(). */
+/* Plays every scenario against `t`, with options `o` (NULL: one at a time, no filter); both are
+ * borrowed for the call. Blocks until every scenario is played: each waits at most its
+ * message_timeout_ms per reply, plus a few seconds for connecting and faults. Returns the
+ * number of scenarios that failed or could not be played (0: all passed or were skipped); a
+ * scenario that cannot be played (no connection, say) is an EXTEST_ERROR result, with why, not
+ * a failure of the call. Results are read with extest_suite_result(). Connection failures are
+ * also printed on stderr unless h2_client_set_quiet() (tools/common/h2_client.h) was called. */
 size_t extest_suite_run(extest_suite *s, const extest_target *t, const extest_options *o);
 
-/* Scenario `i`'s result (in file order), or NULL if `i` is out of range. Before a run every
- * status is EXTEST_SKIPPED. */
+/* Scenario `i`'s result (in file order), or NULL if `i` is out of range; see extest_result for
+ * how long it stays valid. Before a run every status is EXTEST_SKIPPED. */
 const extest_result *extest_suite_result(const extest_suite *s, size_t i);
 
-/* Reports: a readable summary (what failed and why, what Envoy would say), JSON (one object:
+/* Reports of the last run, written to `f` (borrowed, flushed, not closed): a readable summary
+ * (what failed and why; with `verbose`, every judgment and outcome too), JSON (one object:
  * {"passed", "failed", "errors", "skipped", "scenarios": [{file, name, status, failures,
  * envoy_says, outcome, duration_ms}]}, as docs/scenarios.md describes) and JUnit XML (one
- * testsuite per file). Return 0, or -1 if writing failed. */
+ * testsuite per file). Bytes a server sent that are not UTF-8 are replaced, so both parse.
+ * Return 0, or -1 if writing or flushing failed (errno tells why). */
 int extest_report_text(const extest_suite *s, FILE *f, bool verbose);
 int extest_report_json(const extest_suite *s, FILE *f);
 int extest_report_junit(const extest_suite *s, FILE *f);

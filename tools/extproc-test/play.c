@@ -386,7 +386,7 @@ int target_parse(const char *address, char *host, size_t hostlen, int *port, cha
   return 0;
 }
 
-static h2_client *connect_target(const target *t, char *err, size_t errlen) {
+static h2_client *connect_target(const extest_target *t, char *err, size_t errlen) {
   char host[INET6_ADDRSTRLEN + 1];
   int port;
   if (target_parse(t->address, host, sizeof(host), &port, err, errlen) != 0) return NULL;
@@ -445,7 +445,7 @@ static void send_bad_first_message(player *p) {
 }
 
 /* After a fault: does a new connection still get a plain request_headers answered? */
-static int keeps_serving(const scenario *s, const target *t) {
+static int keeps_serving(const scenario *s, const extest_target *t) {
   char err[256];
   h2_client *c = connect_target(t, err, sizeof(err));
   if (!c) return 0;
@@ -468,7 +468,7 @@ static int keeps_serving(const scenario *s, const target *t) {
   return answered;
 }
 
-int play_scenario(const scenario *s, const target *t, outcome *o, char *err, size_t errlen) {
+int play_scenario(const scenario *s, const extest_target *t, outcome *o, char *err, size_t errlen) {
   player p = {.s = s, .o = o, .mode = s->mode, .timeout_ms = s->message_timeout_ms};
   o->grpc_status = -1;
   o->keeps_serving = -1;

@@ -142,16 +142,10 @@ static void check_golden(entry *e, const cJSON *got, bool update) {
 static void run_one(extest_suite *s, entry *e) {
   const extest_options *o = s->options;
   if (o->filter && !strstr(e->s.name, o->filter)) return;
-  const target t = {.address = s->target->address,
-                    .tls = s->target->tls,
-                    .ca_file = s->target->ca_file,
-                    .cert_file = s->target->cert_file,
-                    .key_file = s->target->key_file,
-                    .sni = s->target->sni};
   outcome out = {0};
   char err[512] = "";
   const double start = now_ms();
-  const int played = play_scenario(&e->s, &t, &out, err, sizeof(err));
+  const int played = play_scenario(&e->s, s->target, &out, err, sizeof(err));
   e->r.duration_ms = now_ms() - start;
   if (played != 0) {
     pair_list_add(&e->failures, "", err);
