@@ -604,7 +604,11 @@ EXTPROC_API int extproc_request_fail(extproc_request *req, extproc_grpc_code cod
  * lost. Only from the callback itself (the loop thread, or the pool thread of a blocking
  * callback); calling it twice is harmless. The processor's deadline
  * (extproc_processor_set_deadline), if any, runs from the moment the callback returns.
- * Returns 0, EXTPROC_EINVAL for NULL, or EXTPROC_ESTATE (with a log line) outside a callback. */
+ * In a body phase the chunk, which the callback reads where it arrived, is copied here so that
+ * it outlives the callback (extproc_body() returns the copy from now on).
+ * Returns 0, EXTPROC_EINVAL for NULL, EXTPROC_ESTATE (with a log line) outside a callback, or
+ * EXTPROC_ENOMEM (with a log line) when that copy cannot be made: the phase is then not
+ * deferred. */
 EXTPROC_API int extproc_request_defer(extproc_request *req);
 
 /** Finishes a deferred phase, as if its callback had returned `result` (EXTPROC_CONTINUE or

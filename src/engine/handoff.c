@@ -166,6 +166,9 @@ static void after_callback(extproc_request *req, extproc_result result) {
       return;
     }
     const bool declared = state == HANDOFF_DEFER_DECLARED;
+    /* Deferred without extproc_request_defer(): no other thread may hold the request yet, so
+     * its body chunk is kept here, before the input bytes go. */
+    if (result == EXTPROC_DEFER && !declared && !intake_own_body(req)) result = EXTPROC_FAIL;
     if (result != EXTPROC_DEFER && !declared) {
       atomic_store(&req->handoff, HANDOFF_IDLE);
       complete_phase(req, result == EXTPROC_FAIL ? EXTPROC_FAIL : EXTPROC_CONTINUE);
@@ -244,6 +247,11 @@ void handoff_run(extproc_request *req, extproc_phase_fn fn) {
   req->expire_fails_stream =
       req->msg.observability_mode || req->streamed_immediate != STREAMED_IMMEDIATE_NONE;
   if (req->proc->blocking && req->poster.pool) {
+    /* The pool thread runs after the message's input bytes are gone. */
+    if (!intake_own_body(req)) {
+      complete_phase(req, EXTPROC_FAIL);
+      return;
+    }
     run_blocking(req);
     return;
   }
@@ -299,6 +307,11 @@ int extproc_request_defer(extproc_request *req) {
     const int base = base_of(state);
     if (base == HANDOFF_DEFER_DECLARED) return 0;
     if (base != HANDOFF_IN_CALLBACK) break;
+    /* Another thread may read the body once this returns, after its input bytes are gone. */
+    if (!intake_own_body(req)) {
+      extproc_log(req, EXTPROC_LOG_ERROR, "out of memory keeping the body chunk: not deferred");
+      return EXTPROC_ENOMEM;
+    }
     if (atomic_compare_exchange_strong(&req->handoff, &state,
                                        HANDOFF_DEFER_DECLARED | (state & HANDOFF_EXPIRED)))
       return 0;

@@ -16,7 +16,10 @@ typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
  * and carry at most a few thousand headers; far larger values only come from a hostile peer. */
 enum { MAX_NESTING = 64, MAX_SUBMESSAGES = 100000 };
 
-const ProcessingRequest *intake_decode(extproc_request *req, const uint8_t *data, size_t len) {
+/* The slow path, for what decode_direct does not read: hostile shapes refused before
+ * protobuf-c sees them, then protobuf-c's unpack into the message arena. */
+static bool decode_indirect(extproc_request *req, const uint8_t *data, size_t len,
+                            decoded_request *out) {
   const wire_check_result check =
       wire_check(&envoy__service__ext_proc__v3__processing_request__descriptor, data, len,
                  MAX_NESTING, MAX_SUBMESSAGES);
@@ -27,7 +30,7 @@ const ProcessingRequest *intake_decode(extproc_request *req, const uint8_t *data
     stream_count_violation(req, check == WIRE_TOO_DEEP ? VIOLATION_TOO_DEEP
                                                        : VIOLATION_TOO_MANY_MESSAGES);
     stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, why);
-    return NULL;
+    return false;
   }
   ProtobufCAllocator alloc = arena_protobuf_allocator(&req->msg_arena);
   ProcessingRequest *msg =
@@ -36,14 +39,38 @@ const ProcessingRequest *intake_decode(extproc_request *req, const uint8_t *data
     extproc_log(req, EXTPROC_LOG_WARN, "malformed ProcessingRequest (%zu bytes)", len);
     stream_count_violation(req, VIOLATION_MALFORMED);
     stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "malformed ProcessingRequest");
-    return NULL;
+    return false;
   }
-  if (msg->request_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST__NOT_SET) {
+  if (!decode_unpacked(&req->msg_arena, msg, out)) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory decoding the request");
+    return false;
+  }
+  return true;
+}
+
+bool intake_decode(extproc_request *req, const uint8_t *data, size_t len, decoded_request *out) {
+  const decode_result r = decode_direct(&req->msg_arena, data, len, out);
+  if (r == DECODE_NO_MEMORY) {
+    stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory decoding the request");
+    return false;
+  }
+  if (r == DECODE_INDIRECT && !decode_indirect(req, data, len, out)) return false;
+  if (out->phase_field == 0) {
     stream_count_violation(req, VIOLATION_NO_PHASE);
     stream_fail(req, EXTPROC_GRPC_INVALID_ARGUMENT, "ProcessingRequest carries no phase");
-    return NULL;
+    return false;
   }
-  return msg;
+  return true;
+}
+
+bool intake_own_body(extproc_request *req) {
+  if (!req->msg.body_borrowed) return true;
+  uint8_t *copy = arena_alloc(&req->msg_arena, req->msg.body_len ? req->msg.body_len : 1);
+  if (!copy) return false;
+  if (req->msg.body_len) memcpy(copy, req->msg.body, req->msg.body_len);
+  req->msg.body = copy;
+  req->msg.body_borrowed = false;
+  return true;
 }
 
 static void record_request_info(extproc_request *req) {
@@ -130,28 +157,27 @@ static bool merge_attributes(extproc_request *req, Google__Protobuf__Struct *cop
 
 /* Keeps what Envoy sends once but the processor may want later: the protocol configuration
  * (first message), attributes (first message of each direction) and metadata. */
-static bool keep_context(extproc_request *req, const ProcessingRequest *msg) {
-  const Envoy__Service__ExtProc__V3__ProtocolConfiguration *pc = msg->protocol_config;
-  if (pc && !req->protocol.known) {
+static bool keep_context(extproc_request *req, const decoded_request *d) {
+  if (d->has_protocol_config && !req->protocol.known) {
     req->protocol =
         (extproc_protocol_config){.known = true,
-                                  .request_body_mode = (extproc_body_mode)pc->request_body_mode,
-                                  .response_body_mode = (extproc_body_mode)pc->response_body_mode,
+                                  .request_body_mode = (extproc_body_mode)d->request_body_mode,
+                                  .response_body_mode = (extproc_body_mode)d->response_body_mode,
                                   .send_body_without_waiting_for_header_response =
-                                      pc->send_body_without_waiting_for_header_response};
+                                      d->send_body_without_waiting_for_header_response};
     req->body_mode[0] = req->protocol.request_body_mode;
     req->body_mode[1] = req->protocol.response_body_mode;
   }
   /* Envoy may send the same metadata with every message: keep a new copy only when it
    * changed, so a long streamed body does not grow the stream's memory. */
-  const Envoy__Config__Core__V3__Metadata *md = msg->metadata_context;
+  const Envoy__Config__Core__V3__Metadata *md = d->metadata_context;
   if (md &&
       !(req->metadata_context && same_message(req, &md->base, &req->metadata_context->base))) {
     req->metadata_context = (Envoy__Config__Core__V3__Metadata *)keep_copy(req, &md->base);
     if (!req->metadata_context) return false;
   }
-  for (size_t i = 0; i < msg->n_attributes; i++) {
-    const Google__Protobuf__Struct *s = msg->attributes[i]->value;
+  for (size_t i = 0; i < d->attribute_count; i++) {
+    const Google__Protobuf__Struct *s = d->attributes[i]->value;
     if (!s || s->n_fields == 0) continue;
     Google__Protobuf__Struct *copy = (Google__Protobuf__Struct *)keep_copy(req, &s->base);
     if (!copy || !merge_attributes(req, copy)) return false;
@@ -178,49 +204,19 @@ static void note_content_length(extproc_request *req) {
 }
 
 /* Points the request at the decoded message's phase data. Returns false on out-of-memory. */
-bool intake_load(extproc_request *req, const ProcessingRequest *msg) {
-  const Envoy__Config__Core__V3__HeaderMap *map = NULL;
-  req->msg.headers = NULL;
-  req->msg.header_count = 0;
-  req->msg.body = NULL;
-  req->msg.body_len = 0;
-  req->msg.end_of_stream = true;
+bool intake_load(extproc_request *req, const decoded_request *d) {
+  req->msg.headers = d->headers;
+  req->msg.header_count = d->header_count;
+  req->msg.body = d->body;
+  req->msg.body_len = d->body_len;
+  req->msg.body_borrowed = d->body_in_input;
+  /* Trailers end their direction. */
+  req->msg.end_of_stream = d->end_of_stream || d->phase_field >= 6;
   req->msg.chunk_accumulated = false;
-  switch (msg->request_case) {
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS:
-    map = msg->request_headers->headers;
-    req->msg.end_of_stream = msg->request_headers->end_of_stream;
-    break;
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS:
-    map = msg->response_headers->headers;
-    req->msg.end_of_stream = msg->response_headers->end_of_stream;
-    break;
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY:
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY: {
-    const Envoy__Service__ExtProc__V3__HttpBody *b =
-        msg->request_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY
-            ? msg->request_body
-            : msg->response_body;
-    /* protobuf-c leaves data NULL for an empty field; callers get "" for an empty chunk. */
-    req->msg.body = b->body.data ? b->body.data : (const uint8_t *)"";
-    req->msg.body_len = b->body.len;
-    req->msg.end_of_stream = b->end_of_stream;
-    break;
-  }
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_TRAILERS:
-    map = msg->request_trailers->trailers;
-    break;
-  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS:
-    map = msg->response_trailers->trailers;
-    break;
-  default: break;
-  }
-  if (map && !headers_load(&req->msg_arena, map, &req->msg.headers, &req->msg.header_count))
-    return false;
   if (req->msg.phase == EXTPROC_REQUEST_HEADERS) record_request_info(req);
   if (req->msg.phase == EXTPROC_RESPONSE_HEADERS) record_response_info(req);
   if (is_body_phase(req->msg.phase)) req->body_messages[direction_of(req->msg.phase)]++;
-  if (!keep_context(req, msg)) return false;
+  if (!keep_context(req, d)) return false;
   if (is_headers_phase(req->msg.phase)) note_content_length(req);
   return true;
 }

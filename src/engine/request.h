@@ -18,6 +18,7 @@
 #include "base/arena.h"
 #include "base/list.h"
 #include "base/pool.h"
+#include "engine/decode.h"
 #include "engine/headers.h"
 #include "engine/processor.h"
 #include "engine/stream.h"
@@ -87,6 +88,7 @@ typedef struct message_view {
   size_t header_count;
   const uint8_t *body;
   size_t body_len;
+  bool body_borrowed;     /* body lies in the input bytes, not the arena (intake_own_body) */
   bool chunk_accumulated; /* this chunk is already in the stream's accumulated body */
   uint64_t started_ns;    /* monotonic, when taken in; 0 when nothing times it */
 } message_view;
@@ -234,15 +236,19 @@ void handoff_run(extproc_request *req, extproc_phase_fn fn);
 
 /* ---- intake.c: from wire bytes to the message view ----------------------------------------- */
 
-/* Refuses hostile shapes, then decodes `data` into the message arena. Returns the message, or
- * NULL after failing the stream with the reason. (intake.c) */
-const struct Envoy__Service__ExtProc__V3__ProcessingRequest *
-intake_decode(extproc_request *req, const uint8_t *data, size_t len);
+/* Decodes `data` into *out: directly when it can (decode.h), else through protobuf-c after
+ * refusing hostile shapes. Headers go to the message arena; a body chunk decoded directly stays
+ * in `data`. Returns false after failing the stream with the reason. (intake.c) */
+bool intake_decode(extproc_request *req, const uint8_t *data, size_t len, decoded_request *out);
 
 /* Points req->msg at the decoded message's phase data and keeps what outlives it (request facts,
  * protocol_config, attributes, metadata). Returns false on out-of-memory. (intake.c) */
-bool intake_load(extproc_request *req,
-                 const struct Envoy__Service__ExtProc__V3__ProcessingRequest *msg);
+bool intake_load(extproc_request *req, const decoded_request *d);
+
+/* Copies a borrowed body chunk into the message arena, for a phase answered after its input
+ * bytes are gone (deferred, or on the blocking pool). Returns false on out-of-memory, the body
+ * left as it was. (intake.c) */
+bool intake_own_body(extproc_request *req);
 
 /* Keeps a copy of a message that must wait its turn. Returns false on out-of-memory. */
 bool intake_enqueue(extproc_request *req, const uint8_t *data, size_t len);

@@ -14,8 +14,6 @@
 #include "engine/request.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 
-typedef Envoy__Service__ExtProc__V3__ProcessingRequest ProcessingRequest;
-
 /* Small, so an idle stream costs little: it holds the request facts and the context. */
 enum { STREAM_ARENA_FIRST_BLOCK = 1024 };
 
@@ -208,26 +206,26 @@ static bool start_context(extproc_request *req) {
 
 /* The oneof's field numbers alternate directions (request_headers 2, response_headers 3,
  * request_body 4, ...); phases are numbered by direction. */
-static extproc_phase phase_of(Envoy__Service__ExtProc__V3__ProcessingRequest__RequestCase c) {
-  const unsigned n = (unsigned)c - 2;
+static extproc_phase phase_of(unsigned field) {
+  const unsigned n = field - 2;
   return (extproc_phase)((n & 1) * EXTPROC_RESPONSE_HEADERS + n / 2);
 }
 
 void stream_process(extproc_request *req, const uint8_t *data, size_t len) {
-  const ProcessingRequest *msg = intake_decode(req, data, len);
-  if (!msg) {
+  decoded_request msg;
+  if (!intake_decode(req, data, len, &msg)) {
     reset_message_memory(req);
     return;
   }
-  const extproc_phase phase = phase_of(msg->request_case);
+  const extproc_phase phase = phase_of(msg.phase_field);
   const bool first_message =
       req->direction[0] == DIRECTION_NOTHING && req->direction[1] == DIRECTION_NOTHING;
   /* The clock is read only for what uses it: the duration metric, or a debug line. */
   req->msg.started_ns = req->metrics || log_enabled(EXTPROC_LOG_DEBUG) ? monotonic_ns() : 0;
   req->msg.phase = phase;
-  req->msg.observability_mode = msg->observability_mode;
+  req->msg.observability_mode = msg.observability_mode;
   req->reply = (reply_draft){.fail_code = EXTPROC_GRPC_INTERNAL};
-  if (!intake_load(req, msg)) {
+  if (!intake_load(req, &msg)) {
     stream_fail(req, EXTPROC_GRPC_RESOURCE_EXHAUSTED, "out of memory decoding the request");
     reset_message_memory(req);
     return;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "engine/encode.h"
 #include "transport/connection.h"
 
 #define PROCESS_PATH "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
@@ -33,12 +34,13 @@ static int queue_output(h2_stream *s, size_t len, uint8_t **dst) {
 
 int h2_stream_send(h2_stream *s, const ProtobufCMessage *msg) {
   if (s->finished) return 0; /* the outcome is already sent or decided: drop quietly */
-  const size_t len = protobuf_c_message_get_packed_size(msg);
+  encode_plan plan;
+  const size_t len = encode_size(msg, &plan);
   uint8_t *dst;
   if (len > UINT32_MAX || queue_output(s, GRPC_PREFIX_BYTES + len, &dst) != 0)
     return EXTPROC_ENOMEM;
   grpc_write_prefix(dst, (uint32_t)len);
-  protobuf_c_message_pack(msg, dst + GRPC_PREFIX_BYTES);
+  encode_pack(msg, &plan, dst + GRPC_PREFIX_BYTES);
   nghttp2_session_resume_data(s->conn->session, s->id);
   return 0;
 }

@@ -1,0 +1,345 @@
+/* The two ProcessingRequest decoders (decode.h).
+ *
+ * decode_direct walks the message twice: the first pass checks that every field is one it
+ * reads, once, with its wire type, one-byte tag and well-formed length, and counts the headers
+ * and their bytes; the second copies the headers into one block. Anything else goes to
+ * protobuf-c. What it accepts, protobuf-c 1.4 accepts with the same meaning:
+ *   - scalars: a bool is true when any of its varint's bytes has a low-7-bit set (protobuf-c's
+ *     parse_boolean); an enum is the varint's low 32 bits as int32;
+ *   - lengths: a varint of at most 5 bytes, at most INT_MAX and within the message;
+ *   - a string (key, value) becomes a C string, so the view cuts it at its first NUL; bytes
+ *     (raw_value, body) keep their length. */
+#include "engine/decode.h"
+
+#include "engine/headers.h"
+
+#include <limits.h>
+#include <string.h>
+
+/* Field numbers (external_processor.proto, base.proto). */
+enum {
+  PR_REQUEST_HEADERS = 2,
+  PR_RESPONSE_TRAILERS = 7,
+  PR_OBSERVABILITY_MODE = 10,
+  PR_PROTOCOL_CONFIG = 11,
+  HTTP_HEADERS_HEADERS = 1,
+  HTTP_HEADERS_END_OF_STREAM = 3,
+  HTTP_BODY_BODY = 1,
+  HTTP_BODY_END_OF_STREAM = 2,
+  HTTP_TRAILERS_TRAILERS = 1,
+  HEADER_MAP_HEADERS = 1,
+  HEADER_VALUE_KEY = 1,
+  HEADER_VALUE_VALUE = 2,
+  HEADER_VALUE_RAW_VALUE = 3,
+  PC_REQUEST_BODY_MODE = 1,
+  PC_RESPONSE_BODY_MODE = 2,
+  PC_SEND_BODY_WITHOUT_WAITING = 3,
+};
+
+enum { WIRE_VARINT = 0, WIRE_LEN = 2 };
+
+/* Envoy sends at most a few hundred headers; a message with more goes through protobuf-c,
+ * behind intake's sub-message bound. */
+enum { DIRECT_MAX_HEADERS = 10000 };
+
+typedef struct cursor {
+  const uint8_t *p, *end;
+} cursor;
+
+/* A varint of at most `max` bytes: its bytes in [*start, *start + *n). */
+static bool read_varint_bytes(cursor *c, unsigned max, const uint8_t **start, unsigned *n) {
+  const size_t left = (size_t)(c->end - c->p);
+  const unsigned limit = left < max ? (unsigned)left : max;
+  for (unsigned i = 0; i < limit; i++) {
+    if (!(c->p[i] & 0x80)) {
+      *start = c->p;
+      *n = i + 1;
+      c->p += i + 1;
+      return true;
+    }
+  }
+  return false;
+}
+
+static bool read_bool(cursor *c, bool *out) {
+  const uint8_t *b;
+  unsigned n;
+  if (!read_varint_bytes(c, 10, &b, &n)) return false;
+  *out = false;
+  for (unsigned i = 0; i < n; i++)
+    if (b[i] & 0x7f) *out = true;
+  return true;
+}
+
+static bool read_enum(cursor *c, int32_t *out) {
+  const uint8_t *b;
+  unsigned n;
+  if (!read_varint_bytes(c, 5, &b, &n)) return false; /* longer ones: protobuf-c's business */
+  uint32_t v = 0;
+  for (unsigned i = 0; i < n; i++)
+    v |= (uint32_t)(b[i] & 0x7f) << (7 * i);
+  *out = (int32_t)v;
+  return true;
+}
+
+/* A length-delimited field's contents. */
+static bool read_len(cursor *c, cursor *sub) {
+  const uint8_t *b;
+  unsigned n;
+  if (!read_varint_bytes(c, 5, &b, &n)) return false;
+  uint64_t v = 0;
+  for (unsigned i = 0; i < n; i++)
+    v |= (uint64_t)(b[i] & 0x7f) << (7 * i);
+  if (v > INT_MAX || v > (uint64_t)(c->end - c->p)) return false;
+  sub->p = c->p;
+  sub->end = c->p + v;
+  c->p += v;
+  return true;
+}
+
+/* A one-byte tag with a field number below 16: all the fields read here. */
+static bool read_tag(cursor *c, unsigned *field, unsigned *wire) {
+  if (c->p == c->end || (*c->p & 0x80) || (*c->p >> 3) == 0) return false;
+  *field = *c->p >> 3;
+  *wire = *c->p & 7;
+  c->p++;
+  return true;
+}
+
+/* Marks field `f` seen; false when it was already (protobuf-c would merge or replace). */
+static bool first_time(unsigned *seen, unsigned f) {
+  if (*seen & (1u << f)) return false;
+  *seen |= 1u << f;
+  return true;
+}
+
+/* ---- First pass: shape and size ---------------------------------------------------------- */
+
+typedef struct header_text {
+  cursor key, value, raw;
+} header_text;
+
+/* The length a field takes in the view: a string is cut at its first NUL, as a C string. */
+static size_t view_len(const cursor *c, bool string) {
+  const size_t len = (size_t)(c->end - c->p);
+  return string && len ? strnlen((const char *)c->p, len) : len;
+}
+
+/* The value a header takes in the view: raw_value, unless it is empty. */
+static const cursor *value_of(const header_text *t, bool *string) {
+  *string = t->raw.end == t->raw.p;
+  return *string ? &t->value : &t->raw;
+}
+
+/* The bytes a header's name and value take in the view (each NUL-terminated). */
+static size_t header_view_bytes(const header_text *t) {
+  bool string;
+  const cursor *v = value_of(t, &string);
+  return view_len(&t->key, true) + 1 + view_len(v, string) + 1;
+}
+
+static bool scan_header_value(cursor c, header_text *t) {
+  unsigned seen = 0, field, wire;
+  *t = (header_text){{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
+  while (c.p < c.end) {
+    if (!read_tag(&c, &field, &wire) || wire != WIRE_LEN || !first_time(&seen, field)) return false;
+    cursor *slot = field == HEADER_VALUE_KEY         ? &t->key
+                   : field == HEADER_VALUE_VALUE     ? &t->value
+                   : field == HEADER_VALUE_RAW_VALUE ? &t->raw
+                                                     : NULL;
+    if (!slot || !read_len(&c, slot)) return false;
+  }
+  return true;
+}
+
+/* Walks a HeaderMap: with `fill` NULL it counts headers and view bytes; otherwise it writes
+ * them to fill->headers and fill->text. */
+typedef struct header_fill {
+  extproc_header *headers;
+  char *text;
+} header_fill;
+
+/* Copies `len` bytes and a NUL to the fill's text block; returns where they went. */
+static const char *put_text(header_fill *f, const uint8_t *p, size_t len) {
+  char *at = f->text;
+  if (len) memcpy(at, p, len);
+  at[len] = '\0';
+  f->text += len + 1;
+  return at;
+}
+
+static void fill_header(header_fill *f, size_t i, const header_text *t) {
+  extproc_header *h = &f->headers[i];
+  bool string;
+  const cursor *v = value_of(t, &string);
+  h->name_len = view_len(&t->key, true);
+  h->name = put_text(f, t->key.p, h->name_len);
+  h->value_len = view_len(v, string);
+  h->value = put_text(f, v->p, h->value_len);
+}
+
+static bool walk_header_map(cursor c, size_t *count, size_t *bytes, header_fill *fill) {
+  unsigned field, wire;
+  while (c.p < c.end) {
+    cursor hv;
+    header_text t;
+    if (!read_tag(&c, &field, &wire) || field != HEADER_MAP_HEADERS || wire != WIRE_LEN ||
+        !read_len(&c, &hv) || !scan_header_value(hv, &t) || *count == DIRECT_MAX_HEADERS)
+      return false;
+    if (fill)
+      fill_header(fill, *count, &t);
+    else
+      *bytes += header_view_bytes(&t);
+    (*count)++;
+  }
+  return true;
+}
+
+/* HttpHeaders or HttpTrailers: both hold their HeaderMap at field 1, and only HttpHeaders has
+ * end_of_stream (field 3). */
+static bool scan_headers_phase(cursor c, bool trailers, cursor *map, bool *end_of_stream) {
+  unsigned seen = 0, field, wire;
+  *map = (cursor){NULL, NULL};
+  while (c.p < c.end) {
+    if (!read_tag(&c, &field, &wire) || !first_time(&seen, field)) return false;
+    if (field == HTTP_HEADERS_HEADERS && wire == WIRE_LEN) {
+      if (!read_len(&c, map)) return false;
+    } else if (!trailers && field == HTTP_HEADERS_END_OF_STREAM && wire == WIRE_VARINT) {
+      if (!read_bool(&c, end_of_stream)) return false;
+    } else {
+      return false; /* the deprecated attributes map, or an unknown field */
+    }
+  }
+  return true;
+}
+
+static bool scan_body(cursor c, decoded_request *out) {
+  unsigned seen = 0, field, wire;
+  cursor body = {NULL, NULL};
+  while (c.p < c.end) {
+    if (!read_tag(&c, &field, &wire) || !first_time(&seen, field)) return false;
+    if (field == HTTP_BODY_BODY && wire == WIRE_LEN) {
+      if (!read_len(&c, &body)) return false;
+    } else if (field == HTTP_BODY_END_OF_STREAM && wire == WIRE_VARINT) {
+      if (!read_bool(&c, &out->end_of_stream)) return false;
+    } else {
+      return false; /* end_of_stream_without_message and the rest: not in Envoy's shapes yet */
+    }
+  }
+  out->body = body.p && body.end != body.p ? body.p : (const uint8_t *)"";
+  out->body_len = (size_t)(body.end - body.p);
+  out->body_in_input = out->body_len > 0;
+  return true;
+}
+
+static bool scan_protocol_config(cursor c, decoded_request *out) {
+  unsigned seen = 0, field, wire;
+  out->has_protocol_config = true;
+  while (c.p < c.end) {
+    if (!read_tag(&c, &field, &wire) || wire != WIRE_VARINT || !first_time(&seen, field))
+      return false;
+    bool ok;
+    if (field == PC_REQUEST_BODY_MODE)
+      ok = read_enum(&c, &out->request_body_mode);
+    else if (field == PC_RESPONSE_BODY_MODE)
+      ok = read_enum(&c, &out->response_body_mode);
+    else if (field == PC_SEND_BODY_WITHOUT_WAITING)
+      ok = read_bool(&c, &out->send_body_without_waiting_for_header_response);
+    else
+      ok = false;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/* The phase's contents; a headers phase leaves its HeaderMap in *map. */
+static bool scan_phase(unsigned field, cursor c, decoded_request *out, cursor *map) {
+  switch (field) {
+  case 2:
+  case 3: return scan_headers_phase(c, false, map, &out->end_of_stream);
+  case 4:
+  case 5: return scan_body(c, out);
+  default: return scan_headers_phase(c, true, map, &out->end_of_stream);
+  }
+}
+
+/* ---- The decoders ---------------------------------------------------------------------- */
+
+decode_result decode_direct(arena *a, const uint8_t *data, size_t len, decoded_request *out) {
+  *out = (decoded_request){.phase_field = 0};
+  cursor c = {data, data + len}, map = {NULL, NULL};
+  unsigned seen = 0, field, wire;
+  while (c.p < c.end) {
+    cursor sub;
+    if (!read_tag(&c, &field, &wire) || !first_time(&seen, field)) return DECODE_INDIRECT;
+    if (field >= PR_REQUEST_HEADERS && field <= PR_RESPONSE_TRAILERS && wire == WIRE_LEN) {
+      if (out->phase_field) return DECODE_INDIRECT; /* a second member of the oneof */
+      out->phase_field = field;
+      out->end_of_stream = false;
+      if (!read_len(&c, &sub) || !scan_phase(field, sub, out, &map)) return DECODE_INDIRECT;
+    } else if (field == PR_OBSERVABILITY_MODE && wire == WIRE_VARINT) {
+      if (!read_bool(&c, &out->observability_mode)) return DECODE_INDIRECT;
+    } else if (field == PR_PROTOCOL_CONFIG && wire == WIRE_LEN) {
+      if (!read_len(&c, &sub) || !scan_protocol_config(sub, out)) return DECODE_INDIRECT;
+    } else {
+      return DECODE_INDIRECT; /* metadata_context, attributes, flow control, unknown */
+    }
+  }
+  size_t count = 0, bytes = 0;
+  if (map.p && !walk_header_map(map, &count, &bytes, NULL)) return DECODE_INDIRECT;
+  if (count == 0) return DECODE_OK;
+  header_fill fill = {arena_alloc(a, count * sizeof(extproc_header)), arena_alloc(a, bytes)};
+  if (!fill.headers || !fill.text) return DECODE_NO_MEMORY;
+  out->headers = fill.headers;
+  out->header_count = 0;
+  walk_header_map(map, &out->header_count, &bytes, &fill);
+  return DECODE_OK;
+}
+
+bool decode_unpacked(arena *a, const ProcessingRequest *msg, decoded_request *out) {
+  *out = (decoded_request){.phase_field = (unsigned)msg->request_case,
+                           .observability_mode = msg->observability_mode,
+                           .metadata_context = msg->metadata_context,
+                           .attributes = msg->attributes,
+                           .attribute_count = msg->n_attributes};
+  const Envoy__Service__ExtProc__V3__ProtocolConfiguration *pc = msg->protocol_config;
+  if (pc) {
+    out->has_protocol_config = true;
+    out->request_body_mode = (int32_t)pc->request_body_mode;
+    out->response_body_mode = (int32_t)pc->response_body_mode;
+    out->send_body_without_waiting_for_header_response =
+        pc->send_body_without_waiting_for_header_response;
+  }
+  const Envoy__Config__Core__V3__HeaderMap *map = NULL;
+  const Envoy__Service__ExtProc__V3__HttpBody *body = NULL;
+  switch (msg->request_case) {
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_HEADERS:
+    map = msg->request_headers->headers;
+    out->end_of_stream = msg->request_headers->end_of_stream;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_HEADERS:
+    map = msg->response_headers->headers;
+    out->end_of_stream = msg->response_headers->end_of_stream;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_BODY:
+    body = msg->request_body;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_BODY:
+    body = msg->response_body;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_REQUEST_TRAILERS:
+    map = msg->request_trailers->trailers;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_REQUEST__REQUEST_RESPONSE_TRAILERS:
+    map = msg->response_trailers->trailers;
+    break;
+  default: break;
+  }
+  if (body) {
+    /* protobuf-c leaves data NULL for an empty field. */
+    out->body = body->body.data ? body->body.data : (const uint8_t *)"";
+    out->body_len = body->body.len;
+    out->end_of_stream = body->end_of_stream;
+  }
+  return headers_load(a, map, &out->headers, &out->header_count);
+}
