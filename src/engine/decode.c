@@ -1,9 +1,9 @@
 /* The two ProcessingRequest decoders (decode.h).
  *
- * decode_direct walks the message twice: the first pass checks that every field is one it
- * reads, once, with its wire type, one-byte tag and well-formed length, and counts the headers
- * and their bytes; the second copies the headers into one block. Anything else goes to
- * protobuf-c. What it accepts, protobuf-c 1.4 accepts with the same meaning:
+ * decode_direct walks the message once: it checks that every field is one it reads, once,
+ * with its wire type, one-byte tag and well-formed length, and notes where each header's name
+ * and value lie; then it copies the headers into one block. Anything else goes to protobuf-c. What
+ * it accepts, protobuf-c 1.4 accepts with the same meaning:
  *   - scalars: a bool is true when any of its varint's bytes has a low-7-bit set (protobuf-c's
  *     parse_boolean); an enum is the varint's low 32 bits as int32;
  *   - lengths: a varint of at most 5 bytes, at most INT_MAX and within the message;
@@ -14,6 +14,7 @@
 #include "engine/headers.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 
 /* Field numbers (external_processor.proto, base.proto). */
@@ -84,6 +85,14 @@ static bool read_enum(cursor *c, int32_t *out) {
 
 /* A length-delimited field's contents. */
 static bool read_len(cursor *c, cursor *sub) {
+  if (c->p < c->end && *c->p < 0x80) { /* the usual one-byte length */
+    const size_t v = *c->p++;
+    if (v > (size_t)(c->end - c->p)) return false;
+    sub->p = c->p;
+    sub->end = c->p + v;
+    c->p += v;
+    return true;
+  }
   const uint8_t *b;
   unsigned n;
   if (!read_varint_bytes(c, 5, &b, &n)) return false;
@@ -113,86 +122,93 @@ static bool first_time(unsigned *seen, unsigned f) {
   return true;
 }
 
-/* ---- First pass: shape and size ---------------------------------------------------------- */
+/* ---- Headers ------------------------------------------------------------------------------ */
 
-typedef struct header_text {
-  cursor key, value, raw;
-} header_text;
+/* One header as the view will hold it: where its name and value lie in the input, and their
+ * lengths (a string cut at its first NUL, as a C string is; raw_value, unless empty, taken
+ * whole). */
+typedef struct header_span {
+  const uint8_t *name, *value;
+  size_t name_len, value_len;
+} header_span;
 
-/* The length a field takes in the view: a string is cut at its first NUL, as a C string. */
-static size_t view_len(const cursor *c, bool string) {
+static size_t string_len(const cursor *c) {
   const size_t len = (size_t)(c->end - c->p);
-  return string && len ? strnlen((const char *)c->p, len) : len;
+  return len ? strnlen((const char *)c->p, len) : 0;
 }
 
-/* The value a header takes in the view: raw_value, unless it is empty. */
-static const cursor *value_of(const header_text *t, bool *string) {
-  *string = t->raw.end == t->raw.p;
-  return *string ? &t->value : &t->raw;
-}
-
-/* The bytes a header's name and value take in the view (each NUL-terminated). */
-static size_t header_view_bytes(const header_text *t) {
-  bool string;
-  const cursor *v = value_of(t, &string);
-  return view_len(&t->key, true) + 1 + view_len(v, string) + 1;
-}
-
-static bool scan_header_value(cursor c, header_text *t) {
+/* A HeaderValue: key (1) and value (2) strings, raw_value (3) bytes, each at most once. */
+static bool scan_header_value(cursor c, header_span *h) {
+  cursor field_of[4] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
   unsigned seen = 0, field, wire;
-  *t = (header_text){{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
   while (c.p < c.end) {
-    if (!read_tag(&c, &field, &wire) || wire != WIRE_LEN || !first_time(&seen, field)) return false;
-    cursor *slot = field == HEADER_VALUE_KEY         ? &t->key
-                   : field == HEADER_VALUE_VALUE     ? &t->value
-                   : field == HEADER_VALUE_RAW_VALUE ? &t->raw
-                                                     : NULL;
-    if (!slot || !read_len(&c, slot)) return false;
+    if (!read_tag(&c, &field, &wire) || wire != WIRE_LEN || field > HEADER_VALUE_RAW_VALUE ||
+        !first_time(&seen, field) || !read_len(&c, &field_of[field]))
+      return false;
+  }
+  const cursor *raw = &field_of[HEADER_VALUE_RAW_VALUE];
+  h->name = field_of[HEADER_VALUE_KEY].p;
+  h->name_len = string_len(&field_of[HEADER_VALUE_KEY]);
+  if (raw->end != raw->p) {
+    h->value = raw->p;
+    h->value_len = (size_t)(raw->end - raw->p);
+  } else {
+    h->value = field_of[HEADER_VALUE_VALUE].p;
+    h->value_len = string_len(&field_of[HEADER_VALUE_VALUE]);
   }
   return true;
 }
 
-/* Walks a HeaderMap: with `fill` NULL it counts headers and view bytes; otherwise it writes
- * them to fill->headers and fill->text. */
-typedef struct header_fill {
-  extproc_header *headers;
-  char *text;
-} header_fill;
+/* Headers are found in batches of this many on the stack, then copied; a map with more is
+ * walked once more per batch. */
+enum { HEADER_BATCH = 32 };
 
-/* Copies `len` bytes and a NUL to the fill's text block; returns where they went. */
-static const char *put_text(header_fill *f, const uint8_t *p, size_t len) {
-  char *at = f->text;
-  if (len) memcpy(at, p, len);
-  at[len] = '\0';
-  f->text += len + 1;
-  return at;
-}
-
-static void fill_header(header_fill *f, size_t i, const header_text *t) {
-  extproc_header *h = &f->headers[i];
-  bool string;
-  const cursor *v = value_of(t, &string);
-  h->name_len = view_len(&t->key, true);
-  h->name = put_text(f, t->key.p, h->name_len);
-  h->value_len = view_len(v, string);
-  h->value = put_text(f, v->p, h->value_len);
-}
-
-static bool walk_header_map(cursor c, size_t *count, size_t *bytes, header_fill *fill) {
+/* Walks a HeaderMap: checks its shape, and stores the headers from number `from` on (up to a
+ * batch) in `batch`. Returns the number of headers in the map, or SIZE_MAX when it is not a
+ * shape read here. `*text_bytes` receives what the names and values take with their NULs. */
+static size_t walk_header_map(cursor c, size_t from, header_span *batch, size_t *text_bytes) {
+  size_t count = 0;
+  *text_bytes = 0;
   unsigned field, wire;
   while (c.p < c.end) {
     cursor hv;
-    header_text t;
+    header_span h;
     if (!read_tag(&c, &field, &wire) || field != HEADER_MAP_HEADERS || wire != WIRE_LEN ||
-        !read_len(&c, &hv) || !scan_header_value(hv, &t) || *count == DIRECT_MAX_HEADERS)
-      return false;
-    if (fill)
-      fill_header(fill, *count, &t);
-    else
-      *bytes += header_view_bytes(&t);
-    (*count)++;
+        !read_len(&c, &hv) || !scan_header_value(hv, &h) || count == DIRECT_MAX_HEADERS)
+      return SIZE_MAX;
+    if (count >= from && count - from < HEADER_BATCH) batch[count - from] = h;
+    *text_bytes += h.name_len + 1 + h.value_len + 1;
+    count++;
   }
-  return true;
+  return count;
+}
+
+/* Copies `len` bytes and a NUL to *text; returns where they went. */
+static const char *put_text(char **text, const uint8_t *p, size_t len) {
+  char *at = *text;
+  if (len) memcpy(at, p, len);
+  at[len] = '\0';
+  *text += len + 1;
+  return at;
+}
+
+/* Copies the map's `count` headers into the arena, a batch at a time. */
+static decode_result load_headers(arena *a, cursor map, size_t count, size_t text_bytes,
+                                  header_span *batch, decoded_request *out) {
+  extproc_header *headers = arena_alloc(a, count * sizeof(*headers));
+  char *text = arena_alloc(a, text_bytes);
+  if (!headers || !text) return DECODE_NO_MEMORY;
+  for (size_t i = 0; i < count; i++) {
+    if (i > 0 && i % HEADER_BATCH == 0) walk_header_map(map, i, batch, &text_bytes);
+    const header_span *h = &batch[i % HEADER_BATCH];
+    headers[i].name_len = h->name_len;
+    headers[i].name = put_text(&text, h->name, h->name_len);
+    headers[i].value_len = h->value_len;
+    headers[i].value = put_text(&text, h->value, h->value_len);
+  }
+  out->headers = headers;
+  out->header_count = count;
+  return DECODE_OK;
 }
 
 /* HttpHeaders or HttpTrailers: both hold their HeaderMap at field 1, and only HttpHeaders has
@@ -285,15 +301,12 @@ decode_result decode_direct(arena *a, const uint8_t *data, size_t len, decoded_r
       return DECODE_INDIRECT; /* metadata_context, attributes, flow control, unknown */
     }
   }
-  size_t count = 0, bytes = 0;
-  if (map.p && !walk_header_map(map, &count, &bytes, NULL)) return DECODE_INDIRECT;
-  if (count == 0) return DECODE_OK;
-  header_fill fill = {arena_alloc(a, count * sizeof(extproc_header)), arena_alloc(a, bytes)};
-  if (!fill.headers || !fill.text) return DECODE_NO_MEMORY;
-  out->headers = fill.headers;
-  out->header_count = 0;
-  walk_header_map(map, &out->header_count, &bytes, &fill);
-  return DECODE_OK;
+  if (!map.p) return DECODE_OK;
+  header_span batch[HEADER_BATCH];
+  size_t text_bytes;
+  const size_t count = walk_header_map(map, 0, batch, &text_bytes);
+  if (count == SIZE_MAX) return DECODE_INDIRECT;
+  return count ? load_headers(a, map, count, text_bytes, batch, out) : DECODE_OK;
 }
 
 bool decode_unpacked(arena *a, const ProcessingRequest *msg, decoded_request *out) {
