@@ -47,6 +47,8 @@ extproc_processor *decorated_processor_new(void);
 extproc_processor *echo_processor_new(void);
 extproc_processor *ctx_processor_new(void);
 extproc_processor *protocol_processor_new(void);
+extproc_processor *body_pass_processor_new(void);
+extproc_processor *body_rewrite_processor_new(void);
 
 /* ---- The request digest shared by Digest and Decorated --------------------------------- */
 

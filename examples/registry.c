@@ -31,6 +31,12 @@ const example examples[] = {
      idempotency_processor_new},
     {"AccessLogExtProcService", "access-log", "one JSON line per exchange, to a file or stdout",
      access_log_processor_new},
+    {"BodyPassExtProcService", "body-pass",
+     "sees every body chunk and lets it through unchanged (body benchmarks)",
+     body_pass_processor_new},
+    {"BodyRewriteExtProcService", "body-rewrite",
+     "replaces every body chunk with its ASCII uppercase, same size (body benchmarks)",
+     body_rewrite_processor_new},
 };
 const size_t example_count = sizeof(examples) / sizeof(examples[0]);
 

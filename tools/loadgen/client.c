@@ -45,16 +45,16 @@ typedef struct lg_slot {
   bool is_free;
   int32_t stream_id; /* 0: no stream */
   bool measured;
-  bool awaiting; /* a message is outstanding */
-  bool closing;  /* half-close: every reply is in, the trailers are due */
-  bool eof;      /* half-close: END_STREAM once `out` drains */
+  bool closing; /* half-close: every reply is in, the trailers are due */
+  bool eof;     /* half-close: END_STREAM once every message is written */
   int http_status;
   bool grpc_content_type;
   int grpc_status; /* -1 until seen */
-  size_t next;     /* the next message to send */
+  /* Messages [answered, next) are sent and await their replies; [written, next) are still being
+   * handed to nghttp2, the one at `written` from out_off on. */
+  size_t next, answered, written, out_off;
+  size_t duplex_off; /* FULL_DUPLEX_STREAMED: body bytes the streamed pieces have carried */
   uint64_t started_ns, sent_ns, deadline_ns;
-  const uint8_t *out;
-  size_t out_len, out_off;
   uint8_t *first;     /* this slot's copy of message 0, its x-request-id patched per stream */
   grpc_reader reader; /* the server's gRPC messages, however they were cut into DATA frames */
 } lg_slot;
@@ -208,7 +208,8 @@ static void stream_end(lg_slot *s, bool ok, lg_error kind, const char *why) {
   if (c->session && s->stream_id)
     nghttp2_session_set_stream_user_data(c->session, s->stream_id, NULL);
   s->stream_id = 0;
-  s->awaiting = s->closing = s->eof = false;
+  s->next = s->answered = s->written = 0;
+  s->closing = s->eof = false;
   s->next_free = c->free_slots;
   c->free_slots = s;
   s->is_free = true;
@@ -229,17 +230,23 @@ static void fail_stream(lg_slot *s, lg_error kind, bool send_rst, const char *wh
   stream_end(s, false, kind, why);
 }
 
-/* Queues message `s->next` behind the stream's data provider. */
-static void send_next(lg_slot *s) {
-  const lg_message *m = &s->run->script->messages[s->next];
-  s->out = s->next == 0 ? s->first : m->data;
-  s->out_len = m->len;
-  s->out_off = 0;
-  s->next++;
-  s->awaiting = true;
+static bool awaiting(const lg_slot *s) { return s->answered < s->next; }
+
+/* Queues message `s->next` behind the stream's data provider, and the ones Envoy would send
+ * with it without waiting for a reply (message latency counts from here for all of them). */
+static void send_burst(lg_slot *s) {
+  lg_run *run = s->run;
+  const lg_script *sc = run->script;
+  do {
+    const lg_message *m = &sc->messages[s->next++];
+    if (s->measured) {
+      run->r->bytes_sent += m->len;
+      run->r->body_bytes_sent += m->body_len;
+    }
+    if (!m->no_wait) break;
+  } while (s->next < sc->count);
   s->sent_ns = now_ns();
-  s->deadline_ns = s->sent_ns + s->run->timeout_ns;
-  if (s->measured) s->run->r->bytes_sent += m->len;
+  s->deadline_ns = s->sent_ns + run->timeout_ns;
   nghttp2_session_resume_data(s->conn->session, s->stream_id); /* fails harmlessly at start */
   mark_dirty(s->conn);
 }
@@ -261,11 +268,12 @@ static bool start_stream(lg_slot *s) {
   s->is_free = false;
   s->stream_id = id;
   s->measured = run->phase == PHASE_MEASURE;
-  s->awaiting = s->closing = s->eof = false;
+  s->closing = s->eof = false;
   s->http_status = 0;
   s->grpc_content_type = false;
   s->grpc_status = -1;
-  s->next = 0;
+  s->next = s->answered = s->written = s->out_off = 0;
+  s->duplex_off = 0;
   grpc_reader_reset(&s->reader);
   s->started_ns = now_ns();
   c->open_streams++;
@@ -274,7 +282,7 @@ static bool start_stream(lg_slot *s) {
     run->measured_started++;
     run->measured_inflight++;
   }
-  send_next(s);
+  send_burst(s);
   return true;
 }
 
@@ -292,10 +300,115 @@ static void exchange_done(lg_slot *s) {
   mark_dirty(s->conn);
 }
 
+typedef Envoy__Service__ExtProc__V3__BodyMutation BodyMutation;
+
+/* The body mutation of a body reply, or NULL. */
+static const BodyMutation *body_mutation_of(const ProcessingResponse *msg) {
+  const Envoy__Service__ExtProc__V3__BodyResponse *br =
+      msg->response_case == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_REQUEST_BODY
+          ? msg->request_body
+      : msg->response_case ==
+              ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_RESPONSE_BODY
+          ? msg->response_body
+          : NULL;
+  return br && br->response ? br->response->body_mutation : NULL;
+}
+
+/* What a body reply did to its chunk, for the checks below. */
+typedef struct body_reply {
+  const uint8_t *data; /* the body it sends on (NULL: no mutation) */
+  size_t len;
+  bool streamed, cleared, end_of_stream;
+} body_reply;
+
+static body_reply body_reply_of(const ProcessingResponse *msg) {
+  const BodyMutation *bm = body_mutation_of(msg);
+  body_reply b = {0};
+  if (!bm) return b;
+  switch (bm->mutation_case) {
+  case ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_BODY:
+    b.data = bm->body.data ? bm->body.data : (const uint8_t *)"";
+    b.len = bm->body.len;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_CLEAR_BODY:
+    b.cleared = bm->clear_body;
+    break;
+  case ENVOY__SERVICE__EXT_PROC__V3__BODY_MUTATION__MUTATION_STREAMED_RESPONSE:
+    b.streamed = true;
+    if (bm->streamed_response) {
+      b.data =
+          bm->streamed_response->body.data ? bm->streamed_response->body.data : (const uint8_t *)"";
+      b.len = bm->streamed_response->body.len;
+      b.end_of_stream = bm->streamed_response->end_of_stream;
+    }
+    break;
+  default: break;
+  }
+  return b;
+}
+
+/* The body the replies must carry on, per --expect-body (NULL: anything goes). */
+static const uint8_t *wanted_body(const lg_run *run) {
+  switch (run->o->expect_body) {
+  case EXPECT_SAME: return run->script->body;
+  case EXPECT_UPPER: return run->script->body_upper;
+  default: return NULL;
+  }
+}
+
+/* A STREAMED, BUFFERED or BUFFERED_PARTIAL chunk's reply: unchanged (no mutation, or the same
+ * bytes) or replaced, as --expect-body wants. Returns NULL or what is wrong. */
+static const char *check_chunk_reply(const lg_run *run, const lg_message *m, const body_reply *b) {
+  const uint8_t *want = wanted_body(run);
+  if (!want) return NULL;
+  if (b->streamed) return "a streamed_response outside FULL_DUPLEX_STREAMED";
+  const uint8_t *chunk = run->script->body + m->body_off;
+  want += m->body_off;
+  if (b->cleared) return m->body_len == 0 ? NULL : "the chunk was cleared";
+  if (!b->data) /* no mutation: the chunk goes on as it was */
+    return chunk == want || memcmp(chunk, want, m->body_len) == 0 ? NULL
+                                                                  : "the chunk was not rewritten";
+  if (b->len != m->body_len) return "the replacement's size differs from the chunk's";
+  return memcmp(b->data, want, b->len) == 0 ? NULL : "the replacement's bytes are not the ones due";
+}
+
+/* A FULL_DUPLEX_STREAMED piece: it must be a streamed_response (or carry nothing), and with
+ * --expect-body the pieces together must be the body due. Returns NULL or what is wrong. */
+static const char *check_piece(lg_slot *s, const body_reply *b) {
+  const lg_run *run = s->run;
+  if (b->cleared || (b->data && !b->streamed))
+    return "a body or clear_body mutation in FULL_DUPLEX_STREAMED (Envoy takes only "
+           "streamed_response)";
+  const uint8_t *want = wanted_body(run);
+  const size_t total = run->script->body_bytes, off = s->duplex_off;
+  s->duplex_off += b->len;
+  if (!want) return NULL;
+  if (b->len > total - off) return "the streamed pieces carry more than the body";
+  if (b->len && memcmp(b->data, want + off, b->len) != 0)
+    return "a streamed piece's bytes are not the ones due";
+  if (b->end_of_stream && s->duplex_off != total) return "the body ended short";
+  return NULL;
+}
+
+/* Checks a body reply for message m. Returns NULL or what is wrong; *bytes is the body it
+ * sends on, *done false while a FULL_DUPLEX_STREAMED body awaits more pieces. */
+static const char *check_body_reply(lg_slot *s, const lg_message *m, const ProcessingResponse *msg,
+                                    size_t *bytes, bool *done) {
+  const body_reply b = body_reply_of(msg);
+  *bytes = b.len;
+  *done = true;
+  if (!m->duplex) return check_chunk_reply(s->run, m, &b);
+  *done = b.end_of_stream;
+  if (b.end_of_stream && m->duplex_end > s->next)
+    return "the streamed body ended before every chunk was sent";
+  return check_piece(s, &b);
+}
+
 /* One complete ProcessingResponse for slot s. */
 static void handle_reply(lg_slot *s, const uint8_t *data, size_t len) {
   lg_run *run = s->run;
-  if (!s->awaiting) {
+  const lg_script *sc = run->script;
+  if (!awaiting(s)) {
     fail_stream(s, ERR_BAD_REPLY, true, "a reply with no message outstanding");
     return;
   }
@@ -311,30 +424,47 @@ static void handle_reply(lg_slot *s, const uint8_t *data, size_t len) {
   const bool timeout_only =
       got == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE__NOT_SET &&
       msg->override_message_timeout;
+  const lg_message *m = &sc->messages[s->answered];
+  const bool immediate =
+      got == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE;
+  size_t body_bytes = 0;
+  bool done = true;
+  const char *wrong = NULL;
+  if (!timeout_only && !immediate && got == m->expect && m->is_body)
+    wrong = check_body_reply(s, m, msg, &body_bytes, &done);
   arena_reset(&run->reply_arena, ARENA_CACHED_BLOCK);
   if (timeout_only) { /* not the answer yet: it follows */
     if (s->measured) run->r->timeout_overrides++;
     return;
   }
-  const lg_message *m = &run->script->messages[s->next - 1];
-  const bool immediate =
-      got == ENVOY__SERVICE__EXT_PROC__V3__PROCESSING_RESPONSE__RESPONSE_IMMEDIATE_RESPONSE;
+  char why[192];
   if (!immediate && got != m->expect) {
-    char why[128];
     snprintf(why, sizeof(why), "%s answered with %s", m->phase, envoy_response_case_name(got));
     fail_stream(s, ERR_BAD_REPLY, true, why);
     return;
   }
-  s->awaiting = false;
+  if (wrong) {
+    snprintf(why, sizeof(why), "%s (message %zu): %s", m->phase, s->answered, wrong);
+    fail_stream(s, ERR_BAD_REPLY, true, why);
+    return;
+  }
   if (s->measured) {
     run->r->messages++;
+    run->r->body_bytes_received += body_bytes;
     hist_record(&run->r->message_latency, now_ns() - s->sent_ns);
     if (immediate) run->r->immediate_responses++;
   }
-  if (immediate || s->next == run->script->count)
+  if (immediate) {
     exchange_done(s);
-  else
-    send_next(s);
+    return;
+  }
+  s->deadline_ns = now_ns() + run->timeout_ns; /* the next reply's turn */
+  if (!done) return;
+  s->answered = m->duplex ? m->duplex_end : s->answered + 1;
+  if (s->answered == sc->count)
+    exchange_done(s);
+  else if (s->answered == s->next)
+    send_burst(s);
 }
 
 /* Cuts the response body into gRPC messages. Stops once the stream has left the slot. */
@@ -371,24 +501,36 @@ static void handle_trailers(lg_slot *s) {
 
 /* ---- nghttp2 callbacks ------------------------------------------------------------------ */
 
-/* The request body: the outstanding message, then END_STREAM when half-closing. */
+/* The request body: the messages sent and not yet written, one after the other, then
+ * END_STREAM when half-closing. Message 0 is the slot's copy, its x-request-id patched. */
 static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *source, void *user_data) {
   (void)session, (void)user_data;
   lg_slot *s = source->ptr;
   if (s->stream_id != stream_id) return NGHTTP2_ERR_DEFERRED; /* a cancelled stream's leftover */
-  size_t n = s->out_len - s->out_off;
-  if (n > length) n = length;
-  if (n) memcpy(buf, s->out + s->out_off, n);
-  s->out_off += n;
-  if (s->out_off == s->out_len) {
+  const lg_message *messages = s->run->script->messages;
+  size_t copied = 0;
+  while (copied < length && s->written < s->next) {
+    const lg_message *m = &messages[s->written];
+    const uint8_t *data = s->written == 0 ? s->first : m->data;
+    size_t n = m->len - s->out_off;
+    if (n > length - copied) n = length - copied;
+    memcpy(buf + copied, data + s->out_off, n);
+    copied += n;
+    s->out_off += n;
+    if (s->out_off == m->len) {
+      s->written++;
+      s->out_off = 0;
+    }
+  }
+  if (s->written == s->next) {
     if (s->eof) {
       *flags |= NGHTTP2_DATA_FLAG_EOF;
-      return (ssize_t)n;
+      return (ssize_t)copied;
     }
-    if (n == 0) return NGHTTP2_ERR_DEFERRED;
+    if (copied == 0) return NGHTTP2_ERR_DEFERRED;
   }
-  return (ssize_t)n;
+  return (ssize_t)copied;
 }
 
 static bool name_is(const uint8_t *name, size_t len, const char *want) {
@@ -799,6 +941,7 @@ static void begin_measure(lg_run *run) {
   run->t_measure_ns = now_ns();
   if (run->warmed_up) run->r->warmup_s = (double)(run->t_measure_ns - run->t_first_ns) / 1e9;
   sample_server(run, &run->r->server_before);
+  if (run->o->server_pid) run->r->server_peak_reset = proc_reset_peak_rss(run->o->server_pid);
   getrusage(RUSAGE_SELF, &run->ru_before);
   if (run->o->duration > 0) on_duration_end(&run->phase_timer); /* arms the timer */
   try_start(run);
@@ -836,7 +979,7 @@ static void on_tick(uv_timer_t *t) {
   const uint64_t now = now_ns();
   for (unsigned i = 0; i < run->o->concurrency && !run->stopping; i++) {
     lg_slot *s = &run->slots[i];
-    if (s->is_free || !(s->awaiting || s->closing) || now < s->deadline_ns) continue;
+    if (s->is_free || !(awaiting(s) || s->closing) || now < s->deadline_ns) continue;
     char why[96];
     snprintf(why, sizeof(why), "no %s within %.3g s", s->closing ? "trailers" : "reply",
              run->o->timeout);
@@ -1047,6 +1190,7 @@ static bool setup(lg_run *run) {
   run->seed = random_seed();
   run->timeout_ns = (uint64_t)(o->timeout * 1e9);
   run->t_setup_ns = now_ns();
+  if (o->server_pid) run->r->server_idle = proc_read_memory(o->server_pid);
   uv_prepare_init(&run->loop, &run->flusher);
   run->flusher.data = run;
   uv_prepare_start(&run->flusher, on_prepare);

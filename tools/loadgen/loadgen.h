@@ -13,6 +13,13 @@
 
 typedef enum { END_CANCEL, END_HALF_CLOSE } lg_end;
 
+/* What the body replies must carry on (--expect-body). */
+typedef enum {
+  EXPECT_ANY,   /* anything: only the replies' kinds are checked */
+  EXPECT_SAME,  /* the body unchanged: no mutation, or the same bytes */
+  EXPECT_UPPER, /* each chunk as its ASCII uppercase, the same size */
+} lg_expect;
+
 typedef struct lg_options {
   const char *target; /* HOST:PORT, [IPV6]:PORT or unix:PATH */
   unsigned connections, concurrency;
@@ -26,6 +33,7 @@ typedef struct lg_options {
   bool json;
   lg_shape shape;
   lg_end end;
+  lg_expect expect_body;
   size_t body_bytes, chunk_bytes;
 } lg_options;
 
@@ -56,6 +64,8 @@ typedef struct lg_results {
   uint64_t messages;            /* replies received on measured streams */
   uint64_t timeout_overrides;   /* replies carrying only override_message_timeout */
   uint64_t bytes_sent;          /* gRPC message bytes of measured streams */
+  uint64_t body_bytes_sent;     /* body bytes in those messages (HttpBody.body) */
+  uint64_t body_bytes_received; /* body bytes the replies sent on (mutations, streamed pieces) */
   uint64_t errors[ERR_KINDS];
   uint64_t errors_total;
   uint64_t warmup_errors; /* errors of streams started during the warmup (not in `errors`) */
@@ -67,7 +77,9 @@ typedef struct lg_results {
   /* Server figures over the measured period (server_pid only). */
   bool server;
   proc_sample server_before, server_after;
-  proc_memory server_memory;
+  proc_memory server_idle;   /* before our connections opened */
+  bool server_peak_reset;    /* VmHWM was reset when the measured period began */
+  proc_memory server_memory; /* at the end */
   /* Our own CPU time over the measured period, µs. */
   uint64_t client_cpu_us;
 } lg_results;

@@ -3,8 +3,9 @@
  *
  *   extproc-load --target HOST:PORT|unix:PATH [--connections M] [--concurrency N]
  *                (--duration SECONDS | --count STREAMS) [--rate STREAMS_PER_SEC]
- *                [--warmup SECONDS] [--shape headers|full|streamed] [--end cancel|half-close]
- *                [--body-bytes N] [--chunk-bytes N] [--timeout SECONDS]
+ *                [--warmup SECONDS] [--shape headers|full|streamed|duplex|buffered]
+ *                [--end cancel|half-close] [--body-bytes N] [--chunk-bytes N]
+ *                [--expect-body any|same|upper] [--timeout SECONDS]
  *                [--hard-timeout SECONDS] [--server-pid PID] [--json]
  *
  * Exit status: 0 when every measured stream succeeded, 1 when errors were counted, 2 on bad
@@ -30,6 +31,7 @@ enum {
   OPT_END,
   OPT_BODY_BYTES,
   OPT_CHUNK_BYTES,
+  OPT_EXPECT_BODY,
   OPT_TIMEOUT,
   OPT_HARD_TIMEOUT,
   OPT_SERVER_PID,
@@ -37,6 +39,13 @@ enum {
   OPT_HELP,
   MAX_CONNECTIONS = 4096,
   MAX_CONCURRENCY = 1000000,
+  /* Envoy's buffers are made of 16 KiB slices and HTTP/2's default frame is 16 KiB, so a
+   * streamed body usually reaches a processor in chunks of that size. */
+  DEFAULT_CHUNK_BYTES = 16 * 1024,
+  DEFAULT_FULL_BODY = 1024,          /* full: a small JSON-sized body each way */
+  DEFAULT_STREAMED_BODY = 1u << 20,  /* streamed, duplex: an upload */
+  DEFAULT_BUFFERED_BODY = 10u << 20, /* buffered: a large upload held whole */
+  MAX_BODY_BYTES = 256u << 20,
 };
 
 static void usage(FILE *out) {
@@ -51,16 +60,24 @@ static void usage(FILE *out) {
           "  --rate STREAMS_PER_SEC start streams at this fixed rate, concurrency permitting\n"
           "                         (default: flat out)\n"
           "  --warmup SECONDS       run unmeasured first (default 0)\n"
-          "  --shape headers|full|streamed\n"
+          "  --shape headers|full|streamed|duplex|buffered\n"
           "                         headers: request and response headers (2 messages)\n"
           "                         full: all six phases, BUFFERED bodies (6 messages)\n"
-          "                         streamed: request headers, STREAMED request body chunks,\n"
-          "                         response headers (default headers)\n"
+          "                         streamed: request headers, then the request body's\n"
+          "                         STREAMED chunks all at once, then response headers\n"
+          "                         duplex: the same in FULL_DUPLEX_STREAMED: headers and\n"
+          "                         chunks without waiting, answered by streamed pieces\n"
+          "                         buffered: request headers, the whole BUFFERED request\n"
+          "                         body, response headers (default headers)\n"
           "  --end cancel|half-close  end each stream with RST_STREAM(CANCEL) after the last\n"
           "                         reply, as Envoy does (default), or half-close and wait for\n"
           "                         the trailers\n"
-          "  --body-bytes N         body size: full 1024 (each direction), streamed 1048576\n"
-          "  --chunk-bytes N        streamed chunk size (default 65536)\n"
+          "  --body-bytes N         body size: full 1024 (each direction), streamed and duplex\n"
+          "                         1048576, buffered 10485760\n"
+          "  --chunk-bytes N        streamed and duplex chunk size (default 16384)\n"
+          "  --expect-body any|same|upper\n"
+          "                         what the body replies must carry on: anything (default),\n"
+          "                         the body unchanged, or each chunk in ASCII uppercase\n"
           "  --timeout SECONDS      per reply, and for the trailers (default 5); the connections\n"
           "                         get at least 5 s to be ready\n"
           "  --hard-timeout SECONDS for the whole run (default: warmup + duration + timeout + "
@@ -83,6 +100,27 @@ static bool parse_u64(const char *s, uint64_t *out) {
   return *end == '\0';
 }
 
+static const char *const EXPECT_NAMES[] = {
+    [EXPECT_ANY] = "any", [EXPECT_SAME] = "same", [EXPECT_UPPER] = "upper"};
+
+static bool expect_named(const char *name, lg_expect *out) {
+  for (size_t i = 0; i < sizeof(EXPECT_NAMES) / sizeof(EXPECT_NAMES[0]); i++)
+    if (strcmp(name, EXPECT_NAMES[i]) == 0) {
+      *out = (lg_expect)i;
+      return true;
+    }
+  return false;
+}
+
+static size_t default_body_bytes(lg_shape shape) {
+  switch (shape) {
+  case SHAPE_STREAMED:
+  case SHAPE_DUPLEX: return DEFAULT_STREAMED_BODY;
+  case SHAPE_BUFFERED: return DEFAULT_BUFFERED_BODY;
+  default: return DEFAULT_FULL_BODY;
+  }
+}
+
 /* Parses argv into o; false (after a message) on bad usage. */
 static bool parse_options(int argc, char **argv, lg_options *o) {
   static const struct option longs[] = {{"target", required_argument, NULL, OPT_TARGET},
@@ -96,6 +134,7 @@ static bool parse_options(int argc, char **argv, lg_options *o) {
                                         {"end", required_argument, NULL, OPT_END},
                                         {"body-bytes", required_argument, NULL, OPT_BODY_BYTES},
                                         {"chunk-bytes", required_argument, NULL, OPT_CHUNK_BYTES},
+                                        {"expect-body", required_argument, NULL, OPT_EXPECT_BODY},
                                         {"timeout", required_argument, NULL, OPT_TIMEOUT},
                                         {"hard-timeout", required_argument, NULL, OPT_HARD_TIMEOUT},
                                         {"server-pid", required_argument, NULL, OPT_SERVER_PID},
@@ -123,16 +162,7 @@ static bool parse_options(int argc, char **argv, lg_options *o) {
     case OPT_COUNT: ok = parse_u64(a, &o->count) && o->count > 0; break;
     case OPT_RATE: ok = parse_double(a, &o->rate) && o->rate > 0; break;
     case OPT_WARMUP: ok = parse_double(a, &o->warmup); break;
-    case OPT_SHAPE:
-      if (strcmp(a, "headers") == 0)
-        o->shape = SHAPE_HEADERS;
-      else if (strcmp(a, "full") == 0)
-        o->shape = SHAPE_FULL;
-      else if (strcmp(a, "streamed") == 0)
-        o->shape = SHAPE_STREAMED;
-      else
-        ok = false;
-      break;
+    case OPT_SHAPE: ok = shape_named(a, &o->shape); break;
     case OPT_END:
       if (strcmp(a, "cancel") == 0)
         o->end = END_CANCEL;
@@ -142,7 +172,7 @@ static bool parse_options(int argc, char **argv, lg_options *o) {
         ok = false;
       break;
     case OPT_BODY_BYTES:
-      ok = parse_u64(a, &u) && u <= (256u << 20);
+      ok = parse_u64(a, &u) && u <= MAX_BODY_BYTES;
       o->body_bytes = (size_t)u;
       body_set = true;
       break;
@@ -150,6 +180,7 @@ static bool parse_options(int argc, char **argv, lg_options *o) {
       ok = parse_u64(a, &u) && u >= 1 && u <= (16u << 20);
       o->chunk_bytes = (size_t)u;
       break;
+    case OPT_EXPECT_BODY: ok = expect_named(a, &o->expect_body); break;
     case OPT_TIMEOUT: ok = parse_double(a, &o->timeout) && o->timeout > 0; break;
     case OPT_HARD_TIMEOUT: ok = parse_double(a, &o->hard_timeout) && o->hard_timeout > 0; break;
     case OPT_SERVER_PID:
@@ -179,8 +210,8 @@ static bool parse_options(int argc, char **argv, lg_options *o) {
     fprintf(stderr, "extproc-load: give exactly one of --duration and --count\n");
     return false;
   }
-  if (!body_set) o->body_bytes = o->shape == SHAPE_STREAMED ? 1u << 20 : 1024;
-  if (!o->chunk_bytes) o->chunk_bytes = 64 * 1024;
+  if (!body_set) o->body_bytes = default_body_bytes(o->shape);
+  if (!o->chunk_bytes) o->chunk_bytes = DEFAULT_CHUNK_BYTES;
   if (o->hard_timeout == 0)
     o->hard_timeout = o->warmup + (o->duration > 0 ? o->duration + o->timeout + 10 : 300);
   if (o->server_pid && !proc_exists(o->server_pid)) {
@@ -196,6 +227,9 @@ static bool parse_options(int argc, char **argv, lg_options *o) {
 typedef struct server_figures {
   bool cpu; /* both samples read */
   double cpu_us, cpu_us_per_stream, cpu_percent;
+  /* Bodies: CPU per MiB of request body the server took in, and the body bytes it took in per
+   * second of its own CPU time (bytes/s on one whole core). */
+  double cpu_us_per_mib, body_bytes_per_cpu_s;
   const char *cpu_source;
   bool stat;
   double stat_user_us, stat_system_us, stat_us_per_stream, stat_percent;
@@ -226,8 +260,19 @@ static server_figures server_figures_of(const lg_results *r) {
   if (f.cpu) {
     f.cpu_us_per_stream = streams > 0 ? f.cpu_us / streams : 0;
     f.cpu_percent = elapsed_us > 0 ? 100.0 * f.cpu_us / elapsed_us : 0;
+    const double body = (double)r->body_bytes_sent;
+    f.cpu_us_per_mib = body > 0 ? f.cpu_us / (body / (1 << 20)) : 0;
+    f.body_bytes_per_cpu_s = f.cpu_us > 0 ? body / (f.cpu_us / 1e6) : 0;
   }
   return f;
+}
+
+/* The server's memory growth from idle to its peak, per concurrent stream (connections
+ * included), in KiB; negative when unknown. */
+static double peak_growth_per_stream_kib(const lg_options *o, const lg_results *r) {
+  if (!r->server_idle.ok || !r->server_memory.ok) return -1;
+  const double growth = (double)r->server_memory.peak_rss_kib - (double)r->server_idle.rss_kib;
+  return growth > 0 ? growth / o->concurrency : 0;
 }
 
 static double per_second(uint64_t n, double s) { return s > 0 ? (double)n / s : 0; }
@@ -260,9 +305,11 @@ static void print_json(const lg_options *o, const lg_script *sc, const lg_result
   printf("{\"target\":");
   json_string(o->target);
   printf(",\"shape\":\"%s\",\"end\":\"%s\",\"connections\":%u,\"concurrency\":%u,"
-         "\"messages_per_stream\":%zu,\"body_bytes\":%zu,\"chunk_bytes\":%zu,",
+         "\"messages_per_stream\":%zu,\"body_bytes\":%zu,\"chunk_bytes\":%zu,"
+         "\"expect_body\":\"%s\",\"body_bytes_per_stream\":%" PRIu64 ",",
          shape_name(o->shape), o->end == END_CANCEL ? "cancel" : "half-close", o->connections,
-         o->concurrency, sc->count, o->body_bytes, o->chunk_bytes);
+         o->concurrency, sc->count, o->body_bytes, o->chunk_bytes, EXPECT_NAMES[o->expect_body],
+         sc->body_bytes_per_stream);
   if (o->count)
     printf("\"count\":%" PRIu64 ",", o->count);
   else
@@ -275,6 +322,10 @@ static void print_json(const lg_options *o, const lg_script *sc, const lg_result
          r->warmup_s, r->elapsed_s, r->streams_ok, r->streams_failed, streams,
          r->immediate_responses, per_second(r->streams_ok, r->elapsed_s), r->messages,
          per_second(r->messages, r->elapsed_s), r->timeout_overrides, r->bytes_sent);
+  printf("\"body_bytes_sent\":%" PRIu64 ",\"body_bytes_received\":%" PRIu64
+         ",\"body_bytes_sent_per_s\":%.1f,\"body_bytes_received_per_s\":%.1f,",
+         r->body_bytes_sent, r->body_bytes_received, per_second(r->body_bytes_sent, r->elapsed_s),
+         per_second(r->body_bytes_received, r->elapsed_s));
   printf("\"latency_us\":{");
   json_hist("message", &r->message_latency);
   putchar(',');
@@ -297,15 +348,20 @@ static void print_json(const lg_options *o, const lg_script *sc, const lg_result
     printf(",\"server\":{\"pid\":%ld", (long)o->server_pid);
     if (f.cpu)
       printf(",\"cpu_source\":\"%s\",\"cpu_us\":%.3f,\"cpu_us_per_stream\":%.3f,"
-             "\"cpu_percent\":%.2f",
-             f.cpu_source, f.cpu_us, f.cpu_us_per_stream, f.cpu_percent);
+             "\"cpu_percent\":%.2f,\"cpu_us_per_mib\":%.3f,\"body_bytes_per_cpu_s\":%.1f",
+             f.cpu_source, f.cpu_us, f.cpu_us_per_stream, f.cpu_percent, f.cpu_us_per_mib,
+             f.body_bytes_per_cpu_s);
     if (f.stat)
       printf(",\"stat_utime_us\":%.0f,\"stat_stime_us\":%.0f,\"stat_cpu_us_per_stream\":%.3f,"
              "\"stat_cpu_percent\":%.2f",
              f.stat_user_us, f.stat_system_us, f.stat_us_per_stream, f.stat_percent);
     if (r->server_memory.ok)
-      printf(",\"rss_kib\":%" PRIu64 ",\"peak_rss_kib\":%" PRIu64, r->server_memory.rss_kib,
-             r->server_memory.peak_rss_kib);
+      printf(",\"rss_kib\":%" PRIu64 ",\"peak_rss_kib\":%" PRIu64 ",\"peak_rss_reset\":%s",
+             r->server_memory.rss_kib, r->server_memory.peak_rss_kib,
+             r->server_peak_reset ? "true" : "false");
+    if (r->server_idle.ok) printf(",\"idle_rss_kib\":%" PRIu64, r->server_idle.rss_kib);
+    const double growth = peak_growth_per_stream_kib(o, r);
+    if (growth >= 0) printf(",\"peak_growth_per_stream_kib\":%.3f", growth);
     putchar('}');
   }
   printf("}\n");
@@ -338,6 +394,12 @@ static void print_summary(const lg_options *o, const lg_script *sc, const lg_res
   if (r->immediate_responses) printf("  %-15s %" PRIu64 "\n", "immediate", r->immediate_responses);
   printf("  %-15s %" PRIu64 "  %.1f messages/s\n", "messages", r->messages,
          per_second(r->messages, r->elapsed_s));
+  if (sc->body_bytes_per_stream)
+    printf("  %-15s sent %.1f MiB (%.1f MB/s), received %.1f MiB (%.1f MB/s)\n", "body bytes",
+           (double)r->body_bytes_sent / (1 << 20),
+           per_second(r->body_bytes_sent, r->elapsed_s) / 1e6,
+           (double)r->body_bytes_received / (1 << 20),
+           per_second(r->body_bytes_received, r->elapsed_s) / 1e6);
   print_latency("latency/message", &r->message_latency);
   print_latency("latency/stream", &r->stream_latency);
   printf("  %-15s ", "errors");
@@ -362,9 +424,17 @@ static void print_summary(const lg_options *o, const lg_script *sc, const lg_res
   if (f.stat)
     printf("  %-15s utime+stime %.0f + %.0f ms: %.2f µs/stream, %.1f %% (10 ms ticks)\n", "",
            f.stat_user_us / 1e3, f.stat_system_us / 1e3, f.stat_us_per_stream, f.stat_percent);
+  if (f.cpu && r->body_bytes_sent)
+    printf("  %-15s %.1f µs/MiB, %.3f GB/s per core\n", "server bodies", f.cpu_us_per_mib,
+           f.body_bytes_per_cpu_s / 1e9);
   if (r->server_memory.ok)
-    printf("  %-15s rss %.1f MiB, peak %.1f MiB\n", "server memory",
-           (double)r->server_memory.rss_kib / 1024, (double)r->server_memory.peak_rss_kib / 1024);
+    printf("  %-15s rss %.1f MiB, peak %.1f MiB%s\n", "server memory",
+           (double)r->server_memory.rss_kib / 1024, (double)r->server_memory.peak_rss_kib / 1024,
+           r->server_peak_reset ? " (since the measured period began)" : " (lifetime)");
+  const double growth = peak_growth_per_stream_kib(o, r);
+  if (growth >= 0)
+    printf("  %-15s idle %.1f MiB; peak - idle = %.1f KiB per concurrent stream\n", "",
+           (double)r->server_idle.rss_kib / 1024, growth);
 }
 
 int main(int argc, char **argv) {

@@ -86,3 +86,12 @@ proc_memory proc_read_memory(pid_t pid) {
   m.ok = status_kib(buf, "\nVmRSS:", &m.rss_kib) && status_kib(buf, "\nVmHWM:", &m.peak_rss_kib);
   return m;
 }
+
+bool proc_reset_peak_rss(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%ld/clear_refs", (long)pid);
+  FILE *f = fopen(path, "w");
+  if (!f) return false;
+  const bool written = fputs("5", f) >= 0; /* 5: reset the peak RSS, and nothing else */
+  return fclose(f) == 0 && written;
+}

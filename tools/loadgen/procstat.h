@@ -26,5 +26,9 @@ typedef struct proc_memory {
 bool proc_exists(pid_t pid);
 proc_sample proc_sample_cpu(pid_t pid);
 proc_memory proc_read_memory(pid_t pid);
+/* Resets the process's peak RSS (VmHWM) to its current RSS (/proc/PID/clear_refs, Linux 4.0 and
+ * later; needs the right to write it), so the next peak read is the peak since now. Touches
+ * nothing else of the process. Returns false when the kernel refused. */
+bool proc_reset_peak_rss(pid_t pid);
 
 #endif
