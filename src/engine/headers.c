@@ -38,9 +38,15 @@ bool header_name_equal(const char *a, const char *b) {
   return *a == *b;
 }
 
+/* RFC 9110 token characters ("tchar"), as a table: every header write is checked. */
 static bool is_tchar(unsigned char c) {
-  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-  return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+  static const uint32_t tchar[8] = {
+      0x00000000, /* 0x00-0x1f: controls */
+      0x03ff6cfa, /* 0x20-0x3f: ! # $ % & ' * + - . 0-9 */
+      0xc7fffffe, /* 0x40-0x5f: A-Z ^ _ */
+      0x57ffffff, /* 0x60-0x7f: ` a-z | ~ */
+      0,          0, 0, 0};
+  return (tchar[c >> 5] >> (c & 31)) & 1;
 }
 
 bool header_name_valid(const char *name) {
@@ -111,7 +117,9 @@ int header_edits_add(arena *a, header_edits *edits, header_op op, const char *na
 }
 
 const char *headers_find(const extproc_header *headers, size_t count, const char *name) {
+  const size_t len = strlen(name);
   for (size_t i = 0; i < count; i++)
-    if (header_name_equal(headers[i].name, name)) return headers[i].value;
+    if (headers[i].name_len == len && header_name_equal(headers[i].name, name))
+      return headers[i].value;
   return NULL;
 }
