@@ -144,9 +144,10 @@ for line in open(f"{results}/binaries.txt"):
     server, binary = line.rstrip("\n").split("\t", 1)
     info = {"binary": binary}
     if shutil.which("go"):
-        out = subprocess.run(["go", "version", "-m", binary], capture_output=True, text=True)
+        built = subprocess.run(["go", "version", "-m", binary], capture_output=True, text=True)
         wanted = r"go1\.|extproc|grpc\s|control-plane|protobuf\s|=>"
-        info["go_version_m"] = [l.strip() for l in out.stdout.splitlines() if re.search(wanted, l)]
+        info["go_version_m"] = [l.strip() for l in built.stdout.splitlines()
+                                if re.search(wanted, l)]
     doc["peer_builds"][server] = info
 doc["callgrind"] = {"streams": streams, "instructions_total": busy, "instructions_idle": idle,
                     "instructions_per_stream": (busy - idle) / streams}
