@@ -5,7 +5,9 @@
 Prints, for every server measured (libextproc, go-grpc, the two Go SDKs, python):
 - streams/s, server CPU per stream, server core use and p99 per message, by concurrency;
 - each server's best point: the highest streams/s (the server is pinned to one core, so this is
-  streams/s per core) and the lowest CPU µs/stream, with libextproc's ratio on both;
+  streams/s per core) with the share of that core the server used there, and the lowest CPU
+  µs/stream, with libextproc's ratio on both. Streams/s per core is only a fair figure where
+  the server had its core (core % near 100): on a busy machine read the CPU column;
 - the targets: libextproc against the faster of the two Go SDKs (go-wrossmorrow,
   go-getyourguide; "faster" taken per figure, so the harder comparison) and against python, in
   streams/s per core and in CPU µs/stream.
@@ -51,7 +53,7 @@ def best(server):
         return None
     top = max(rows, key=lambda r: r[1])
     low = min(rows, key=lambda r: r[2])
-    return {"sps": top[1], "sps_at": top[0], "cpu": low[2], "cpu_at": low[0]}
+    return {"sps": top[1], "sps_at": top[0], "sps_core": top[3], "cpu": low[2], "cpu_at": low[0]}
 
 
 def fmt_ratio(x):
@@ -67,13 +69,15 @@ for s in servers:
 bests = {s: best(s) for s in servers if best(s)}
 ours = bests.get("libextproc")
 print()
-print("| server | best streams/s (one core) | at concurrency | lowest CPU µs/stream "
-      "| at concurrency | libextproc's ratio, streams/s | libextproc's ratio, CPU/stream |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| server | best streams/s (one core) | at concurrency | server core % there "
+      "| lowest CPU µs/stream | at concurrency | libextproc's ratio, streams/s "
+      "| libextproc's ratio, CPU/stream |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for s, b in bests.items():
     sps_ratio = ours["sps"] / b["sps"] if ours else None
     cpu_ratio = b["cpu"] / ours["cpu"] if ours else None
-    print(f"| {s} | {b['sps']:,.0f} | {b['sps_at']} | {b['cpu']:.1f} | {b['cpu_at']} "
+    print(f"| {s} | {b['sps']:,.0f} | {b['sps_at']} | {b['sps_core']:.0f} "
+          f"| {b['cpu']:.1f} | {b['cpu_at']} "
           f"| {fmt_ratio(sps_ratio)} | {fmt_ratio(cpu_ratio)} |")
 
 print()
