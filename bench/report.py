@@ -2,12 +2,21 @@
 
     python bench/report.py build-rel/bench-sdk.json bench/throughput.png
 
-Prints the tables (streams/s and server CPU per stream, p99 per message, by concurrency, and
-libextproc's ratio to each peer at its best point) and draws throughput and p99 against
+Prints, for every server measured (libextproc, go-grpc, the two Go SDKs, python):
+- streams/s, server CPU per stream, server core use and p99 per message, by concurrency;
+- each server's best point: the highest streams/s (the server is pinned to one core, so this is
+  streams/s per core) with the share of that core the server used there, and the lowest CPU
+  µs/stream, with libextproc's ratio on both. Streams/s per core is only a fair figure where
+  the server had its core (core % near 100): on a busy machine read the CPU column;
+- the targets: libextproc against the faster of the two Go SDKs (go-wrossmorrow,
+  go-getyourguide; "faster" taken per figure, so the harder comparison) and against python, in
+  streams/s per core and in CPU µs/stream.
+Servers the run skipped are named with the reason. Draws throughput and p99 against
 concurrency for every server. matplotlib comes from the bench virtualenv (see bench/README.md).
 """
 
 import json
+import math
 import sys
 
 import matplotlib
@@ -15,13 +24,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+ORDER = ("libextproc", "go-grpc", "go-wrossmorrow", "go-getyourguide", "python")
+GO_SDKS = ("go-wrossmorrow", "go-getyourguide")
+# Issue 12's targets: libextproc's ratio to the faster Go SDK and to the Python SDK.
+TARGETS = (("the faster Go SDK", GO_SDKS, 5.0), ("the Python SDK", ("python",), 100.0))
+
 doc = json.load(open(sys.argv[1]))
 png = sys.argv[2]
 points = doc["points"]
-servers = [s for s in ("libextproc", "go-grpc", "python") if s in points]
+servers = [s for s in ORDER if s in points]
 
 
 def series(server):
+    """(concurrency, streams/s, CPU µs/stream, core %, p99 µs) for every point without errors."""
     rows = []
     for conc, p in sorted(points[server].items(), key=lambda kv: int(kv[0])):
         if p.get("failed") or p.get("errors", {}).get("total"):
@@ -31,24 +46,66 @@ def series(server):
     return rows
 
 
+def best(server):
+    """The highest streams/s and the lowest CPU µs/stream, each with its concurrency."""
+    rows = series(server)
+    if not rows:
+        return None
+    top = max(rows, key=lambda r: r[1])
+    low = min(rows, key=lambda r: r[2])
+    return {"sps": top[1], "sps_at": top[0], "sps_core": top[3], "cpu": low[2], "cpu_at": low[0]}
+
+
+def fmt_ratio(x):
+    return "n/a" if x is None or math.isnan(x) else f"{x:.1f}×"
+
+
 print("| server | concurrency | streams/s | server CPU µs/stream | server core % | p99/message µs |")
 print("|---|---:|---:|---:|---:|---:|")
-best = {}
 for s in servers:
     for conc, sps, cpu, pct, p99 in series(s):
         print(f"| {s} | {conc} | {sps:,.0f} | {cpu:.1f} | {pct:.0f} | {p99:,.0f} |")
-        # streams/s per core: throughput scaled to a full core, at the best point
-        per_core = sps / (pct / 100) if pct else 0
-        if per_core > best.get(s, (0, 0))[0]:
-            best[s] = (per_core, cpu)
+
+bests = {s: best(s) for s in servers if best(s)}
+ours = bests.get("libextproc")
 print()
-print("| server | best streams/s per core | CPU µs/stream there | libextproc's ratio |")
-print("|---|---:|---:|---:|")
-base = best.get("libextproc", (0, 0))[0]
-for s in servers:
-    per_core, cpu = best[s]
-    ratio = base / per_core if per_core else float("nan")
-    print(f"| {s} | {per_core:,.0f} | {cpu:.1f} | {ratio:.1f}× |")
+print("| server | best streams/s (one core) | at concurrency | server core % there "
+      "| lowest CPU µs/stream | at concurrency | libextproc's ratio, streams/s "
+      "| libextproc's ratio, CPU/stream |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for s, b in bests.items():
+    sps_ratio = ours["sps"] / b["sps"] if ours else None
+    cpu_ratio = b["cpu"] / ours["cpu"] if ours else None
+    print(f"| {s} | {b['sps']:,.0f} | {b['sps_at']} | {b['sps_core']:.0f} "
+          f"| {b['cpu']:.1f} | {b['cpu_at']} "
+          f"| {fmt_ratio(sps_ratio)} | {fmt_ratio(cpu_ratio)} |")
+
+print()
+print("| target | against | streams/s per core | CPU µs/stream | |")
+print("|---|---|---:|---:|---|")
+for label, names, want in TARGETS:
+    measured = [n for n in names if n in bests]
+    if not ours or not measured:
+        print(f"| ≥ {want:.0f}× {label} | not measured | | | |")
+        continue
+    # The faster peer on each figure: the highest streams/s, and the lowest CPU per stream.
+    fast_sps = max(measured, key=lambda n: bests[n]["sps"])
+    fast_cpu = min(measured, key=lambda n: bests[n]["cpu"])
+    sps_ratio = ours["sps"] / bests[fast_sps]["sps"]
+    cpu_ratio = bests[fast_cpu]["cpu"] / ours["cpu"]
+    met = [r >= want for r in (sps_ratio, cpu_ratio)]
+    verdict = "met" if all(met) else "missed" if not any(met) else \
+        "met in " + ("streams/s" if met[0] else "CPU/stream") + " only"
+    against = fast_sps if fast_sps == fast_cpu else f"{fast_sps} (streams/s); {fast_cpu} (CPU)"
+    print(f"| ≥ {want:.0f}× {label} | {against} | {fmt_ratio(sps_ratio)} "
+          f"| {fmt_ratio(cpu_ratio)} | {verdict} |")
+
+for s, reason in doc.get("skipped", {}).items():
+    print(f"\nskipped: {s}: {reason}")
+for s, build in doc.get("peer_builds", {}).items():
+    print(f"\n{s}: {build['binary']}")
+    for line in build.get("go_version_m", []):
+        print(f"    {line}")
 cg = doc.get("callgrind")
 if cg:
     print()
@@ -68,7 +125,7 @@ for ax, title, ylabel in ((ax1, "Throughput (one server core)", "streams/s"),
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
 fig.suptitle("Trivial processor, headers-only ext_proc streams (extproc-load)")
 fig.tight_layout()
 fig.savefig(png, dpi=110)

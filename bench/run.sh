@@ -8,8 +8,12 @@
 #   bench/run.sh [SECONDS]        (default 5 s per point; writes build-rel/bench-sdk.json, prints
 #                                  the tables and draws bench/throughput.png)
 #
-# Peers come from bench/peers/install.sh (the Python SDK, and a grpc-go baseline: the Go SDKs
-# are not served by this machine's module proxy). Loopback only; every run is bounded.
+# Servers, in this order: libextproc, go-grpc (grpc-go with no SDK), go-wrossmorrow and
+# go-getyourguide (the two Go SDKs), python (the Python SDK). python and go-grpc come from
+# bench/peers/install.sh. The Go SDK peers are binaries built outside this project
+# (bench/peers/README.md): BENCH_PEER_GO_WROSSMORROW=/path/to/binary and
+# BENCH_PEER_GO_GETYOURGUIDE=/path/to/binary; a peer whose variable is unset is skipped, and
+# the run says so (on stderr and in the report). Loopback only; every run is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,7 +55,28 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
 }
 
-for server in libextproc go-grpc python; do
+# A Go SDK peer runs only when its binary is given (start.sh would refuse it otherwise).
+peer_binary_var() { # NAME -> the variable start.sh reads, or nothing for the installed peers
+  case "$1" in
+  go-wrossmorrow | go-getyourguide) echo "BENCH_PEER_$(echo "$1" | tr '[:lower:]-' '[:upper:]_')" ;;
+  esac
+}
+
+: >"$RESULTS/skipped.txt"
+: >"$RESULTS/binaries.txt"
+for server in libextproc go-grpc go-wrossmorrow go-getyourguide python; do
+  var=$(peer_binary_var "$server")
+  if [ -n "$var" ]; then
+    if [ -z "${!var:-}" ] || [ ! -x "${!var}" ]; then
+      reason="$var is unset"
+      [ -z "${!var:-}" ] || reason="$var=${!var} is not executable"
+      reason="$reason (bench/peers/README.md says how to build it)"
+      echo "bench: skipped $server: $reason" >&2
+      printf '%s\t%s\n' "$server" "$reason" >>"$RESULTS/skipped.txt"
+      continue
+    fi
+    printf '%s\t%s\n' "$server" "${!var}" >>"$RESULTS/binaries.txt"
+  fi
   start_server "$server"
   for c in "${CONCURRENCY[@]}"; do
     conns=$(( c < 4 ? c : 4 ))
@@ -91,7 +116,7 @@ done
 stop_server
 
 .venv/bin/python - "$RESULTS" "$STREAMS" "$OUT" <<'EOF'
-import glob, json, os, re, sys
+import glob, json, os, re, shutil, subprocess, sys
 results, streams, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
 def total_instructions(path):
@@ -109,6 +134,21 @@ for path in sorted(glob.glob(f"{results}/*-*.json")):
     doc["points"].setdefault(server, {})[conc] = json.load(open(path))
 busy = total_instructions(f"{results}/callgrind.out")
 idle = total_instructions(f"{results}/callgrind-idle.out")
+doc["skipped"] = dict(line.rstrip("\n").split("\t", 1)
+                     for line in open(f"{results}/skipped.txt") if line.strip())
+# Which SDK and dependency versions each Go SDK binary was built with, as Go recorded them.
+doc["peer_builds"] = {}
+for line in open(f"{results}/binaries.txt"):
+    if not line.strip():
+        continue
+    server, binary = line.rstrip("\n").split("\t", 1)
+    info = {"binary": binary}
+    if shutil.which("go"):
+        built = subprocess.run(["go", "version", "-m", binary], capture_output=True, text=True)
+        wanted = r"go1\.|extproc|grpc\s|control-plane|protobuf\s|=>"
+        info["go_version_m"] = [l.strip() for l in built.stdout.splitlines()
+                                if re.search(wanted, l)]
+    doc["peer_builds"][server] = info
 doc["callgrind"] = {"streams": streams, "instructions_total": busy, "instructions_idle": idle,
                     "instructions_per_stream": (busy - idle) / streams}
 json.dump(doc, open(out, "w"), indent=2)

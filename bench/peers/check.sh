@@ -6,8 +6,11 @@
 #      loopback ports) with the echo upstream and curl: status, and x-extra-request-id as the
 #      client and the upstream saw it.
 #
-#   bench/peers/check.sh NAME     NAME: python | go-grpc
+#   bench/peers/check.sh NAME     NAME: python | go-grpc | go-wrossmorrow | go-getyourguide
 #
+# (the two Go SDK peers need BENCH_PEER_GO_WROSSMORROW / BENCH_PEER_GO_GETYOURGUIDE, as for
+# start.sh). Each reply's encoded size is printed too: the peers answer the same phases with
+# differently sized messages.
 # then CHECK_REQUESTS (default 50) more sequential requests through Envoy, all of which must be 200.
 # Exit 0 when the peer's replies have the right types and Envoy answers 200; whether the header
 # value came through is printed (the Python SDK reads `value` only, so behind Envoy 1.40 it sets
@@ -41,9 +44,10 @@ for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
 for s in socks: s.close()')
 
-wait_port() { # PORT SECONDS
+wait_port() { # PORT SECONDS [PID: give up as soon as it has exited]
     for _ in $(seq $(($2 * 10))); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        [[ -z "${3:-}" ]] || kill -0 "$3" 2>/dev/null || return 1
         sleep 0.1
     done
     return 1
@@ -52,7 +56,7 @@ wait_port() { # PORT SECONDS
 echo "== $name: peer on 127.0.0.1:$peer_port"
 "$HERE/start.sh" "$name" "$peer_port" >"$tmp/peer.log" 2>&1 &
 pids+=($!)
-if ! wait_port "$peer_port" 30; then
+if ! wait_port "$peer_port" 30 "${pids[-1]}"; then
     echo "peer did not start:"; cat "$tmp/peer.log"; exit 1
 fi
 

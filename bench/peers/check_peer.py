@@ -4,8 +4,8 @@ Usage: check_peer.py PORT [--value]
 
 Opens one envoy.service.ext_proc.v3.ExternalProcessor/Process stream on 127.0.0.1:PORT (cleartext
 HTTP/2), sends request_headers then response_headers, as Envoy 1.40 does (header values in
-raw_value; with --value, in the old string field `value` instead), and prints each reply's type
-and header mutations. Exits 0 when both replies have the right type, 1 otherwise. The
+raw_value; with --value, in the old string field `value` instead), and prints each reply's type,
+encoded size and header mutations. Exits 0 when both replies have the right type, 1 otherwise. The
 x-extra-request-id it reports is informational (the Python SDK reads `value` only).
 
 Runs in build/bench-peers/python-venv (grpcio + xds-protos); bench/peers/check.sh calls it.
@@ -63,7 +63,8 @@ def main():
             h = option.header
             sets.append(f"{h.key}={h.raw_value.decode(errors='replace') or h.value!r}"
                         f" ({'raw_value' if h.raw_value else 'value'})")
-        print(f"  {want}: reply {got}; set_headers: {', '.join(sets) or 'none'}")
+        print(f"  {want}: reply {got} ({reply.ByteSize()} B); "
+              f"set_headers: {', '.join(sets) or 'none'}")
     print(f"  sent values in {'value' if use_value else 'raw_value'}; "
           f"{len(replies)} replies; {'OK' if ok else 'WRONG'}")
     sys.exit(0 if ok else 1)

@@ -7,7 +7,9 @@
 #   python   envoy-extproc-sdk 0.1.1 (the Python SDK) in build/bench-peers/python-venv
 #   go-grpc  grpc-go + go-control-plane with no SDK, build/bench-peers/go-grpc-peer
 #
-# Not installable here (see bench/peers/README.md): go-wrossmorrow, go-getyourguide.
+# Not installed by this script: go-wrossmorrow, go-getyourguide. The project ships no code or
+# build recipe for third-party Go SDKs; bench/peers/README.md says what their peer binaries must
+# do and start.sh runs them from BENCH_PEER_GO_WROSSMORROW / BENCH_PEER_GO_GETYOURGUIDE.
 #
 # Needs: python3 >= 3.10 (or PYTHON=...), go >= 1.26. Then: bench/peers/start.sh NAME PORT.
 set -euo pipefail

@@ -2,19 +2,24 @@
 # Run one benchmark peer in the foreground on 127.0.0.1:PORT (cleartext HTTP/2 gRPC), serving a
 # trivial ext_proc processor: x-extra-request-id := x-request-id on request and response headers.
 #
-#   bench/peers/start.sh NAME PORT       NAME: python | go-grpc
+#   bench/peers/start.sh NAME PORT       NAME: python | go-grpc | go-wrossmorrow | go-getyourguide
 #
 # The script execs the server, so its PID is the server's: `taskset -c 1 bench/peers/start.sh
 # go-grpc 50051 & pid=$!` pins and tracks the server itself. SIGTERM/SIGINT stop it. Install
-# first with bench/peers/install.sh (same BENCH_PEERS_DIR). Exit 2: bad usage; 3: not installed
-# or not available on this machine.
+# python and go-grpc first with bench/peers/install.sh (same BENCH_PEERS_DIR). The two Go SDK
+# peers are binaries built outside this project (bench/peers/README.md says what they must do
+# and from which commit): BENCH_PEER_GO_WROSSMORROW and BENCH_PEER_GO_GETYOURGUIDE name them,
+# and the script runs `BINARY PORT`. Exit 2: bad usage; 3: not installed, or variable unset.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 OUT="${BENCH_PEERS_DIR:-$REPO/build/bench-peers}"
 
-usage() { echo "usage: $0 NAME PORT   (NAME: python | go-grpc)" >&2; exit 2; }
+usage() {
+    echo "usage: $0 NAME PORT   (NAME: python | go-grpc | go-wrossmorrow | go-getyourguide)" >&2
+    exit 2
+}
 [[ $# -eq 2 ]] || usage
 name="$1" port="$2"
 [[ "$port" =~ ^[0-9]+$ ]] || usage
@@ -42,10 +47,17 @@ go-grpc)
     exec "$OUT/go-grpc-peer" "$port"
     ;;
 go-wrossmorrow | go-getyourguide)
-    echo "$0: $name is not available here: the Go module proxy this machine reaches refuses" \
-        "that SDK's module (403 'This module version is not available'); see" \
-        "bench/peers/README.md. go-grpc (grpc-go, no SDK) is the Go peer instead." >&2
-    exit 3
+    # Third-party SDK peers: this project ships neither their code nor a recipe to build them,
+    # only the name of the variable that points at a binary built elsewhere.
+    var="BENCH_PEER_$(echo "$name" | tr '[:lower:]-' '[:upper:]_')"
+    bin="${!var:-}"
+    if [[ -z "$bin" ]]; then
+        echo "$0: $name: $var is unset; set it to a binary built from that SDK as" \
+            "bench/peers/README.md describes (run as: BINARY PORT)" >&2
+        exit 3
+    fi
+    [[ -x "$bin" ]] || { echo "$0: $name: $var=$bin is not an executable file" >&2; exit 3; }
+    exec "$bin" "$port"
     ;;
 *)
     usage

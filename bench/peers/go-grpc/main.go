@@ -1,7 +1,7 @@
 // Benchmark peer "go-grpc": a trivial ext_proc processor written directly on grpc-go and the
-// Envoy API types from go-control-plane, with no SDK in between. It stands in for the Go SDKs
-// (github.com/wrossmorrow/envoy-extproc-sdk-go, github.com/getyourguide/extproc-go), which both
-// sit on these same two modules but which the module proxy reachable here does not serve.
+// Envoy API types from go-control-plane, with no SDK in between. Both Go SDKs
+// (github.com/wrossmorrow/envoy-extproc-sdk-go, github.com/getyourguide/extproc-go) sit on these
+// same two modules, so measured beside them it shows what each SDK adds.
 //
 // Usage: go-grpc-peer PORT   (listens on 127.0.0.1:PORT, cleartext HTTP/2, until SIGINT/SIGTERM)
 //
