@@ -38,6 +38,7 @@ FRAME_FLAGS = {"DATA": [(0x1, "END_STREAM"), (0x8, "PADDED")],
                "SETTINGS": [(0x1, "ACK")], "PING": [(0x1, "ACK")],
                "CONTINUATION": [(0x4, "END_HEADERS")]}
 P2E, E2P = "processor→envoy", "envoy→processor"
+STALL_FRACTION = 0.25  # a point this far under its target's median rate is named as a stall
 CAPTURE_SKIP_MAX = 10  # requests left out at the start of a capture: the connection's setup
 
 
@@ -230,6 +231,30 @@ def errors(run):
     return sum(run["errors"].values())
 
 
+def per_request_medians(rs):
+    """Each per-request figure (CPU, context switches, segments, bytes): median over runs."""
+    out = {}
+    for group in ("cpu_us", "context_switches", "tcp", "bytes"):
+        keys = sorted({k for r in rs for k in r["per_request"].get(group, {})})
+        out[group] = {k: median([r["per_request"].get(group, {}).get(k) for r in rs])
+                      for k in keys}
+    return out
+
+
+def stalls(runs):
+    """Points that served under a quarter of their target's median rate: a stall of the
+    machine (or of a server) during the point. Kept, but named; the medians resist them."""
+    out = []
+    for r in runs:
+        same = [o["rps"] for o in runs if (o["kind"], o["layout"], o["target"]) ==
+                (r["kind"], r["layout"], r["target"])]
+        if len(same) > 1 and r["rps"] < STALL_FRACTION * statistics.median(same):
+            out.append(f"{r['kind']} {r['layout']} {r['target']} round {r['round']} "
+                       f"({r['rps']:.0f} requests/s against a median of "
+                       f"{statistics.median(same):.0f})")
+    return out
+
+
 def summarize(runs, targets):
     """Per layout and target, the per-round figures and their medians; the added latency and
     Envoy's extra CPU are taken against the bypass of the same round."""
@@ -257,6 +282,7 @@ def summarize(runs, targets):
                     entry["added_p99_us"].append(r["latency_us"]["p99"] - b["latency_us"]["p99"])
             for k in ("p50_us", "p99_us", "added_p50_us", "added_p99_us", "rps"):
                 entry[k + "_median"] = median(entry[k])
+            entry["per_request_median"] = per_request_medians([r for r in rs if r])
             low[layout][t] = entry
     thr = {}
     for t in targets:
@@ -275,10 +301,7 @@ def summarize(runs, targets):
             entry["processor_cpu_us"].append(r["per_request"]["cpu_us"].get("processor"))
         med = {k: median(entry[k]) for k in ("rps", "envoy_cpu_us", "envoy_extra_cpu_us",
                                              "processor_cpu_us")}
-        for group in ("context_switches", "tcp", "bytes"):
-            keys = sorted({k for r in rs for k in r["per_request"].get(group, {})})
-            med[group] = {k: median([r["per_request"].get(group, {}).get(k) for r in rs])
-                          for k in keys}
+        med.update(per_request_medians(rs))
         entry["median"] = med
         thr[t] = entry
     return low, thr
@@ -386,16 +409,25 @@ def print_report(rep):
         p(line)
     for layout, description in LAYOUTS:
         p(f"\n### Low load, {description}: h2load --h1 -c1 -m1, per round\n")
-        p("| target | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s (median) | errors |")
-        p("|---|---:|---:|---:|---:|---:|---:|")
+        p("| target | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s "
+          "| CPU µs/request Envoy / processor | segments P→E / E→P "
+          "| context switches Envoy / processor | errors |")
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in [BYPASS] + names:
             e = low.get(layout, {}).get(n)
             if not e:
                 continue
+            m = e["per_request_median"]
+            cpu, tcp, ctx = m["cpu_us"], m["tcp"], m["context_switches"]
             p(f"| {n} | {per_round(e['p50_us'])} | {per_round(e['p99_us'])} "
               f"| {per_round(e['added_p50_us']) if n != BYPASS else '–'} "
               f"| {per_round(e['added_p99_us']) if n != BYPASS else '–'} "
-              f"| {fmt(e['rps_median'], 0)} | {e['errors']} |")
+              f"| {fmt(e['rps_median'], 0)} "
+              f"| {fmt(cpu.get('envoy'))} / {fmt(cpu.get('processor'))} "
+              f"| {fmt(tcp.get('segs_proc_to_envoy'), 2)} / {fmt(tcp.get('segs_envoy_to_proc'), 2)} "
+              f"| {fmt(ctx.get('envoy'), 2)} / {fmt(ctx.get('processor'), 2)} | {e['errors']} |")
+        p("\n(Per-request columns: medians over the rounds. Segments: all of them, pure ACKs "
+          "included, from `ss -ti`.)")
     p(f"\n### Throughput: wrk -t1 -c{conns}, Envoy and the processor on core "
       f"{s.get('cpu_envoy_throughput')}/{s.get('cpu_processor_throughput')}, nginx and wrk on "
       f"core {s.get('cpu_nginx_throughput')}/{s.get('cpu_wrk')}; per round\n")
@@ -467,6 +499,9 @@ def print_report(rep):
            for r in rep["runs"] if errors(r)]
     if bad:
         p(f"\nWARNING: errors (non-2xx, timeouts or socket errors) in: {', '.join(bad)}")
+    if rep["stalls"]:
+        p(f"\nWARNING: stalled points (under {STALL_FRACTION}× their target's median rate; "
+          f"kept, the medians resist one): {'; '.join(rep['stalls'])}")
 
 
 def main():
@@ -509,6 +544,7 @@ def main():
         "low_load": low,
         "throughput": thr,
         "targets": judge(low, thr, measured),
+        "stalls": stalls(main_runs),
         "frames": {n: json.loads((results / f"frames-{n}.json").read_text())
                    for n in measured if (results / f"frames-{n}.json").exists()},
         "runs": main_runs,

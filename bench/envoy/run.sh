@@ -529,7 +529,7 @@ capture() {
     $SUDO tcpdump -i lo -n -s 0 -U -w "$pcap" "tcp port $port"
   local tcpdump_pid=$LAST_PID
   wait_for tcpdump "$tcpdump_pid" "$LOGS/tcpdump-$name.log" \
-    grep -q 'listening on' "$LOGS/tcpdump-$name.log"
+    grep -qs 'listening on' "$LOGS/tcpdump-$name.log"
   record "capture load" h2load --h1 -c1 -m1 -t1 -n "$CAPTURE_REQUESTS" \
     "http://127.0.0.1:LISTENER/"
   timeout 60 taskset -c "$CPU_A" h2load --h1 -c1 -m1 -t1 -n "$CAPTURE_REQUESTS" \
@@ -553,17 +553,18 @@ check_headers() { # NAME URL WANT_HEADER(regex, or "!regex" for absent)
   local name=$1 url=$2 want=$3 headers
   headers=$(curl -s -m 5 -D - -o /dev/null "$url" | tr -d '\r')
   printf '%s\n' "$headers" >"$LOGS/$name-check.txt"
-  if ! printf '%s\n' "$headers" | head -n 1 | grep -q ' 200'; then
+  # Here-strings, not pipes: with pipefail, grep -q leaving early fails the printf feeding it.
+  if ! grep -q ' 200' <<<"${headers%%$'\n'*}"; then
     log "$name: $url did not answer 200:"
     printf '%s\n' "$headers" >&2
     exit 1
   fi
   if [ "${want#!}" != "$want" ]; then
-    if printf '%s\n' "$headers" | grep -qiE "${want#!}"; then
+    if grep -qiE "${want#!}" <<<"$headers"; then
       log "$name: $url has ${want#!}, which the bypass route must not have"
       exit 1
     fi
-  elif ! printf '%s\n' "$headers" | grep -qiE "$want"; then
+  elif ! grep -qiE "$want" <<<"$headers"; then
     log "$name: $url lacks $want: the filter did not run"
     printf '%s\n' "$headers" >&2
     exit 1
