@@ -307,7 +307,7 @@ def summarize(runs, targets):
     return low, thr
 
 
-def judge(low, thr, measured):
+def judge(low, thr):
     """The issue's two targets: met, missed, or not judged (and why)."""
     out = []
     one = low.get("onecore", {})
@@ -543,7 +543,7 @@ def main():
         },
         "low_load": low,
         "throughput": thr,
-        "targets": judge(low, thr, measured),
+        "targets": judge(low, thr),
         "stalls": stalls(main_runs),
         "frames": {n: json.loads((results / f"frames-{n}.json").read_text())
                    for n in measured if (results / f"frames-{n}.json").exists()},

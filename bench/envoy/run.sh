@@ -12,6 +12,7 @@
 # serving the same trivial processor (x-extra-request-id := x-request-id on request and response
 # headers) with one worker:
 #   libextproc       build-rel/examples/extproc-examples --service trivial@... --workers 1
+#                    (REVEAL_EXTPROC_CHAIN=false: the peers do not reveal the chain either)
 #   go-grpc          bench/peers/start.sh go-grpc PORT (grpc-go, no SDK; bench/peers/install.sh)
 #   go-wrossmorrow   "$BENCH_PEER_GO_WROSSMORROW" PORT if set, else bench/peers/start.sh
 #   go-getyourguide  "$BENCH_PEER_GO_GETYOURGUIDE" PORT if set, else bench/peers/start.sh
@@ -365,8 +366,10 @@ proc_cmd() { # NAME PORT: sets CMD to the command that serves NAME's trivial pro
   local name=$1 port=$2 var
   case "$name" in
     libextproc)
-      CMD=("$RUNNER" --service "trivial@127.0.0.1:$port" --workers 1 --grace-period 1
-           --drain-delay 0)
+      # REVEAL_EXTPROC_CHAIN=false: no x-ext-procs-applied header in the response-headers
+      # reply, which the peers do not send either (it made that reply 52 bytes larger).
+      CMD=(env REVEAL_EXTPROC_CHAIN=false "$RUNNER" --service "trivial@127.0.0.1:$port"
+           --workers 1 --grace-period 1 --drain-delay 0)
       return ;;
     go-wrossmorrow) var=BENCH_PEER_GO_WROSSMORROW ;;
     go-getyourguide) var=BENCH_PEER_GO_GETYOURGUIDE ;;
