@@ -98,16 +98,19 @@ mkdir -p "$RESULTS" "$LOGS"
 
 PIDS=() # the processes this script started and has not stopped yet
 stop_pids() { # PID...: SIGTERM, then SIGKILL after 5 s; each is reaped and forgotten
-  local pid p keep
+  local pid
   for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "$@"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true # still our unreaped child: the pid is not reused
     wait "$pid" 2>/dev/null || true
-    keep=()
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
+    forget_pid "$pid"
   done
+}
+forget_pid() { # PID: no longer ours to stop
+  local p keep=()
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
 }
 cleanup() {
   local rc=$?
@@ -217,7 +220,7 @@ wait_up() {
     if ! kill -0 "$pid" 2>/dev/null; then
       rc=0
       wait "$pid" 2>/dev/null || rc=$?
-      stop_pids "$pid" # forgets it
+      forget_pid "$pid" # reaped: never signalled again, its number may be reused
       return $((rc == 0 ? 1 : rc))
     fi
     [ "$SECONDS" -lt "$deadline" ] || return 124
