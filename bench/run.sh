@@ -14,6 +14,10 @@
 # (bench/peers/README.md): BENCH_PEER_GO_WROSSMORROW=/path/to/binary and
 # BENCH_PEER_GO_GETYOURGUIDE=/path/to/binary; a peer whose variable is unset is skipped, and
 # the run says so (on stderr and in the report). Loopback only; every run is bounded.
+#
+# First, the differential fuzz tests of the direct decoder and encoder (tests/unit/test_decode.c,
+# test_encode.c) run far longer than in the test suite: FUZZ_INPUTS generated messages each
+# (default 1,000,000, with their mutants; about a minute), on a seed of the clock, printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +29,18 @@ scripts/setup.sh
 cmake -S . -B build-rel -DCMAKE_BUILD_TYPE=Release -DEXTPROC_TESTS=OFF >/dev/null
 cmake --build build-rel -j2 >/dev/null
 bench/peers/install.sh >/dev/null
+
+# The direct decoder and encoder against protobuf-c, longer than the suite runs them.
+FUZZ_INPUTS=${FUZZ_INPUTS:-1000000}
+FUZZ_SEED=$(date +%s)
+cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build-fuzz -j2 --target test_decode test_encode >/dev/null
+echo "bench: differential fuzz, $FUZZ_INPUTS messages each, seed $FUZZ_SEED" >&2
+EXTPROC_DECODE_FUZZ_INPUTS=$FUZZ_INPUTS EXTPROC_DECODE_FUZZ_SEED=$FUZZ_SEED \
+  build-fuzz/tests/test_decode 2>&1 | grep -E '^decode fuzz|PASSED|FAILED' >&2
+EXTPROC_ENCODE_FUZZ_INPUTS=$FUZZ_INPUTS EXTPROC_ENCODE_FUZZ_SEED=$FUZZ_SEED \
+  build-fuzz/tests/test_encode 2>&1 | grep -E '^encode fuzz|PASSED|FAILED' >&2
+
 command -v valgrind >/dev/null || { apt-get install -y -qq valgrind >/dev/null; }
 
 LOAD=build-rel/tools/loadgen/extproc-load
