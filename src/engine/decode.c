@@ -138,7 +138,25 @@ static size_t string_len(const cursor *c) {
 }
 
 /* A HeaderValue: key (1) and value (2) strings, raw_value (3) bytes, each at most once. */
+/* Envoy's own encoding of a HeaderValue: key, then a non-empty raw_value, one-byte lengths
+ * (0x0a LEN key 0x1a LEN raw_value). Read without the general loop; false when it is not
+ * exactly that, and the general reading decides. */
+static bool scan_usual_header_value(cursor c, header_span *h) {
+  const size_t len = (size_t)(c.end - c.p);
+  if (len < 4 || c.p[0] != 0x0a || c.p[1] >= 0x80) return false;
+  const size_t key_len = c.p[1];
+  if (key_len + 4 > len) return false;
+  const uint8_t *raw = c.p + 2 + key_len;
+  if (raw[0] != 0x1a || raw[1] == 0 || raw[1] >= 0x80 || raw + 2 + raw[1] != c.end) return false;
+  h->name = c.p + 2;
+  h->name_len = key_len ? strnlen((const char *)h->name, key_len) : 0;
+  h->value = raw + 2;
+  h->value_len = raw[1];
+  return true;
+}
+
 static bool scan_header_value(cursor c, header_span *h) {
+  if (scan_usual_header_value(c, h)) return true;
   cursor field_of[4] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
   unsigned seen = 0, field, wire;
   while (c.p < c.end) {

@@ -40,12 +40,11 @@ bool header_name_equal(const char *a, const char *b) {
 
 /* RFC 9110 token characters ("tchar"), as a table: every header write is checked. */
 static bool is_tchar(unsigned char c) {
-  static const uint32_t tchar[8] = {
-      0x00000000, /* 0x00-0x1f: controls */
-      0x03ff6cfa, /* 0x20-0x3f: ! # $ % & ' * + - . 0-9 */
-      0xc7fffffe, /* 0x40-0x5f: A-Z ^ _ */
-      0x57ffffff, /* 0x60-0x7f: ` a-z | ~ */
-      0,          0, 0, 0};
+  static const uint32_t tchar[8] = {0x00000000, /* 0x00-0x1f: controls */
+                                    0x03ff6cfa, /* 0x20-0x3f: ! # $ % & ' * + - . 0-9 */
+                                    0xc7fffffe, /* 0x40-0x5f: A-Z ^ _ */
+                                    0x57ffffff, /* 0x60-0x7f: ` a-z | ~ */
+                                    0,          0, 0, 0};
   return (tchar[c >> 5] >> (c & 31)) & 1;
 }
 
