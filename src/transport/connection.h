@@ -19,6 +19,7 @@
 
 #include "base/list.h"
 #include "transport/grpc_frame.h"
+#include "transport/idle_memory.h"
 #include "transport/peer.h"
 #include "transport/transport.h"
 
@@ -68,7 +69,8 @@ struct connection {
   uv_timer_t timer; /* handshake, idle and keepalive deadlines (connection.c) */
   int handles_open; /* h and timer: freed when both are closed */
   nghttp2_session *session;
-  dlist streams; /* h2_stream */
+  idle_pages pages; /* the session's large blocks, given back while idle (idle_memory.c) */
+  dlist streams;    /* h2_stream */
   uv_write_t write_req;
   uint8_t *pending; /* output the socket did not take at once, being written; else NULL */
   bool closing;
