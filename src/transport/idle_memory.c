@@ -72,7 +72,9 @@ static unsigned block_index(const idle_pages *pg, const void *p) {
   return IDLE_PAGES_MAX_BLOCKS;
 }
 
-static void discard(uint8_t *p, size_t len) { (void)madvise(p, round_to_pages(len), MADV_DONTNEED); }
+static void discard(uint8_t *p, size_t len) {
+  (void)madvise(p, round_to_pages(len), MADV_DONTNEED);
+}
 
 static void *on_malloc(size_t size, void *user) {
   void *p = take_pages(user, size);
