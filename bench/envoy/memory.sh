@@ -20,7 +20,8 @@
 #     again on new connections (is the first round's memory reused?).
 # VmRSS is read from /proc:
 #   idle          the server listening, no connection
-#   conns_open    the idle connections held (after BENCH_HOLD s, default 2)
+#   conns_open    the idle connections held (after BENCH_HOLD s, default 3: the processor
+#                 gives an idle connection's session pages back after 1 s to 2 s)
 #   conns_closed  BENCH_SETTLE s (default 2.5) after they closed
 #   connected     the 4 connections set up, no stream
 #   open          every stream answered and held (after BENCH_HOLD s)
@@ -40,7 +41,7 @@ ROOT=$PWD
 
 STREAMS=${BENCH_STREAMS:-10000}
 CONNECTIONS=${BENCH_CONNECTIONS:-4}
-HOLD=${BENCH_HOLD:-2}
+HOLD=${BENCH_HOLD:-3}
 SETTLE=${BENCH_SETTLE:-2.5}
 IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-5000}
 CONN_STREAM=${BENCH_CONN_STREAM:-1}

@@ -5,6 +5,8 @@
  *                  them to the engine or the health service, queueing replies, trailers
  *   flow.c         flow-control budgets: when received bytes go back to the peer's window
  *   connection_timeouts.c  handshake timeout, idle timeout, keepalive PINGs
+ *   idle_memory.c  the session's allocator: nghttp2's large blocks on pages given back while
+ *                  the connection is idle
  *   tls.c          TLS on TCP listeners when the server has a certificate: the connection's
  *                  bytes pass through OpenSSL between the socket and nghttp2
  *
