@@ -40,7 +40,7 @@ void idle_pages_init(idle_pages *pg) {
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return;
   pg->base = p;
-  pg->size = size;
+  pg->size = (uint32_t)size;
 }
 
 void idle_pages_free(idle_pages *pg) {
@@ -55,13 +55,15 @@ static bool owns(const idle_pages *pg, const void *p) {
 /* Pages of the mapping are zero until written (fresh or given back), and never handed out
  * twice, so a block from here is zeroed. NULL: take it from malloc. */
 static void *take_pages(idle_pages *pg, size_t size) {
-  if (!pg->base || size < OWN_PAGES_MIN_BYTES || pg->blocks == IDLE_PAGES_MAX_BLOCKS) return NULL;
+  if (!pg->base || size < OWN_PAGES_MIN_BYTES || size > pg->size ||
+      pg->blocks == IDLE_PAGES_MAX_BLOCKS)
+    return NULL;
   const size_t need = round_to_pages(size);
   if (need > pg->size - pg->used) return NULL;
   uint8_t *p = pg->base + pg->used;
-  pg->used += need;
+  pg->used += (uint32_t)need;
   pg->block[pg->blocks].p = p;
-  pg->block[pg->blocks].len = size;
+  pg->block[pg->blocks].len = (uint32_t)size;
   pg->blocks++;
   return p;
 }

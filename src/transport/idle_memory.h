@@ -25,18 +25,19 @@
 #include <stdint.h>
 
 /* Large blocks placed on pages of their own, per connection: the frame buffer and the stream
- * map's table, with room to spare for another nghttp2 release's layout. */
-enum { IDLE_PAGES_MAX_BLOCKS = 4 };
+ * map's table. */
+enum { IDLE_PAGES_MAX_BLOCKS = 2 };
 
+/* Kept small: one per connection. */
 typedef struct idle_pages {
   uint8_t *base; /* the connection's mapping, or NULL: every block comes from malloc */
-  size_t size;   /* bytes mapped */
-  size_t used;   /* bytes handed out, from base, in whole pages; never reused */
+  uint32_t size; /* bytes mapped */
+  uint32_t used; /* bytes handed out, from base, in whole pages; never reused */
   struct {
     uint8_t *p;
-    size_t len; /* as asked for; 0 once freed */
+    uint32_t len; /* as asked for; 0 once freed */
   } block[IDLE_PAGES_MAX_BLOCKS];
-  unsigned blocks;
+  uint32_t blocks;
   uint64_t released_ms; /* loop time of the last give-back; 0: never */
 } idle_pages;
 
