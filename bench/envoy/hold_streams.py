@@ -2,6 +2,7 @@
 """Opens many ext_proc streams on a processor and holds them open, reading the processor's RSS.
 
 usage: hold_streams.py --port PORT --pid PID [--streams 10000] [--connections 4]
+                       [--idle-connections 5000] [--no-conn-stream] [--settle SECONDS]
                        [--hold SECONDS] [--timeout SECONDS] [--json OUT]
 
 Each stream is what Envoy opens for one request: a gRPC call to
@@ -10,10 +11,19 @@ request_headers (the headers Envoy forwards for a curl GET, end_of_stream false 
 goes on). Once the processor has answered it, the stream is left open: no END_STREAM, no reset,
 just like Envoy waiting for the upstream's response headers.
 
+First, with --idle-connections N (0: skipped), N connections as Envoy keeps them between
+requests: each sends the preface and SETTINGS, gets the processor's SETTINGS and the ACK of its
+own, and (unless --no-conn-stream) carries one ext_proc stream to its reply, then resets it as
+Envoy resets every finished ext_proc stream; then all N are held idle (conns_open) and closed
+(conns_closed). That gives bytes per idle connection, and what RSS comes back to after a burst of
+connections.
+
 VmRSS (and RssAnon) of PID is read from /proc at these points: idle (before any connection),
-connected (the connections set up, no stream yet), open (every stream answered and held) and
+conns_open and conns_closed (the burst of idle connections), connected (the connections set up, no stream yet), open (every stream answered and held) and
 closed (after the connections are closed); then the same again on new connections (open_round2,
-closed_round2), which shows whether the first round's memory is reused. Prints a JSON object;
+closed_round2), which shows whether the first round's memory is reused. Each "closed" point is
+read --settle seconds after the close (default 2.5: the processor gives freed memory back to the
+system at most once a second per worker, after a one-second delay). Prints a JSON object;
 exits non-zero if a stream was not answered or was ended by the processor. Everything is
 bounded by --timeout.
 """
@@ -88,10 +98,12 @@ class Conn:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(1 << 30)  # we never hold back the replies
         self.out = bytearray(self.h2.data_to_send())
-        self.settings_acked = False
+        self.settings_acked = False  # the processor's SETTINGS arrived
+        self.own_settings_acked = False  # ... and its ACK of ours
         self.replies = {}  # stream id -> bytes of the reply so far
         self.answered = set()
         self.ended = set()  # streams the processor ended or reset: not expected
+        self.reset_by_us = set()
 
     def flush(self):
         self.out += self.h2.data_to_send()
@@ -113,6 +125,8 @@ class Conn:
         for ev in self.h2.receive_data(data):
             if isinstance(ev, h2.events.RemoteSettingsChanged):
                 self.settings_acked = True
+            elif isinstance(ev, h2.events.SettingsAcknowledged):
+                self.own_settings_acked = True
             elif isinstance(ev, h2.events.DataReceived):
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 buf = self.replies.get(ev.stream_id, b"") + ev.data
@@ -122,7 +136,8 @@ class Conn:
                         raise ValueError(f"stream {ev.stream_id}: unexpected reply {buf[:32]!r}")
                     self.answered.add(ev.stream_id)
             elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
-                self.ended.add(ev.stream_id)
+                if ev.stream_id not in self.reset_by_us:
+                    self.ended.add(ev.stream_id)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 raise ConnectionError(f"GOAWAY from the processor: {ev}")
 
@@ -134,6 +149,35 @@ class Conn:
         ])
         self.h2.send_data(sid, processing_request(i))  # no END_STREAM: the call goes on
         return sid
+
+
+def ready(c, with_stream):
+    """The handshake is done both ways and, with a stream, its reply arrived."""
+    return c.settings_acked and c.own_settings_acked and (not with_stream or c.answered)
+
+
+def idle_connection_burst(args, deadline):
+    """Opens args.idle_connections connections, in batches the listen queue takes at once, each
+    brought to ready() (and its stream reset, as Envoy does), then holds them all idle."""
+    conns = []
+    batch = 200
+    while len(conns) < args.idle_connections:
+        new = [Conn(args.port) for _ in range(min(batch, args.idle_connections - len(conns)))]
+        pump(new, lambda: all(c.settings_acked for c in new), deadline, "SETTINGS")
+        if args.conn_stream:
+            for i, c in enumerate(new):
+                c.open_stream(len(conns) + i)
+        pump(new, lambda: all(ready(c, args.conn_stream) for c in new), deadline,
+             "the connections' handshakes and replies")
+        for c in new:
+            for sid in c.answered:
+                c.h2.reset_stream(sid, error_code=8)  # CANCEL, as Envoy ends its ext_proc streams
+                c.reset_by_us.add(sid)
+            c.flush()
+        conns += new
+    hold_until = time.monotonic() + args.hold
+    pump(conns, lambda: time.monotonic() > hold_until, deadline + args.hold, "the hold")
+    return conns
 
 
 def pump(conns, until, deadline, what):
@@ -163,15 +207,39 @@ def main():
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--idle-connections", type=int, default=0,
+                    help="connections opened and held idle first (0: skipped)")
+    ap.add_argument("--no-conn-stream", dest="conn_stream", action="store_false",
+                    help="the idle connections carry no stream before going idle")
     ap.add_argument("--hold", type=float, default=2.0, help="seconds to hold before reading RSS")
+    ap.add_argument("--settle", type=float, default=2.5,
+                    help="seconds after closing before reading RSS")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--json")
     args = ap.parse_args()
     deadline = time.monotonic() + args.timeout
-    result = {"streams": args.streams, "connections": args.connections}
+    result = {"streams": args.streams, "connections": args.connections,
+              "idle_connections": args.idle_connections, "conn_stream": args.conn_stream}
 
     time.sleep(0.5)
     result["idle"] = rss(args.pid)
+
+    if args.idle_connections:
+        t0 = time.monotonic()
+        conns = idle_connection_burst(args, deadline)
+        result["conns_open_seconds"] = round(time.monotonic() - t0, 2)
+        result["conns_open"] = rss(args.pid)
+        result["conns_ended_by_processor"] = sum(len(c.ended) for c in conns)
+        for c in conns:
+            c.sock.close()
+        del conns
+        time.sleep(args.settle)
+        result["conns_closed"] = rss(args.pid)
+        result["bytes_per_connection"] = round(
+            (result["conns_open"]["VmRSS"] - result["idle"]["VmRSS"]) / args.idle_connections, 1)
+        result["anon_bytes_per_connection"] = round(
+            (result["conns_open"]["RssAnon"] - result["idle"]["RssAnon"]) / args.idle_connections,
+            1)
 
     for rnd in (1, 2):  # round 2 shows whether round 1's memory is reused (no leak)
         sfx = "" if rnd == 1 else "_round2"
@@ -206,20 +274,26 @@ def main():
 
         for c in conns:
             c.sock.close()
-        time.sleep(1.0)
+        time.sleep(args.settle)
         result["closed" + sfx] = rss(args.pid)
 
     n = args.streams
-    result["bytes_per_stream"] = round((result["open"]["VmRSS"] - result["idle"]["VmRSS"]) / n, 1)
-    result["bytes_per_stream_over_connected"] = round(
+    # Over the RSS just before the streams (their 4 connections set up): what the streams
+    # themselves hold, whatever an earlier burst left in the allocator.
+    result["bytes_per_stream"] = round(
         (result["open"]["VmRSS"] - result["connected"]["VmRSS"]) / n, 1)
+    result["bytes_per_stream_over_idle"] = round(
+        (result["open"]["VmRSS"] - result["idle"]["VmRSS"]) / n, 1)
     result["anon_bytes_per_stream"] = round(
-        (result["open"]["RssAnon"] - result["idle"]["RssAnon"]) / n, 1)
+        (result["open"]["RssAnon"] - result["connected"]["RssAnon"]) / n, 1)
     text = json.dumps(result, indent=2)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")
     print(text)
+    if result.get("conns_ended_by_processor"):
+        sys.exit(f"{result['conns_ended_by_processor']} streams of the idle connections "
+                 "were ended by the processor")
     for sfx in ("", "_round2"):
         if result["answered" + sfx] != n or result["ended_by_processor" + sfx]:
             sys.exit(f"{result['answered' + sfx]} of {n} streams answered, "

@@ -140,6 +140,10 @@ static nghttp2_option *make_options(void) {
    * load. nghttp2's rapid-reset guard (1,000 resets faster than 33/s) would answer that with
    * GOAWAY; the concurrent-stream limit is our guard instead. */
   nghttp2_option_set_stream_reset_rate_limit(opt, UINT64_MAX, UINT64_MAX);
+  /* A closed stream is forgotten at once. nghttp2 otherwise keeps closed streams (up to the
+   * concurrent-stream limit) for RFC 7540 priorities, which Envoy does not send on ext_proc
+   * connections: memory per connection that only grows with its busiest moment. */
+  nghttp2_option_set_no_closed_streams(opt, 1);
   return opt;
 }
 
@@ -147,15 +151,24 @@ static int new_session(connection *c) {
   nghttp2_session_callbacks *cb = make_callbacks();
   nghttp2_option *opt = make_options();
   int rv = -1;
-  if (cb && opt) rv = nghttp2_session_server_new2(&c->session, cb, c, opt);
+  idle_pages_init(&c->pages);
+  nghttp2_mem mem = idle_pages_allocator(&c->pages); /* nghttp2 keeps a copy */
+  if (cb && opt) rv = nghttp2_session_server_new3(&c->session, cb, c, opt, &mem);
   nghttp2_session_callbacks_del(cb);
   nghttp2_option_del(opt);
   if (rv != 0) return -1;
   const transport_config *cfg = c->w->cfg;
+  /* SETTINGS_HEADER_TABLE_SIZE stays at its default (4,096): Envoy's encoder indexes the
+   * headers it repeats on every stream (path, content-type, te, its own) in that table. RFC 9218's
+   * NO_RFC7540_PRIORITIES tells the peer priorities are not used, so nghttp2 keeps no priority
+   * tree of idle and closed streams. */
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->max_concurrent_streams},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->initial_window_bytes}};
-  if (nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, settings, 2) != 0) return -1;
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->initial_window_bytes},
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1}};
+  if (nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, settings,
+                              sizeof(settings) / sizeof(settings[0])) != 0)
+    return -1;
   return nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0,
                                                CONNECTION_WINDOW_BYTES);
 }
@@ -167,6 +180,7 @@ static void on_closed(uv_handle_t *h) {
   if (--c->handles_open > 0) return;
   tls_conn_free(c->tls); /* not in conn_close: a read may still be decrypting into it */
   free(c->pending);
+  idle_pages_free(&c->pages); /* the session, their only user, is deleted */
   free(c);
 }
 

@@ -5,6 +5,8 @@
  *                  them to the engine or the health service, queueing replies, trailers
  *   flow.c         flow-control budgets: when received bytes go back to the peer's window
  *   connection_timeouts.c  handshake timeout, idle timeout, keepalive PINGs
+ *   idle_memory.c  the session's allocator: nghttp2's large blocks on pages given back while
+ *                  the connection is idle
  *   tls.c          TLS on TCP listeners when the server has a certificate: the connection's
  *                  bytes pass through OpenSSL between the socket and nghttp2
  *
@@ -19,6 +21,7 @@
 
 #include "base/list.h"
 #include "transport/grpc_frame.h"
+#include "transport/idle_memory.h"
 #include "transport/peer.h"
 #include "transport/transport.h"
 
@@ -68,7 +71,8 @@ struct connection {
   uv_timer_t timer; /* handshake, idle and keepalive deadlines (connection.c) */
   int handles_open; /* h and timer: freed when both are closed */
   nghttp2_session *session;
-  dlist streams; /* h2_stream */
+  idle_pages pages; /* the session's large blocks, given back while idle (idle_memory.c) */
+  dlist streams;    /* h2_stream */
   uv_write_t write_req;
   uint8_t *pending; /* output the socket did not take at once, being written; else NULL */
   bool closing;

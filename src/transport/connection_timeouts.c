@@ -103,13 +103,18 @@ void conn_note_handshake(connection *c) {
   c->handshake_done = true;
   c->idle_since_ms = uv_now(&c->w->loop);
   arm(c);
+  worker_release_idle_later(c->w);
 }
 
-void conn_note_ping_ack(connection *c) { c->ping_outstanding = false; }
+void conn_note_ping_ack(connection *c) {
+  c->ping_outstanding = false;
+  worker_release_idle_later(c->w); /* the PING and its ACK touched the session's pages */
+}
 
 void conn_note_idle(connection *c) {
   if (c->closing) return;
   c->idle_since_ms = uv_now(&c->w->loop);
   /* The timer may be off (keepalive disabled, streams were open): the idle deadline needs it. */
   if (c->handshake_done && !uv_is_active((uv_handle_t *)&c->timer)) arm(c);
+  worker_release_idle_later(c->w);
 }

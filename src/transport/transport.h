@@ -183,6 +183,7 @@ struct worker {
   uv_timer_t accept_timer; /* resumes paused listeners after a short backoff */
   uv_timer_t budget_timer; /* retries input held back by the server-wide buffer budget */
   uv_timer_t trim_timer;   /* gives freed memory back to the system after a burst */
+  uv_timer_t idle_timer;   /* gives idle connections' session pages back (idle_memory.c) */
   size_t freed_since_trim; /* large buffers freed since the last trim, bytes */
 
   /* Output of one flush round is built here and written at once; only what the socket does not
@@ -235,6 +236,14 @@ void worker_retry_budget_later(worker *w);
 /* `bytes` of large buffers were freed on `w`: once a burst is over, the memory is given back to
  * the system (rate-limited). (worker.c) */
 void worker_note_freed(worker *w, size_t bytes);
+
+/* A connection of `w` went idle: its session's pages are given back if it stays so (a sweep of
+ * the worker's connections, at most once a second while one is waiting). (worker.c) */
+void worker_release_idle_later(worker *w);
+
+/* Gives back the session pages of `w`'s connections idle long enough. Returns true if a
+ * connection is idle but not yet long enough: sweep again later. (idle_memory.c) */
+bool connections_release_idle(worker *w);
 
 /* Connections of `w` whose input waits for the server-wide budget: flow credit is retried.
  * (flow.c) */

@@ -88,7 +88,8 @@ static void close_handle(uv_handle_t *h, void *arg) {
 static void worker_maybe_finish(worker *w) {
   if (!w->stopping || w->connections.head) return;
   if (w->deferred != 0 && !w->grace_over) return; /* they may come back within the grace */
-  uv_timer_t *timers[] = {&w->grace_timer, &w->accept_timer, &w->budget_timer, &w->trim_timer};
+  uv_timer_t *timers[] = {&w->grace_timer, &w->accept_timer, &w->budget_timer, &w->trim_timer,
+                          &w->idle_timer};
   for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++)
     if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], ignore_close);
   /* Resumes already on their way (stream_abandon_deferred keeps those) must still land. */
@@ -160,6 +161,21 @@ void worker_note_freed(worker *w, size_t bytes) {
   if (w->freed_since_trim < TRIM_AFTER_BYTES || w->stopping) return;
   if (!uv_is_active((uv_handle_t *)&w->trim_timer))
     uv_timer_start(&w->trim_timer, on_trim_timer, TRIM_DELAY_MS, 0);
+}
+
+/* How often idle connections are looked at while one waits to give its pages back; a connection
+ * gives them back after idle_memory.c's RELEASE_AFTER_MS, so at most this much later. */
+enum { IDLE_SWEEP_MS = 1000 };
+
+static void on_idle_timer(uv_timer_t *timer) {
+  worker *w = timer->data;
+  if (connections_release_idle(w) && !w->stopping)
+    uv_timer_start(&w->idle_timer, on_idle_timer, IDLE_SWEEP_MS, 0);
+}
+
+void worker_release_idle_later(worker *w) {
+  if (!w->stopping && !uv_is_active((uv_handle_t *)&w->idle_timer))
+    uv_timer_start(&w->idle_timer, on_idle_timer, IDLE_SWEEP_MS, 0);
 }
 
 static void end_grace(worker *w) {
@@ -255,10 +271,11 @@ int worker_init(worker *w, unsigned index, const transport_config *cfg, transpor
       (rv = uv_timer_init(&w->loop, &w->grace_timer)) == 0 &&
       (rv = uv_timer_init(&w->loop, &w->accept_timer)) == 0 &&
       (rv = uv_timer_init(&w->loop, &w->budget_timer)) == 0 &&
-      (rv = uv_timer_init(&w->loop, &w->trim_timer)) == 0) {
+      (rv = uv_timer_init(&w->loop, &w->trim_timer)) == 0 &&
+      (rv = uv_timer_init(&w->loop, &w->idle_timer)) == 0) {
     w->wakeup.data = w;
     w->grace_timer.data = w;
-    w->accept_timer.data = w->budget_timer.data = w->trim_timer.data = w;
+    w->accept_timer.data = w->budget_timer.data = w->trim_timer.data = w->idle_timer.data = w;
     for (unsigned i = 0; i < spec_count && rv == 0; i++) {
       if (specs[i].fds[index] < 0) continue;
       rv = listener_start(w, &specs[i], &w->listeners[w->listener_count]);
