@@ -27,7 +27,6 @@ enum {
   HTTP_HEADERS_END_OF_STREAM = 3,
   HTTP_BODY_BODY = 1,
   HTTP_BODY_END_OF_STREAM = 2,
-  HTTP_TRAILERS_TRAILERS = 1,
   HEADER_MAP_HEADERS = 1,
   HEADER_VALUE_KEY = 1,
   HEADER_VALUE_VALUE = 2,
@@ -229,8 +228,8 @@ static decode_result load_headers(arena *a, cursor map, size_t count, size_t tex
   return DECODE_OK;
 }
 
-/* HttpHeaders or HttpTrailers: both hold their HeaderMap at field 1, and only HttpHeaders has
- * end_of_stream (field 3). */
+/* HttpHeaders or HttpTrailers: both hold their HeaderMap at field 1 (headers, trailers), and only
+ * HttpHeaders has end_of_stream (field 3). */
 static bool scan_headers_phase(cursor c, bool trailers, cursor *map, bool *end_of_stream) {
   unsigned seen = 0, field, wire;
   *map = (cursor){NULL, NULL};

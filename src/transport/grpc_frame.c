@@ -3,9 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-void grpc_reader_init(grpc_reader *r, size_t max_message_bytes) {
+void grpc_reader_init(grpc_reader *r, size_t max_message_bytes, grpc_spare *spare) {
   memset(r, 0, sizeof(*r));
   r->max_message_bytes = max_message_bytes;
+  r->spare = spare;
 }
 
 void grpc_reader_free(grpc_reader *r) {
@@ -35,8 +36,35 @@ void grpc_reader_reset(grpc_reader *r) {
 size_t grpc_reader_release_spare(grpc_reader *r) {
   const size_t cap = r->buf_cap;
   if (r->prefix_len != 0 || cap <= GRPC_KEEP_BUFFER_BYTES) return 0;
-  grpc_reader_free(r);
-  return cap;
+  grpc_spare *spare = r->spare;
+  if (!spare || (spare->buf && spare->cap >= cap)) {
+    grpc_reader_free(r);
+    return cap;
+  }
+  const size_t freed = spare->buf ? spare->cap : 0;
+  free(spare->buf);
+  spare->buf = r->buf;
+  spare->cap = cap;
+  r->buf = NULL;
+  r->buf_len = r->buf_cap = 0;
+  return freed;
+}
+
+/* Swaps the reader's buffer for the worker's spare, for a large message (one that needs more
+ * than a buffer worth keeping) when the spare holds `need` bytes and more than the reader's own. */
+static bool take_spare(grpc_reader *r, size_t need) {
+  grpc_spare *spare = r->spare;
+  if (!spare || !spare->buf || need <= GRPC_KEEP_BUFFER_BYTES || spare->cap < need ||
+      spare->cap <= r->buf_cap)
+    return false;
+  if (r->buf_len) memcpy(spare->buf, r->buf, r->buf_len);
+  free(r->buf);
+  r->buf = spare->buf;
+  r->buf_cap = spare->cap;
+  spare->buf = NULL;
+  spare->cap = 0;
+  spare->used = true;
+  return true;
 }
 
 /* The first allocation for a message, unless the message is smaller. */
@@ -45,9 +73,10 @@ enum { MIN_BUFFER_BYTES = 4096 };
 /* Makes room for `need` bytes of the message. The buffer grows with what has arrived, never to
  * the announced length at once: a prefix announcing 16 MiB must not cost 16 MiB (ten thousand
  * such streams would reserve 160 GiB and run the process out of memory mappings) before a byte
- * of it comes. Doubling keeps the copying linear; the buffer never outgrows the message. */
+ * of it comes. Doubling keeps the copying linear; the buffer never outgrows the message, unless it
+ * is the worker's spare, which exists already. */
 static bool reserve(grpc_reader *r, size_t need) {
-  if (need <= r->buf_cap) return true;
+  if (need <= r->buf_cap || take_spare(r, need)) return true;
   size_t cap = r->buf_cap ? r->buf_cap * 2 : MIN_BUFFER_BYTES;
   if (cap < need) cap = need;
   if (cap > r->message_len) cap = r->message_len;

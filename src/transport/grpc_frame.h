@@ -21,7 +21,20 @@ typedef enum grpc_read_status {
   GRPC_READ_NO_MEMORY
 } grpc_read_status;
 
+/* One large message buffer a worker keeps between messages for its streams' readers. Envoy
+ * sends a streamed or buffered body as messages of hundreds of KiB to a few MiB; freeing each
+ * one's buffer and growing the next from 4 KiB again has the allocator map fresh pages for every
+ * message, and faulting them in costs more than the message's own processing. A reader takes the
+ * spare when its message outgrows its own buffer, and hands a large buffer back when the message
+ * is done; the worker frees the spare once it goes unused for a while (worker.c). */
+typedef struct grpc_spare {
+  uint8_t *buf; /* NULL when none is kept, or a reader has it */
+  size_t cap;
+  bool used; /* taken since the worker last looked */
+} grpc_spare;
+
 typedef struct grpc_reader {
+  grpc_spare *spare; /* the worker's, or NULL */
   size_t max_message_bytes;
   uint8_t prefix[GRPC_PREFIX_BYTES];
   size_t prefix_len;
@@ -31,7 +44,8 @@ typedef struct grpc_reader {
   size_t buf_cap;
 } grpc_reader;
 
-void grpc_reader_init(grpc_reader *r, size_t max_message_bytes);
+/* `spare`: the worker's kept buffer, or NULL for none. */
+void grpc_reader_init(grpc_reader *r, size_t max_message_bytes, grpc_spare *spare);
 /* Frees the buffer and forgets any partial message. */
 void grpc_reader_free(grpc_reader *r);
 
@@ -46,8 +60,9 @@ void grpc_reader_reset(grpc_reader *r);
 grpc_read_status grpc_reader_feed(grpc_reader *r, const uint8_t **data, size_t *len,
                                   const uint8_t **msg, size_t *msg_len);
 
-/* Frees the reader's buffer if no message is in progress and the buffer is larger than worth
- * keeping for the next one (GRPC_KEEP_BUFFER_BYTES). Returns the bytes freed. */
+/* When no message is in progress and the reader's buffer is larger than worth keeping for the
+ * next one (GRPC_KEEP_BUFFER_BYTES), gives it up: to the worker's spare if that is empty or
+ * smaller (whose old buffer is then freed), else frees it. Returns the bytes freed. */
 size_t grpc_reader_release_spare(grpc_reader *r);
 
 /* True when no partial message is buffered (a clean place for the stream to end). */

@@ -171,6 +171,7 @@ static void feed_input(h2_stream *s, const uint8_t *data, size_t len) {
       deliver(s, msg, msg_len);
       if (s->finished) s->discard_input = true;
       worker_note_freed(s->conn->w, grpc_reader_release_spare(&s->reader));
+      if (s->conn->w->spare.buf) worker_note_spare(s->conn->w);
       continue;
     }
     char why[160];
@@ -218,7 +219,7 @@ h2_stream *h2_stream_new(connection *c, int32_t id) {
   s->conn = c;
   s->id = id;
   s->watch_sent = -1;
-  grpc_reader_init(&s->reader, c->w->cfg->max_message_bytes);
+  grpc_reader_init(&s->reader, c->w->cfg->max_message_bytes, &c->w->spare);
   dlist_push_front(&c->streams, &s->link);
   atomic_fetch_add(&c->w->stats->open_streams, 1);
   atomic_fetch_add(&c->w->stats->total_streams, 1);

@@ -16,6 +16,7 @@
 
 #include "base/list.h"
 #include "engine/stream.h"
+#include "transport/grpc_frame.h"
 
 typedef struct worker worker;
 
@@ -185,6 +186,7 @@ struct worker {
   uv_timer_t trim_timer;   /* gives freed memory back to the system after a burst */
   uv_timer_t idle_timer;   /* gives idle connections' session pages back (idle_memory.c) */
   size_t freed_since_trim; /* large buffers freed since the last trim, bytes */
+  grpc_spare spare;        /* one large message buffer kept for the next large message */
 
   /* Output of one flush round is built here and written at once; only what the socket does not
    * take is copied into a buffer of the connection's own, so idle connections hold none. */
@@ -236,6 +238,10 @@ void worker_retry_budget_later(worker *w);
 /* `bytes` of large buffers were freed on `w`: once a burst is over, the memory is given back to
  * the system (rate-limited). (worker.c) */
 void worker_note_freed(worker *w, size_t bytes);
+
+/* A reader left a buffer in w->spare: it is freed if it goes unused until the next trim or the
+ * one after. (worker.c) */
+void worker_note_spare(worker *w);
 
 /* A connection of `w` went idle: its session's pages are given back if it stays so (a sweep of
  * the worker's connections, at most once a second while one is waiting). (worker.c) */

@@ -146,14 +146,33 @@ enum { TRIM_AFTER_BYTES = 1 << 20, TRIM_DELAY_MS = 1000 };
  * second thread to exit fails glibc's arena count assertion and aborts. */
 static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static void on_trim_timer(uv_timer_t *timer);
+
+/* The spare message buffer goes once a whole trim period passed without a reader taking it. */
+static void drop_unused_spare(worker *w) {
+  if (w->spare.buf && !w->spare.used) {
+    free(w->spare.buf);
+    w->spare.buf = NULL;
+    w->spare.cap = 0;
+  }
+  w->spare.used = false;
+  if (w->spare.buf && !w->stopping) uv_timer_start(&w->trim_timer, on_trim_timer, TRIM_DELAY_MS, 0);
+}
+
 static void on_trim_timer(uv_timer_t *timer) {
   worker *w = timer->data;
   w->freed_since_trim = 0;
+  drop_unused_spare(w);
 #ifdef __GLIBC__
   pthread_mutex_lock(&trim_lock);
   malloc_trim(0);
   pthread_mutex_unlock(&trim_lock);
 #endif
+}
+
+void worker_note_spare(worker *w) {
+  if (!w->stopping && !uv_is_active((uv_handle_t *)&w->trim_timer))
+    uv_timer_start(&w->trim_timer, on_trim_timer, TRIM_DELAY_MS, 0);
 }
 
 void worker_note_freed(worker *w, size_t bytes) {
@@ -253,6 +272,8 @@ static void close_loop(worker *w) {
   w->out_buf = NULL;
   free(w->tls_buf);
   w->tls_buf = NULL;
+  free(w->spare.buf);
+  w->spare = (grpc_spare){0};
 }
 
 int worker_init(worker *w, unsigned index, const transport_config *cfg, transport_stats *stats,

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -31,7 +32,7 @@ static void test_whole_messages_are_not_copied(void **state) {
   n += frame(buf + n, "");
   n += frame(buf + n, "world!");
   grpc_reader r;
-  grpc_reader_init(&r, 1024);
+  grpc_reader_init(&r, 1024, NULL);
   const uint8_t *data = buf, *msg;
   size_t len = n, msg_len;
   assert_int_equal(grpc_reader_feed(&r, &data, &len, &msg, &msg_len), GRPC_READ_MESSAGE);
@@ -57,7 +58,7 @@ static void test_reassembly_across_every_split(void **state) {
   n += frame(buf + n, "second");
   for (size_t piece = 1; piece <= n; piece++) {
     grpc_reader r;
-    grpc_reader_init(&r, 1024);
+    grpc_reader_init(&r, 1024, NULL);
     char got[2][32];
     int count = 0;
     for (size_t off = 0; off < n; off += piece) {
@@ -82,7 +83,7 @@ static void test_reassembly_across_every_split(void **state) {
 static void test_limit_and_compression(void **state) {
   (void)state;
   grpc_reader r;
-  grpc_reader_init(&r, 10);
+  grpc_reader_init(&r, 10, NULL);
   uint8_t p[5];
   grpc_write_prefix(p, 11);
   const uint8_t *data = p, *msg;
@@ -91,7 +92,7 @@ static void test_limit_and_compression(void **state) {
   assert_int_equal(msg_len, 11);
   grpc_reader_free(&r);
 
-  grpc_reader_init(&r, 10);
+  grpc_reader_init(&r, 10, NULL);
   grpc_write_prefix(p, 10); /* exactly the limit is fine */
   uint8_t buf[15];
   memcpy(buf, p, 5);
@@ -102,7 +103,7 @@ static void test_limit_and_compression(void **state) {
   assert_int_equal(msg_len, 10);
   grpc_reader_free(&r);
 
-  grpc_reader_init(&r, 10);
+  grpc_reader_init(&r, 10, NULL);
   p[0] = 1; /* compressed flag */
   data = p;
   len = 5;
@@ -113,7 +114,7 @@ static void test_limit_and_compression(void **state) {
 static void test_partial_prefix_is_not_idle(void **state) {
   (void)state;
   grpc_reader r;
-  grpc_reader_init(&r, 100);
+  grpc_reader_init(&r, 100, NULL);
   uint8_t p[5];
   grpc_write_prefix(p, 3);
   const uint8_t *data = p, *msg;
@@ -129,7 +130,7 @@ static void test_reset_forgets_a_partial_message(void **state) {
   uint8_t buf[64];
   const size_t n = frame(buf, "abandoned");
   grpc_reader r;
-  grpc_reader_init(&r, 1024);
+  grpc_reader_init(&r, 1024, NULL);
   const uint8_t *data = buf, *msg;
   size_t len = n - 3, msg_len;
   assert_int_equal(grpc_reader_feed(&r, &data, &len, &msg, &msg_len), GRPC_READ_NEED_MORE);
@@ -149,6 +150,68 @@ static void test_reset_forgets_a_partial_message(void **state) {
   grpc_reader_free(&r);
 }
 
+/* Feeds one message of `size` bytes of `fill`, split in two pieces so it is reassembled, and
+ * checks it arrived whole; returns the reader's buffer while the message is delivered. */
+static const uint8_t *feed_split_message(grpc_reader *r, size_t size, uint8_t fill) {
+  uint8_t *wire = malloc(GRPC_PREFIX_BYTES + size);
+  assert_non_null(wire);
+  grpc_write_prefix(wire, (uint32_t)size);
+  memset(wire + GRPC_PREFIX_BYTES, fill, size);
+  const uint8_t *data = wire, *msg;
+  size_t len = GRPC_PREFIX_BYTES + size / 2, msg_len;
+  assert_int_equal(grpc_reader_feed(r, &data, &len, &msg, &msg_len), GRPC_READ_NEED_MORE);
+  len = size - size / 2;
+  assert_int_equal(grpc_reader_feed(r, &data, &len, &msg, &msg_len), GRPC_READ_MESSAGE);
+  assert_int_equal(msg_len, size);
+  for (size_t i = 0; i < size; i++)
+    assert_int_equal(msg[i], fill);
+  free(wire);
+  return msg;
+}
+
+/* Large messages reuse the worker's spare buffer instead of growing a new one each time. */
+static void test_large_messages_share_the_spare(void **state) {
+  (void)state;
+  enum { BIG = 1 << 20 };
+  grpc_spare spare = {0};
+  grpc_reader a, b;
+  grpc_reader_init(&a, 4 * BIG, &spare);
+  grpc_reader_init(&b, 4 * BIG, &spare);
+
+  const uint8_t *first = feed_split_message(&a, BIG, 'x');
+  assert_int_equal(grpc_reader_release_spare(&a), 0); /* kept, not freed */
+  assert_ptr_equal(spare.buf, first);
+  assert_int_equal(spare.cap, BIG);
+
+  /* Another stream's large message lands in the same buffer, and gives it back. */
+  assert_ptr_equal(feed_split_message(&b, BIG - 7, 'y'), first);
+  assert_null(spare.buf);
+  assert_true(spare.used);
+  assert_int_equal(grpc_reader_release_spare(&b), 0);
+  assert_ptr_equal(spare.buf, first);
+
+  /* A larger buffer replaces the spare (the old one is freed); a smaller one is freed. */
+  feed_split_message(&a, 2 * BIG, 'z');
+  assert_int_equal(grpc_reader_release_spare(&a), 0); /* took the spare, grew it, gave it back */
+  assert_int_equal(spare.cap, 2 * BIG);
+  uint8_t *kept = spare.buf;
+  spare.buf = NULL; /* as if another reader had it */
+  feed_split_message(&b, BIG, 'w');
+  spare.buf = kept;
+  assert_int_equal(grpc_reader_release_spare(&b), BIG);
+  assert_ptr_equal(spare.buf, kept);
+  /* Small messages never touch it. */
+  spare.used = false;
+  feed_split_message(&b, 100, 's');
+  feed_split_message(&b, GRPC_KEEP_BUFFER_BYTES, 't');
+  assert_false(spare.used);
+  assert_int_equal(grpc_reader_release_spare(&b), 0);
+  assert_ptr_equal(spare.buf, kept);
+  grpc_reader_free(&a);
+  grpc_reader_free(&b);
+  free(spare.buf);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_prefix_is_big_endian),
@@ -157,6 +220,7 @@ int main(void) {
       cmocka_unit_test(test_limit_and_compression),
       cmocka_unit_test(test_partial_prefix_is_not_idle),
       cmocka_unit_test(test_reset_forgets_a_partial_message),
+      cmocka_unit_test(test_large_messages_share_the_spare),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -844,7 +844,7 @@ int32_t h2_client_open_stream_as(h2_client *c, const char *path, const char *met
   if (!r) return -1;
   r->client = c;
   r->pub.grpc_status = -1;
-  grpc_reader_init(&r->reader, c->max_message); /* SIZE_MAX unless limited */
+  grpc_reader_init(&r->reader, c->max_message, NULL); /* SIZE_MAX unless limited */
   const nghttp2_nv nva[] = {
       NV(":method", method),         NV(":scheme", "http"),
       NV(":authority", "localhost"), NV(":path", path),

@@ -1181,7 +1181,7 @@ static bool setup(lg_run *run) {
     s->conn = &run->conns[i % o->connections];
     s->first = malloc(first->len);
     if (!s->first) return false;
-    grpc_reader_init(&s->reader, SIZE_MAX); /* any size the server sends */
+    grpc_reader_init(&s->reader, SIZE_MAX, NULL); /* any size the server sends */
     memcpy(s->first, first->data, first->len);
     s->is_free = true;
     s->next_free = s->conn->free_slots;
