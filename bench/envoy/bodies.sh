@@ -49,8 +49,8 @@
 # run (messages per request, failures, timeouts).
 #
 # BENCH_CLIENT=h2 makes h2load speak HTTP/2 (cleartext) to Envoy instead of HTTP/1.1: the
-# processor then gets STREAMED bodies in 16 KiB chunks instead of a few large ones (the
-# "ext_proc msgs/request" column shows which).
+# processor then gets FULL_DUPLEX_STREAMED bodies in 16 KiB chunks instead of a few large ones
+# (the "ext_proc msgs/request" column shows which).
 #
 # Pinning (taskset), as bench/envoy/run.sh does for throughput: Envoy and the processor on core 0
 # (BENCH_ENVOY_CPU, BENCH_PROC_CPU), nginx and h2load on core 1 (BENCH_UPSTREAM_CPU,
@@ -70,9 +70,11 @@ PROC_CPU=${BENCH_PROC_CPU:-0}
 UPSTREAM_CPU=${BENCH_UPSTREAM_CPU:-1}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
 if [ "$(nproc)" -lt 2 ]; then ENVOY_CPU=0 PROC_CPU=0 UPSTREAM_CPU=0 LOAD_CPU=0; fi
-# The client's protocol decides the chunks a STREAMED body reaches the processor in: over
-# HTTP/1.1 Envoy hands the filter what each socket read brought (hundreds of KiB when the client
-# writes a whole body at once), over HTTP/2 one DATA frame each (16 KiB).
+# The client's protocol decides the chunks a body reaches the processor in: over HTTP/1.1 Envoy
+# hands the filter what each socket read brought (hundreds of KiB when the client writes a whole
+# body at once), over HTTP/2 one DATA frame each (16 KiB). That shows in FULL_DUPLEX_STREAMED;
+# in STREAMED, Envoy holds what arrives until the headers' reply and sends it as one chunk, so a
+# fast client's 1 MiB body goes in one or two messages over either protocol.
 case "${BENCH_CLIENT:-h1}" in
 h1) CLIENT_FLAGS=(--h1) ;;
 h2) CLIENT_FLAGS=() ;;
