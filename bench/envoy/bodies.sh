@@ -477,9 +477,11 @@ peer_missing() { # NAME: why the peer cannot run here, nothing when it can
 }
 
 run_processor body-pass same yes \
-  "$RUNNER" --service "body-pass@127.0.0.1:$PROC_PORT" --workers 1 --log-level warn
+  "$RUNNER" --service "body-pass@127.0.0.1:$PROC_PORT" --workers 1 --log-level warn \
+  --drain-delay 0 --grace-period 1
 run_processor body-rewrite upper no \
-  "$RUNNER" --service "body-rewrite@127.0.0.1:$PROC_PORT" --workers 1 --log-level warn
+  "$RUNNER" --service "body-rewrite@127.0.0.1:$PROC_PORT" --workers 1 --log-level warn \
+  --drain-delay 0 --grace-period 1
 for peer in go-grpc go-wrossmorrow go-getyourguide; do
   why=$(peer_missing "$peer")
   if [ -n "$why" ]; then
