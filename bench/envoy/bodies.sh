@@ -6,7 +6,7 @@
 #   h2load --h1 -d BODY ──POST──▶ Envoy 1.40 ──ext_proc (gRPC, h2c)──▶ processor
 #                                   └──HTTP/1.1──▶ nginx (reads the whole body, then 200)
 #
-#   bench/envoy/bodies.sh         (about 3 minutes; prints the table, writes
+#   bench/envoy/bodies.sh         (2 to 3 minutes; prints the table, writes
 #                                  build-rel/bench-envoy-bodies.json)
 #
 # One Envoy (--concurrency 1), three listeners, each with one ext_proc filter sending the request
