@@ -19,6 +19,20 @@
 # pieces); GB/s per core = body MB/s / the server's core fraction (its CPU time over the same
 # period), i.e. the rate one fully busy core would sustain; peak RSS is VmHWM since the measured
 # period began, KiB/stream the growth from the idle server to that peak per concurrent stream.
+#
+# The Go peers in the same run (bench/peers/): go-grpc (grpc-go with no SDK, from
+# bench/peers/install.sh) and the two Go SDKs (binaries named by BENCH_PEER_GO_WROSSMORROW and
+# BENCH_PEER_GO_GETYOURGUIDE), each pinned and started afresh per row like libextproc, under the
+# same load, in the pass-through rows they can serve: their trivial processors answer every body
+# message with an empty reply of its type, which passes the body through unchanged in STREAMED
+# and BUFFERED. They cannot serve FULL_DUPLEX_STREAMED (a pass-through must send each chunk back
+# as a streamed_response; they never do, so the body never ends) and are not run there. Rows:
+# STREAMED 1 MiB, BUFFERED 10 MiB (grpc-go's default 4 MiB receive limit refuses it: the table
+# says so from the run's own errors) and BUFFERED 1 MiB (under that limit, so BUFFERED is
+# compared too; libextproc runs it as well). A peer that is not available is skipped with a
+# message (SKIP_PEERS=1 skips them all). The second table gives each server's figures and
+# libextproc's ratio to the faster Go SDK, taken on each figure separately.
+#
 # Loopback only; every run is bounded (extproc-load's hard timeout), and every process started
 # here is stopped on exit.
 set -euo pipefail
@@ -63,8 +77,9 @@ wait_listening() { # up to 30 s (callgrind starts slowly)
 start_server() { # PROCESSOR [WRAPPER...]
   local processor=$1
   shift
+  # No drain delay: nothing watches its health here, and each row would wait 3 s for it.
   taskset -c 0 "$@" "$RUNNER" --service "$processor@127.0.0.1:$PORT" --workers 1 \
-    --log-level warn &
+    --log-level warn --drain-delay 0 &
   SERVER_PID=$!
   wait_listening
 }
@@ -79,17 +94,83 @@ ROWS=(
   "buffered-rewrite buffered body-rewrite upper 10485760 $BUFFERED_CONCURRENCY"
 )
 
+load_row() { # SHAPE EXPECT BODY CONCURRENCY JSON: the measured load against the running server
+  local shape=$1 expect=$2 body=$3 concurrency=$4 json=$5
+  local connections=$((concurrency < 4 ? concurrency : 4))
+  taskset -c 1 "$LOAD" --target "127.0.0.1:$PORT" --shape "$shape" --body-bytes "$body" \
+    --chunk-bytes "$CHUNK_BYTES" --expect-body "$expect" --concurrency "$concurrency" \
+    --connections "$connections" --duration "$SECONDS_PER_ROW" --warmup 1 --timeout 30 \
+    --server-pid "$SERVER_PID" --json >"$json" ||
+    echo "bodies: extproc-load exited with $? (see $json)" >&2
+}
+
 for row in "${ROWS[@]}"; do
   read -r name shape processor expect body concurrency <<<"$row"
   echo "bodies: $name" >&2
   start_server "$processor"
-  connections=$((concurrency < 4 ? concurrency : 4))
-  taskset -c 1 "$LOAD" --target "127.0.0.1:$PORT" --shape "$shape" --body-bytes "$body" \
-    --chunk-bytes "$CHUNK_BYTES" --expect-body "$expect" --concurrency "$concurrency" \
-    --connections "$connections" --duration "$SECONDS_PER_ROW" --warmup 1 --timeout 30 \
-    --server-pid "$SERVER_PID" --json >"$OUT/$name.json" ||
-    echo "bodies: $name: extproc-load exited with $? (see $OUT/$name.json)" >&2
+  load_row "$shape" "$expect" "$body" "$concurrency" "$OUT/$name.json"
   stop_server
+done
+
+# ---- the Go peers, in the pass-through rows they can serve (see the header)
+
+# name shape body-bytes concurrency; libextproc runs the rows it has not run above.
+PEER_ROWS=(
+  "streamed-pass streamed 1048576 $CONCURRENCY"
+  "buffered-pass buffered 10485760 $BUFFERED_CONCURRENCY"
+  "buffered-pass-1m buffered 1048576 $BUFFERED_CONCURRENCY"
+)
+PEERS=(go-grpc go-wrossmorrow go-getyourguide)
+PEERS_DIR=${BENCH_PEERS_DIR:-build/bench-peers}
+mkdir -p "$OUT/peers"
+: >"$OUT/peers/skipped.tsv"
+
+peer_missing() { # NAME: prints why the peer cannot run here, nothing when it can
+  local var
+  case "$1" in
+  go-grpc)
+    [ -x "$PEERS_DIR/go-grpc-peer" ] || echo "not installed (run bench/peers/install.sh go-grpc)"
+    ;;
+  *)
+    var="BENCH_PEER_$(echo "$1" | tr '[:lower:]-' '[:upper:]_')"
+    if [ -z "${!var:-}" ]; then
+      echo "$var is unset (bench/peers/README.md says how to build it)"
+    elif [ ! -x "${!var}" ]; then
+      echo "$var=${!var} is not executable"
+    fi
+    ;;
+  esac
+}
+
+start_peer() { # NAME: like start_server, through bench/peers/start.sh (which execs the peer)
+  taskset -c 0 bench/peers/start.sh "$1" "$PORT" >>"$OUT/peers/$1.log" 2>&1 &
+  SERVER_PID=$!
+  wait_listening
+}
+
+for row in "${PEER_ROWS[@]}"; do
+  read -r name shape body concurrency <<<"$row"
+  [ -f "$OUT/$name.json" ] && continue
+  echo "bodies: $name (libextproc)" >&2
+  start_server body-pass
+  load_row "$shape" same "$body" "$concurrency" "$OUT/$name.json"
+  stop_server
+done
+for peer in "${PEERS[@]}"; do
+  reason=$(peer_missing "$peer")
+  [ "${SKIP_PEERS:-0}" = 1 ] && reason="SKIP_PEERS=1"
+  if [ -n "$reason" ]; then
+    echo "bodies: skipped $peer: $reason" >&2
+    printf '%s\t%s\n' "$peer" "$reason" >>"$OUT/peers/skipped.tsv"
+    continue
+  fi
+  for row in "${PEER_ROWS[@]}"; do
+    read -r name shape body concurrency <<<"$row"
+    echo "bodies: $name ($peer)" >&2
+    start_peer "$peer"
+    load_row "$shape" same "$body" "$concurrency" "$OUT/peers/$peer-$name.json"
+    stop_server
+  done
 done
 
 if [ "${CALLGRIND:-0}" = 1 ]; then
@@ -137,6 +218,92 @@ for name in ["streamed-pass", "streamed-rewrite", "duplex-pass", "duplex-rewrite
           f"{s.get('cpu_us_per_stream', 0):,.1f} | {s.get('cpu_us_per_mib', 0):,.1f} | "
           f"{per_core:.3f} | {r['client']['cpu_percent']:.1f} | "
           f"{s.get('peak_rss_kib', 0) / 1024:.1f} | {s.get('peak_growth_per_stream_kib', 0):,.1f} |")
+
+# ---- libextproc and the Go peers, pass-through rows
+
+ROWS = [("streamed-pass", "STREAMED 1 MiB"), ("buffered-pass", "BUFFERED 10 MiB"),
+        ("buffered-pass-1m", "BUFFERED 1 MiB")]
+SDKS = ["go-wrossmorrow", "go-getyourguide"]
+GRPC_CODES = {1: "CANCELLED", 2: "UNKNOWN", 4: "DEADLINE_EXCEEDED", 8: "RESOURCE_EXHAUSTED",
+              12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE"}
+
+def figures(path):
+    """A row's comparable figures, or {"failed": why} when the server did not serve it."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"failed": "no report"}
+    if r["streams"] == 0 or r["errors"]["total"] > r["streams"]:
+        first = r.get("first_error", "?")
+        m = re.search(r"grpc-status (\d+)", first)
+        if m and int(m.group(1)) in GRPC_CODES:
+            first += f" ({GRPC_CODES[int(m.group(1))]})"
+        return {"failed": f"{r['errors']['total']} of {r['streams_started']} streams failed; "
+                          f"first: {first}"}
+    s = r.get("server", {})
+    core = s.get("cpu_percent", 0) / 100
+    return {"streams_per_s": r["streams_per_s"], "errors": r["errors"]["total"],
+            "body_mb_per_s": r["body_bytes_sent_per_s"] / 1e6,
+            "gb_per_s_per_core": r["body_bytes_sent_per_s"] / core / 1e9 if core else 0,
+            "server_core_percent": s.get("cpu_percent", 0),
+            "cpu_us_per_mib": s.get("cpu_us_per_mib", 0),
+            "peak_rss_mib": s.get("peak_rss_kib", 0) / 1024,
+            "kib_per_stream": s.get("peak_growth_per_stream_kib", 0),
+            "concurrency": r["concurrency"]}
+
+skipped = dict(line.split("\t", 1) for line in
+               (out / "peers" / "skipped.tsv").read_text().splitlines() if line.strip())
+servers = ["libextproc"] + [p for p in ["go-grpc"] + SDKS if p not in skipped]
+table = {}
+for row, _ in ROWS:
+    table[row] = {"libextproc": figures(out / f"{row}.json")}
+    for peer in servers[1:]:
+        table[row][peer] = figures(out / "peers" / f"{peer}-{row}.json")
+
+print("\nPass-through, libextproc (body-pass) and the Go peers (trivial processors: empty body "
+      "replies), same load and pinning; FULL_DUPLEX_STREAMED is left out for the peers (they "
+      "never send a streamed_response)\n")
+head = ("| row | server | streams/s | body MB/s | server core % | GB/s per core | µs/MiB | "
+        "peak RSS MiB | KiB/stream |")
+print(head)
+print("|" + "---|" * (head.count("|") - 1))
+for row, label in ROWS:
+    for server in servers:
+        f = table[row][server]
+        if "failed" in f:
+            print(f"| {label} | {server} | cannot serve it: {f['failed']} | | | | | | |")
+            continue
+        errors = f" ({f['errors']} errors)" if f["errors"] else ""
+        print(f"| {label} | {server}{errors} | {f['streams_per_s']:,.1f} | "
+              f"{f['body_mb_per_s']:,.1f} | {f['server_core_percent']:.1f} | "
+              f"{f['gb_per_s_per_core']:.3f} | {f['cpu_us_per_mib']:,.1f} | "
+              f"{f['peak_rss_mib']:.1f} | {f['kib_per_stream']:,.1f} |")
+
+print("\nlibextproc's ratio to the faster Go SDK (each figure's own faster SDK)\n")
+print("| row | GB/s per core: libextproc / best SDK | ratio | µs/MiB: libextproc / best SDK | ratio |")
+print("|---|---|---:|---|---:|")
+ratios = {}
+for row, label in ROWS:
+    mine = table[row]["libextproc"]
+    sdks = {p: table[row][p] for p in SDKS if p in table[row] and "failed" not in table[row][p]}
+    if "failed" in mine or not sdks:
+        why = "libextproc failed" if "failed" in mine else "no Go SDK served it"
+        print(f"| {label} | {why} | | | |")
+        continue
+    best_rate = max(sdks, key=lambda p: sdks[p]["gb_per_s_per_core"])
+    best_cpu = min(sdks, key=lambda p: sdks[p]["cpu_us_per_mib"] or float("inf"))
+    rate = mine["gb_per_s_per_core"] / sdks[best_rate]["gb_per_s_per_core"]
+    cpu = sdks[best_cpu]["cpu_us_per_mib"] / mine["cpu_us_per_mib"]
+    ratios[row] = {"gb_per_s_per_core": rate, "faster_sdk_rate": best_rate,
+                   "cpu_us_per_mib": cpu, "faster_sdk_cpu": best_cpu}
+    print(f"| {label} | {mine['gb_per_s_per_core']:.3f} / {sdks[best_rate]['gb_per_s_per_core']:.3f}"
+          f" ({best_rate}) | {rate:.1f}× | {mine['cpu_us_per_mib']:,.1f} / "
+          f"{sdks[best_cpu]['cpu_us_per_mib']:,.1f} ({best_cpu}) | {cpu:.1f}× |")
+for peer, why in skipped.items():
+    print(f"\nskipped {peer}: {why}")
+(out / "comparison.json").write_text(json.dumps(
+    {"seconds_per_row": float(seconds), "rows": table, "ratio_to_faster_sdk": ratios,
+     "skipped": skipped}, indent=2) + "\n")
 
 def total_ir(path):
     for line in path.read_text(errors="replace").splitlines():
