@@ -176,16 +176,18 @@ static bool scan_header_value(cursor c, header_span *h) {
   return true;
 }
 
-/* Headers are found in batches of this many on the stack, then copied; a map with more is
- * walked once more per batch. */
+/* Headers are found in batches of this many on the stack, then copied; the copying pass reads
+ * each later batch from where the previous one ended, so a map is read twice in all. */
 enum { HEADER_BATCH = 32 };
 
-/* Walks a HeaderMap: checks its shape, and stores the headers from number `from` on (up to a
- * batch) in `batch`. Returns the number of headers in the map, or SIZE_MAX when it is not a
- * shape read here. `*text_bytes` receives what the names and values take with their NULs. */
-static size_t walk_header_map(cursor c, size_t from, header_span *batch, size_t *text_bytes) {
+/* Walks a HeaderMap: checks its shape, and stores its first headers (up to a batch) in `batch`.
+ * Returns the number of headers in the map, or SIZE_MAX when it is not a shape read here.
+ * `*text_bytes` receives what the names and values take with their NULs; `*rest` where the
+ * headers after the first batch begin. */
+static size_t walk_header_map(cursor c, header_span *batch, size_t *text_bytes, cursor *rest) {
   size_t count = 0;
   *text_bytes = 0;
+  *rest = c;
   unsigned field, wire;
   while (c.p < c.end) {
     cursor hv;
@@ -193,11 +195,26 @@ static size_t walk_header_map(cursor c, size_t from, header_span *batch, size_t 
     if (!read_tag(&c, &field, &wire) || field != HEADER_MAP_HEADERS || wire != WIRE_LEN ||
         !read_len(&c, &hv) || !scan_header_value(hv, &h) || count == DIRECT_MAX_HEADERS)
       return SIZE_MAX;
-    if (count >= from && count - from < HEADER_BATCH) batch[count - from] = h;
+    if (count < HEADER_BATCH) {
+      batch[count] = h;
+      *rest = c;
+    }
     *text_bytes += h.name_len + 1 + h.value_len + 1;
     count++;
   }
   return count;
+}
+
+/* The next batch of a map walk_header_map has checked: up to HEADER_BATCH headers from *c,
+ * which moves past them. */
+static void next_header_batch(cursor *c, header_span *batch) {
+  unsigned field, wire;
+  for (size_t n = 0; n < HEADER_BATCH && c->p < c->end; n++) {
+    cursor hv;
+    (void)read_tag(c, &field, &wire);
+    (void)read_len(c, &hv);
+    (void)scan_header_value(hv, &batch[n]);
+  }
 }
 
 /* Copies `len` bytes and a NUL to *text; returns where they went. */
@@ -209,14 +226,15 @@ static const char *put_text(char **text, const uint8_t *p, size_t len) {
   return at;
 }
 
-/* Copies the map's `count` headers into the arena, a batch at a time. */
-static decode_result load_headers(arena *a, cursor map, size_t count, size_t text_bytes,
+/* Copies the map's `count` headers into the arena, a batch at a time: the first is in `batch`,
+ * the rest follow from `rest`. */
+static decode_result load_headers(arena *a, cursor rest, size_t count, size_t text_bytes,
                                   header_span *batch, decoded_request *out) {
   extproc_header *headers = arena_alloc(a, count * sizeof(*headers));
   char *text = arena_alloc(a, text_bytes);
   if (!headers || !text) return DECODE_NO_MEMORY;
   for (size_t i = 0; i < count; i++) {
-    if (i > 0 && i % HEADER_BATCH == 0) walk_header_map(map, i, batch, &text_bytes);
+    if (i > 0 && i % HEADER_BATCH == 0) next_header_batch(&rest, batch);
     const header_span *h = &batch[i % HEADER_BATCH];
     headers[i].name_len = h->name_len;
     headers[i].name = put_text(&text, h->name, h->name_len);
@@ -321,9 +339,10 @@ decode_result decode_direct(arena *a, const uint8_t *data, size_t len, decoded_r
   if (!map.p) return DECODE_OK;
   header_span batch[HEADER_BATCH];
   size_t text_bytes;
-  const size_t count = walk_header_map(map, 0, batch, &text_bytes);
+  cursor rest;
+  const size_t count = walk_header_map(map, batch, &text_bytes, &rest);
   if (count == SIZE_MAX) return DECODE_INDIRECT;
-  return count ? load_headers(a, map, count, text_bytes, batch, out) : DECODE_OK;
+  return count ? load_headers(a, rest, count, text_bytes, batch, out) : DECODE_OK;
 }
 
 bool decode_unpacked(arena *a, const ProcessingRequest *msg, decoded_request *out) {

@@ -448,6 +448,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0) return;
   c->last_input_ms = uv_now(&c->w->loop);
+  /* Input on a connection without streams (a PING, SETTINGS, WINDOW_UPDATE) may make nghttp2
+   * write its frame buffer again after the pages were given back: sweep once more. */
+  if (!c->streams.head) worker_release_idle_later(c->w);
   atomic_fetch_add_explicit(&c->w->stats->bytes_received_total, (uint64_t)nread,
                             memory_order_relaxed);
   const uint8_t *data = (const uint8_t *)buf->base;

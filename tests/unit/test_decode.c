@@ -383,9 +383,81 @@ static void test_edges(void **state) {
   arena_free(&a);
 }
 
+/* A length-delimited field into `out` (large enough): tag, varint length, bytes. */
+static size_t put_field(uint8_t *out, unsigned field, const uint8_t *p, size_t n) {
+  size_t k = 0;
+  out[k++] = (uint8_t)(field << 3 | 2);
+  size_t v = n;
+  for (; v >= 0x80; v >>= 7)
+    out[k++] = (uint8_t)(v | 0x80);
+  out[k++] = (uint8_t)v;
+  memmove(out + k, p, n);
+  return k + n;
+}
+
+/* request_headers with `n` distinct headers, every third one with `value` rather than Envoy's
+ * raw_value: the direct decoder copies them a batch at a time, and must neither lose nor
+ * reorder one across a batch's edge. Returns the message's length in `out`. */
+static size_t many_headers(uint8_t *out, size_t cap, unsigned n) {
+  uint8_t *map = malloc(cap), *hv = malloc(64);
+  assert_non_null(map);
+  assert_non_null(hv);
+  size_t len = 0;
+  for (unsigned i = 0; i < n; i++) {
+    char name[16], value[16];
+    const int nl = snprintf(name, sizeof(name), "h%u", i);
+    const int vl = snprintf(value, sizeof(value), "v%u", i);
+    uint8_t tmp[32];
+    size_t k = put_field(hv, 1, (const uint8_t *)name, (size_t)nl);
+    memcpy(tmp, value, (size_t)vl);
+    k += put_field(hv + k, i % 3 == 0 ? 2 : 3, tmp, (size_t)vl);
+    assert_true(len + k + 8 < cap);
+    len += put_field(map + len, 1, hv, k);
+  }
+  const size_t inner = put_field(out, 1, map, len); /* HttpHeaders.headers */
+  memmove(map, out, inner);
+  const size_t total = put_field(out, 2, map, inner); /* ProcessingRequest.request_headers */
+  assert_true(total <= cap);
+  free(map);
+  free(hv);
+  return total;
+}
+
+static void test_many_headers(void **state) {
+  (void)state;
+  static const unsigned counts[] = {31, 32, 33, 64, 65, 1000, 10000, 10001};
+  const size_t cap = 10001 * 32;
+  uint8_t *msg = malloc(cap);
+  assert_non_null(msg);
+  for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+    const size_t len = many_headers(msg, cap, counts[c]);
+    arena a, ua;
+    arena_init(&a, 4096);
+    arena_init(&ua, 4096);
+    decoded_request d, u;
+    const decode_result r = decode_direct(&a, msg, len, &d);
+    ProtobufCAllocator alloc = arena_protobuf_allocator(&ua);
+    ProcessingRequest *m =
+        envoy__service__ext_proc__v3__processing_request__unpack(&alloc, len, msg);
+    assert_non_null(m);
+    assert_true(decode_unpacked(&ua, m, &u));
+    assert_int_equal(u.header_count, counts[c]);
+    if (counts[c] > 10000) { /* past the direct decoder's bound: protobuf-c's business */
+      assert_int_equal(r, DECODE_INDIRECT);
+    } else {
+      assert_int_equal(r, DECODE_OK);
+      assert_same_view(&d, &u);
+    }
+    arena_free(&a);
+    arena_free(&ua);
+  }
+  free(msg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_edges),
+      cmocka_unit_test(test_many_headers),
       cmocka_unit_test(test_direct_matches_protobuf_c),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
