@@ -203,8 +203,8 @@ static void run_streams(int port, extproc_body_mode mode, bool uppercase) {
     /* The headers' reply, then one reply per chunk. */
     assert_int_equal(st->message_count, 1 + CHUNKS);
     for (int k = 0; k < CHUNKS; k++) {
-      uint8_t *got;
-      size_t got_len;
+      uint8_t *got = NULL;
+      size_t got_len = 0;
       assert_true(reply_body(&st->messages[1 + k], &got, &got_len));
       assert_int_equal(got_len, sent_len[s][k]);
       for (size_t i = 0; i < got_len; i++) {
