@@ -125,21 +125,8 @@ PEERS_DIR=${BENCH_PEERS_DIR:-build/bench-peers}
 mkdir -p "$OUT/peers"
 : >"$OUT/peers/skipped.tsv"
 
-peer_missing() { # NAME: prints why the peer cannot run here, nothing when it can
-  local var
-  case "$1" in
-  go-grpc)
-    [ -x "$PEERS_DIR/go-grpc-peer" ] || echo "not installed (run bench/peers/install.sh go-grpc)"
-    ;;
-  *)
-    var="BENCH_PEER_$(echo "$1" | tr '[:lower:]-' '[:upper:]_')"
-    if [ -z "${!var:-}" ]; then
-      echo "$var is unset (bench/peers/README.md says how to build it)"
-    elif [ ! -x "${!var}" ]; then
-      echo "$var=${!var} is not executable"
-    fi
-    ;;
-  esac
+peer_missing() { # NAME: why the peer cannot run here (bench/peers/missing.sh), nothing when it can
+  BENCH_PEERS_DIR="$PEERS_DIR" bench/peers/missing.sh "$1" || true
 }
 
 start_peer() { # NAME: like start_server, through bench/peers/start.sh (which execs the peer)

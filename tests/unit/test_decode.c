@@ -20,21 +20,9 @@
 #include <cmocka.h>
 
 #include "engine/decode.h"
+#include "fuzz_rng.h"
 
 enum { MUTANTS_PER_MESSAGE = 6, INPUT_CAP = 8192 };
-
-/* ---- A small deterministic generator (xorshift64*) --------------------------------------- */
-
-static uint64_t rng_state;
-
-static uint32_t rnd(uint32_t n) {
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return n ? (uint32_t)((rng_state * 0x2545F4914F6CDD1DULL) >> 33) % n : 0;
-}
-
-static bool chance(uint32_t percent) { return rnd(100) < percent; }
 
 /* ---- Writing protobuf by hand, canonically or not ------------------------------------------ */
 
@@ -304,11 +292,6 @@ static decode_result check_input(const buf *b, tally *t) {
   arena_free(&a);
   arena_free(&ua);
   return r;
-}
-
-static size_t env_size(const char *name, size_t fallback) {
-  const char *v = getenv(name);
-  return v && *v ? (size_t)strtoull(v, NULL, 10) : fallback;
 }
 
 static void test_direct_matches_protobuf_c(void **state) {

@@ -22,6 +22,7 @@
 #include "base/arena.h"
 #include "engine/encode.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
+#include "fuzz_rng.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/wrappers.pb-c.h"
 
@@ -33,17 +34,6 @@ typedef Envoy__Config__Core__V3__HeaderValueOption HeaderValueOption;
 typedef Envoy__Config__Core__V3__HeaderValue HeaderValue;
 
 enum { MUTANTS_PER_REPLY = 4 };
-
-static uint64_t rng_state;
-
-static uint32_t rnd(uint32_t n) {
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return n ? (uint32_t)((rng_state * 0x2545F4914F6CDD1DULL) >> 33) % n : 0;
-}
-
-static bool chance(uint32_t percent) { return rnd(100) < percent; }
 
 static void *alloc(arena *a, size_t n) {
   void *p = arena_calloc(a, n);
@@ -248,11 +238,6 @@ static void check_mutants(const ProtobufCMessage *m, tally *t) {
     protobuf_c_message_free_unpacked(back, NULL);
   }
   free(bytes);
-}
-
-static size_t env_size(const char *name, size_t fallback) {
-  const char *v = getenv(name);
-  return v && *v ? (size_t)strtoull(v, NULL, 10) : fallback;
 }
 
 static void test_direct_matches_protobuf_c(void **state) {
