@@ -251,7 +251,7 @@ int extproc_harness_headers(extproc_harness *h, extproc_phase phase, const char 
     n++;
   if (n % 2) return EXTPROC_EINVAL;
   n /= 2;
-  header_list *view = envoy_view_of(h, phase);
+  pair_list *view = envoy_view_of(h, phase);
   if (view && !envoy_view_set(view, headers, n)) h->failed_to_record = true;
   arena a;
   arena_init(&a, ARENA_CACHED_BLOCK);

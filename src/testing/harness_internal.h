@@ -11,16 +11,12 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "base/pair_list.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb-c.h"
 #include "extproc/testing.h"
 
 /* A header map the harness owns (names and values malloc'd): what the upstream or the client
  * would see. */
-typedef struct header_list {
-  char **names, **values;
-  size_t count, cap;
-} header_list;
-
 /* One recorded reply. `pub` comes first, so a reply handed out leads back to its record. */
 typedef struct stored_reply {
   extproc_harness_reply pub;
@@ -45,7 +41,7 @@ struct extproc_harness {
   bool ended;
   uint32_t status;
   char *message;
-  header_list upstream, client;
+  pair_list upstream, client;
   size_t immediate_index; /* valid when has_immediate */
   bool has_immediate;
   bool send_protocol_config, protocol_config_sent;
@@ -81,26 +77,26 @@ void harness_replies_free(extproc_harness *h);
 
 /* The view a phase's headers and mutations belong to: the upstream's (request headers), the
  * client's (response headers), or NULL (trailers, which the harness does not follow). */
-header_list *envoy_view_of(extproc_harness *h, extproc_phase phase);
+pair_list *envoy_view_of(extproc_harness *h, extproc_phase phase);
 
 /* The headers Envoy sent: `view` becomes the `n` pairs (flat name, value, ...). Returns false
  * on out-of-memory. */
-bool envoy_view_set(header_list *view, const char *const *pairs, size_t n);
+bool envoy_view_set(pair_list *view, const char *const *pairs, size_t n);
 
 /* Applies reply `r`'s header writes (in order, each by its append flag or append_action) and
  * then its removals to `view`, as Envoy's filter does. `m` is the HeaderMutation the writes were
  * read from (whether the legacy `append` was present). Returns false on out-of-memory. */
-bool envoy_view_apply(header_list *view, const extproc_harness_reply *r,
+bool envoy_view_apply(pair_list *view, const extproc_harness_reply *r,
                       const Envoy__Service__ExtProc__V3__HeaderMutation *m);
 
 /* What the client gets from an immediate response `r`: its :status, then its header writes as
  * they apply (`m` as above), instead of whatever the upstream said. */
-bool envoy_view_immediate(header_list *client, const extproc_harness_reply *r,
+bool envoy_view_immediate(pair_list *client, const extproc_harness_reply *r,
                           const Envoy__Service__ExtProc__V3__HeaderMutation *m);
 
 /* What the client gets from the headers of a streamed immediate response: exactly its header
  * writes. */
-bool envoy_view_replace(header_list *client, const extproc_harness_reply *r);
+bool envoy_view_replace(pair_list *client, const extproc_harness_reply *r);
 
 /* Frees both views. */
 void envoy_view_free(extproc_harness *h);

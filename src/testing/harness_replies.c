@@ -52,7 +52,7 @@ static bool record_writes(stored_reply *s, const HeaderMutation *m) {
 static bool record_mutation(extproc_harness *h, stored_reply *s, extproc_phase phase,
                             const HeaderMutation *m) {
   if (!record_writes(s, m)) return false;
-  header_list *view = envoy_view_of(h, phase);
+  pair_list *view = envoy_view_of(h, phase);
   return !m || !view || envoy_view_apply(view, &s->pub, m);
 }
 

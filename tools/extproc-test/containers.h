@@ -1,5 +1,5 @@
-/* The tool's two containers: lists of (name, value) strings (headers, trailers, attributes)
- * and growable byte buffers (bodies), both owning what they hold. */
+/* The tool's containers: lists of (name, value) strings (headers, trailers, attributes; the
+ * library's pair_list) and growable byte buffers (bodies), both owning what they hold. */
 #ifndef EXTPROC_TEST_CONTAINERS_H
 #define EXTPROC_TEST_CONTAINERS_H
 
@@ -7,20 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A growable list of (name, value) string pairs: headers, trailers, attributes. */
-typedef struct pair_list {
-  char **names;
-  char **values;
-  size_t count, cap;
-} pair_list;
-
-bool pair_list_add(pair_list *l, const char *name, const char *value);
-void pair_list_remove(pair_list *l, const char *name); /* every entry, name compared caseless */
-/* The first value of `name` (caseless), or NULL. */
-const char *pair_list_get(const pair_list *l, const char *name);
-void pair_list_clear(pair_list *l);
-bool pair_list_copy(pair_list *to, const pair_list *from);   /* appends `from` */
-bool pair_list_assign(pair_list *to, const pair_list *from); /* `to` becomes a copy of `from` */
+#include "base/pair_list.h" /* pair_list: headers, trailers, attributes */
 
 /* A growable byte buffer. */
 typedef struct byte_buf {
